@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Set up whatever is missing on a Debian 12 machine (as root), then either
+# run the milter on its built-in defaults or run the whole test suite.
+#
+#   bash scripts/quickstart.sh run [spfmilter options]   # the milter, foreground
+#   bash scripts/quickstart.sh test [pytest options]     # lint, types, all tests
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv="$here/.venv"
+mode=${1:-}
+[ $# -gt 0 ] && shift
+
+case "$mode" in
+  run)  packages=(python3 python3-venv python3-dev gcc libmilter-dev) ;;
+  test) packages=(python3 python3-venv python3-dev gcc libmilter-dev postfix m4 systemd) ;;
+  *) echo "usage: $0 run|test [options]" >&2; exit 2 ;;
+esac
+
+missing=()
+for package in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)
+  [ "$status" = "install ok installed" ] || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "quickstart: installing ${missing[*]}" >&2
+  # The tests run their own private Postfix: leave the system one
+  # unconfigured and stopped.
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+stamp="$venv/.installed"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
+  "$venv/bin/pip" install -q --upgrade pip >&2
+  "$venv/bin/pip" install -q -e "$here[test,metrics]" >&2
+  touch "$stamp"
+fi
+
+cd "$here"
+if [ "$mode" = run ]; then
+  exec "$venv/bin/spfmilter" "$@"
+fi
+"$venv/bin/ruff" check .
+"$venv/bin/ruff" format --check .
+"$venv/bin/mypy" spfmilter tests $(ls -d benchmarks 2>/dev/null)
+exec "$venv/bin/python" -m pytest "$@"

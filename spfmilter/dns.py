@@ -1,0 +1,185 @@
+"""The DNS resolver that every SPF lookup goes through.
+
+This module owns how spfmilter talks to DNS: one dnspython Resolver built
+from [dns] (nameservers with ports, per-query timeout, TCP fallback on
+truncation), the mapping of DNS outcomes (NXDOMAIN and NODATA are empty
+answers; timeouts and SERVFAIL are temporary errors, RFC 7208 section 5
+and 4.4), and a thread-safe cache shared by all connections that honours
+record TTLs (RFC 1035 section 3.2.1, RFC 2308 for negative answers).
+It imports only the config value types; it must not import spf or Milter.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dns.exception
+import dns.message
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+import dns.rrset
+
+from spfmilter.config import DnsConfig
+
+log = logging.getLogger(__name__)
+
+# One record as the SPF evaluator consumes it: ((owner name, type), value)
+# with value an address or name (str), an MX (preference, exchange), or the
+# character-strings of a TXT record (list of bytes).
+Record = tuple[tuple[str, str], object]
+
+# RFC 2308 section 5: negative answers are cached for the SOA minimum; cap
+# both kinds so a mistaken huge TTL cannot pin stale data for days.
+MAX_TTL = 86400
+NEGATIVE_TTL_CAP = 900
+
+SUPPORTED_TYPES = ("A", "AAAA", "MX", "PTR", "TXT", "SPF", "CNAME")
+
+
+class DnsTempError(Exception):
+    """A lookup that could not be answered now (timeout, SERVFAIL, ...)."""
+
+
+@dataclass
+class CacheStats:
+    """Counters of the shared cache, for metrics and tests."""
+
+    hits: int = 0
+    misses: int = 0
+
+
+class Resolver:
+    """Thread-safe lookups with a shared TTL cache.
+
+    `lookup` may be called from many milter threads at once: dnspython's
+    Resolver.resolve keeps no per-call state on the object, and the cache is
+    guarded by a lock.
+    """
+
+    def __init__(
+        self,
+        config: DnsConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._timeout = config.timeout
+        self._resolver = _make_resolver(config)
+        self._clock = clock
+        self._cache_size = config.cache_size
+        self._cache: collections.OrderedDict[tuple[str, str], tuple[float, list[Record]]] = (
+            collections.OrderedDict()
+        )
+        self._lock = threading.Lock()
+        self.stats = CacheStats()
+
+    def lookup(self, name: str, qtype: str, budget: float | None = None) -> list[Record]:
+        """Records of `qtype` at `name`, CNAMEs on the way included.
+
+        `budget` bounds this query's time (the caller's remaining lookup
+        time); the per-query timeout of [dns] applies too.  Raises
+        DnsTempError when DNS cannot answer now.
+        """
+        key = (name.lower().rstrip("."), qtype.upper())
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        lifetime = self._timeout if budget is None else max(0.001, min(self._timeout, budget))
+        records, ttl = self._query(key[0], key[1], lifetime)
+        self._store(key, records, ttl)
+        return records
+
+    def _cached(self, key: tuple[str, str]) -> list[Record] | None:
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is not None and entry[0] > self._clock():
+                self._cache.move_to_end(key)
+                self.stats.hits += 1
+                return entry[1]
+            if entry is not None:
+                del self._cache[key]
+            self.stats.misses += 1
+            return None
+
+    def _store(self, key: tuple[str, str], records: list[Record], ttl: int) -> None:
+        if ttl <= 0 or self._cache_size == 0:
+            return
+        with self._lock:
+            self._cache[key] = (self._clock() + ttl, records)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+
+    def _query(self, name: str, qtype: str, lifetime: float) -> tuple[list[Record], int]:
+        try:
+            answer = self._resolver.resolve(
+                name, qtype, raise_on_no_answer=False, lifetime=lifetime, search=False
+            )
+        except dns.resolver.NXDOMAIN as error:
+            responses: dict[dns.name.Name, dns.message.Message] = error.responses()  # type: ignore[no-untyped-call]
+            return [], _negative_ttl(next(iter(responses.values()), None))
+        except dns.resolver.LifetimeTimeout:
+            raise DnsTempError(f"DNS timeout looking up {name} {qtype}") from None
+        except dns.resolver.NoNameservers:
+            raise DnsTempError(f"DNS server failure looking up {name} {qtype}") from None
+        except dns.name.LabelTooLong:
+            # RFC 7208 section 4.3: a malformed name yields no records.
+            return [], 0
+        except dns.exception.DNSException as error:
+            raise DnsTempError(f"DNS error looking up {name} {qtype}: {error}") from None
+        response = answer.response
+        records = [record for rrset in response.answer for record in _records(rrset)]
+        if not records:
+            return [], _negative_ttl(response)
+        ttl = min(rrset.ttl for rrset in response.answer)
+        return records, min(ttl, MAX_TTL)
+
+
+def _make_resolver(config: DnsConfig) -> dns.resolver.Resolver:
+    if config.nameservers:
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = [
+            dns.nameserver.Do53Nameserver(ns.address, ns.port) for ns in config.nameservers
+        ]
+    else:
+        resolver = dns.resolver.Resolver(configure=True)
+    resolver.timeout = config.timeout
+    resolver.lifetime = config.timeout
+    # EDNS0 with a 1232-byte payload (the DNS flag day 2020 value) so large
+    # TXT answers arrive over UDP; dnspython retries over TCP on truncation.
+    resolver.use_edns(0, 0, 1232)
+    return resolver
+
+
+def _negative_ttl(response: dns.message.Message | None) -> int:
+    if response is None:
+        return 0
+    for rrset in response.authority:
+        if rrset.rdtype == dns.rdatatype.SOA:
+            minimum = min(rrset.ttl, rrset[0].minimum)
+            return int(min(minimum, NEGATIVE_TTL_CAP))
+    return 0
+
+
+def _records(rrset: dns.rrset.RRset) -> list[Record]:
+    owner = rrset.name.to_text(omit_final_dot=True).lower()
+    kind = dns.rdatatype.to_text(rrset.rdtype)
+    key = (owner, kind)
+    if kind in ("A", "AAAA"):
+        return [(key, rdata.address) for rdata in rrset]
+    if kind == "MX":
+        return [
+            (key, (rdata.preference, rdata.exchange.to_text(omit_final_dot=True)))
+            for rdata in rrset
+        ]
+    if kind in ("PTR", "CNAME"):
+        return [(key, rdata.target.to_text(omit_final_dot=True)) for rdata in rrset]
+    if kind in ("TXT", "SPF"):
+        return [(key, list(rdata.strings)) for rdata in rrset]
+    return []

@@ -1,0 +1,178 @@
+"""Pure text: Received-SPF and Authentication-Results values, reply sanitising.
+
+This module owns how results are written for other programs to read: the
+RFC 7208 section 9.1 Received-SPF layout (key order as the classic Perl
+policy server writes it), RFC 8601 Authentication-Results, quoting and
+folding, and the hygiene applied to any text that came from the client or
+from DNS.  It imports only spfmilter.model; no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+
+from spfmilter.model import Identity, IPAddress, SpfOutcome, SpfResult
+
+RECEIVED_SPF = "Received-SPF"
+AUTHENTICATION_RESULTS = "Authentication-Results"
+
+# RFC 5322 section 2.1.1: lines SHOULD be no longer than 78 characters.
+FOLD_AT = 78
+# RFC 5321 section 4.5.3.1.5: a reply line is at most 512 octets with CRLF;
+# leave room for the code, the enhanced status code and the MTA's own text.
+REPLY_TEXT_LIMIT = 400
+FIELD_LIMIT = 255
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+# RFC 5322 section 3.2.3 atext, used for the dot-atom test of RFC 7208 9.1.
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+
+
+def clean(text: str, limit: int = FIELD_LIMIT) -> str:
+    """Make hostile text safe for one header or reply line.
+
+    Control characters (CR and LF among them, so nothing can start a new
+    header or reply line) become single spaces; non-ASCII is escaped so the
+    header stays 7-bit (RFC 5322 section 2.2); the result is capped.
+    """
+    text = _CONTROL.sub(" ", text).strip()
+    text = text.encode("ascii", "backslashreplace").decode("ascii")
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text
+
+
+def reply_text(text: str) -> str:
+    """Sanitise SMTP reply text for libmilter's smfi_setreply.
+
+    smfi_setreply treats the text as a format string: a lone '%' makes it
+    refuse the reply, so every '%' is doubled (the MTA prints one).
+    """
+    return clean(text, REPLY_TEXT_LIMIT).replace("%", "%%")
+
+
+def quote_value(value: str) -> str:
+    """A Received-SPF key-value: dot-atom as is, else a quoted-string."""
+    if _DOT_ATOM.fullmatch(value):
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _comment_text(text: str) -> str:
+    # RFC 5322 section 3.2.2: parentheses and backslashes inside a comment
+    # must be quoted-pairs or they would end or nest the comment.
+    return re.sub(r"([()\\])", r"\\\1", clean(text))
+
+
+def result_comment(outcome: SpfOutcome, client_ip: IPAddress | None) -> str:
+    """The human explanation, in the classic policy servers' wording."""
+    sender = _comment_text(outcome.sender)
+    scope = outcome.identity.scope
+    ip = str(client_ip) if client_ip is not None else "unknown"
+    use = f"to use '{sender}' in '{scope}' identity"
+    texts = {
+        SpfResult.PASS: f"{ip} is authorized {use}",
+        SpfResult.FAIL: f"{ip} is not authorized {use}",
+        SpfResult.SOFTFAIL: (
+            f"Sender is not authorized by default {use}, however domain is not "
+            "currently prepared for false failures"
+        ),
+        SpfResult.NEUTRAL: f"Domain does not state whether sender is authorized {use}",
+        SpfResult.NONE: "No applicable sender policy available",
+    }
+    text = texts.get(outcome.result) or _comment_text(outcome.problem or str(outcome.result))
+    if outcome.mechanism and outcome.result in (
+        SpfResult.PASS,
+        SpfResult.FAIL,
+        SpfResult.SOFTFAIL,
+        SpfResult.NEUTRAL,
+    ):
+        text += f" (mechanism '{_comment_text(outcome.mechanism)}' matched)"
+    domain = _comment_text(outcome.domain) or "unknown"
+    return f"{domain}: {text}"
+
+
+def received_spf(
+    outcome: SpfOutcome,
+    *,
+    client_ip: IPAddress | None,
+    helo: str,
+    receiver: str | None,
+) -> str:
+    """The Received-SPF field value (RFC 7208 section 9.1).
+
+    `receiver` None hides the receiver= key.  Keys in the classic order:
+    receiver, identity, envelope-from (not for the HELO identity), helo,
+    client-ip.
+    """
+    pairs = []
+    if receiver is not None:
+        pairs.append(f"receiver={quote_value(clean(receiver))}")
+    pairs.append(f"identity={outcome.identity.value}")
+    if outcome.identity is Identity.MAIL_FROM:
+        pairs.append(f"envelope-from={quote_value(clean(outcome.sender))}")
+    if helo:
+        pairs.append(f"helo={quote_value(clean(helo))}")
+    if client_ip is not None:
+        pairs.append(f"client-ip={quote_value(str(client_ip))}")
+    comment = result_comment(outcome, client_ip)
+    return fold(RECEIVED_SPF, f"{outcome.result.value} ({comment}) " + "; ".join(pairs))
+
+
+def authentication_results(
+    authserv_id: str,
+    *,
+    helo: SpfOutcome | None,
+    mail_from: SpfOutcome | None,
+    client_ip: IPAddress | None,
+    skip_reason: str | None = None,
+) -> str:
+    """The Authentication-Results field value (RFC 8601).
+
+    smtp.mailfrom carries the domain only: DMARC verifiers such as
+    OpenDMARC credit an SPF pass only when the value is a bare domain.  The
+    HELO result is a separate resinfo with smtp.helo, so that a HELO pass is
+    never read as the MAIL FROM result (the DMARC bypass of CVE-2019-20790).
+    """
+    parts = [clean(authserv_id)]
+    if skip_reason is not None:
+        parts.append(f"none ({_comment_text('SPF not checked: ' + skip_reason)})")
+    if mail_from is not None:
+        parts.append(_resinfo(mail_from, client_ip, "smtp.mailfrom", mail_from.domain))
+    if helo is not None:
+        parts.append(_resinfo(helo, client_ip, "smtp.helo", helo.domain))
+    return fold(AUTHENTICATION_RESULTS, "; ".join(parts))
+
+
+def _resinfo(outcome: SpfOutcome, client_ip: IPAddress | None, prop: str, value: str) -> str:
+    comment = result_comment(outcome, client_ip)
+    return f"spf={outcome.result.value} ({comment}) {prop}={quote_value(clean(value))}"
+
+
+def authserv_id_of(value: str) -> str:
+    """The authserv-id of an Authentication-Results value (before ';')."""
+    first = value.split(";", 1)[0].strip()
+    return first.split(None, 1)[0].lower() if first else ""
+
+
+def fold(name: str, value: str) -> str:
+    """Fold a header value at spaces so lines stay within 78 characters.
+
+    One line when it fits (RFC 5322 section 2.2.3); continuation lines start
+    with a tab.  A word longer than a line is left whole rather than broken.
+    """
+    words = value.split(" ")
+    lines: list[str] = []
+    current = ""
+    width = len(name) + 2  # "Name: " on the first line
+    for word in words:
+        candidate = f"{current} {word}" if current else word
+        if current and width + len(candidate) > FOLD_AT:
+            lines.append(current)
+            current = word
+            width = 1  # the tab that starts a continuation line
+        else:
+            current = candidate
+    lines.append(current)
+    return "\n\t".join(lines)

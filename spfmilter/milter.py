@@ -1,0 +1,371 @@
+"""The milter adapter: one SpfMilter per SMTP connection.
+
+This module owns the translation between libmilter callbacks and
+spfmilter's values: it gathers the Connection and Transaction facts, asks
+the checker for outcomes and the policy for a Decision, and is the only
+place that turns a Decision into setreply / REJECT / TEMPFAIL / header
+changes.  It also holds the one error boundary: an unexpected exception in
+a callback is logged with a traceback and the transaction is tempfailed.
+It may import everything below it; only it and daemon import Milter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import ipaddress
+import itertools
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+import Milter
+
+from spfmilter import policy
+from spfmilter.config import Config
+from spfmilter.headers import (
+    AUTHENTICATION_RESULTS,
+    RECEIVED_SPF,
+    authentication_results,
+    authserv_id_of,
+    clean,
+    received_spf,
+    reply_text,
+)
+from spfmilter.model import (
+    Action,
+    Connection,
+    Decision,
+    Identity,
+    IPAddress,
+    SpfOutcome,
+    Stage,
+    Transaction,
+)
+
+log = logging.getLogger(__name__)
+
+_connection_ids = itertools.count(1)
+
+# libmilter's reply codes, typed (pymilter has no annotations).
+CONTINUE: int = Milter.CONTINUE
+REJECT: int = Milter.REJECT
+TEMPFAIL: int = Milter.TEMPFAIL
+
+
+class ConfigSource(Protocol):
+    """Anything that hands out the current configuration (a snapshot)."""
+
+    @property
+    def config(self) -> Config: ...
+
+
+class Check(Protocol):
+    """The checker's evaluate function (spfmilter.checker.check)."""
+
+    def __call__(
+        self,
+        identity: Identity,
+        *,
+        client_ip: IPAddress,
+        helo: str,
+        mail_from: str,
+        receiver: str,
+        lookup_time: float,
+    ) -> SpfOutcome: ...
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _boundary(callback: F) -> F:
+    """The error boundary: an exception never escapes a callback.
+
+    libmilter would turn it into a tempfail anyway; here it is logged with
+    the connection id and the reply says why.
+    """
+
+    @functools.wraps(callback)
+    def guarded(self: SpfMilter, *args: Any) -> Any:
+        try:
+            return callback(self, *args)
+        except Exception:
+            log.exception(
+                "internal error in %s: conn=%s client_ip=%s; transaction tempfailed",
+                callback.__name__,
+                self.conn_id,
+                self.conn.client_ip,
+            )
+            self.errors += 1
+            self._reply_safely(451, "4.3.0", "Temporary SPF checking problem; try again later")
+            return TEMPFAIL
+
+    return guarded  # type: ignore[return-value]
+
+
+class SpfMilter(Milter.Base):  # type: ignore[misc]
+    """SPF enforcement for one SMTP connection.
+
+    Connection state lives in attributes of this object; a Transaction is
+    made in envfrom and dropped in eom/abort.  The configuration is the
+    snapshot taken when the connection opened.
+    """
+
+    def __init__(self, source: ConfigSource, check: Check) -> None:
+        self.conn_id = next(_connection_ids)
+        self.config = source.config
+        self.check = check
+        self.conn = Connection(client_ip=None, client_name="", receiver="")
+        self.helo_outcome: SpfOutcome | None = None
+        self.tx: Transaction | None = None
+        self.decision: Decision | None = None
+        self.logged = False
+        self.forged: list[int] = []
+        self.ar_seen = 0
+        self.errors = 0
+
+    # --- libmilter callbacks -------------------------------------------
+
+    @_boundary
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        """Record the client address and the MTA's own name (macro j)."""
+        receiver = self.getsymval("j") or self.config.headers.authserv_id or socket.getfqdn()
+        self.conn = Connection(
+            client_ip=client_address(family, hostaddr),
+            client_name=hostname or "",
+            receiver=clean(receiver, 253),
+        )
+        return CONTINUE
+
+    @_boundary
+    def hello(self, heloname: str) -> int:
+        """A new HELO/EHLO: its SPF result is computed afresh when needed."""
+        self.conn = dataclasses.replace(self.conn, helo=heloname or "")
+        self.helo_outcome = None
+        return CONTINUE
+
+    @_boundary
+    def envfrom(self, mail_from: str, *params: str) -> int:
+        """Start a transaction, evaluate it, apply the verdict at MAIL stage."""
+        self.tx = Transaction(
+            mail_from=reverse_path(mail_from),
+            auth_user=self.getsymval("{auth_authen}") or "",
+            queue_id=self.getsymval("i") or "",
+        )
+        self.decision = self._evaluate(self.tx)
+        self.logged = False
+        self.forged = []
+        self.ar_seen = 0
+        if self.decision.stage is Stage.MAIL or self.decision.action is Action.SKIP:
+            return self._apply(None)
+        return CONTINUE
+
+    @_boundary
+    def envrcpt(self, recipient: str, *params: str) -> int:
+        """Apply a RCPT-stage verdict to this recipient."""
+        if self.decision is None or self.decision.stage is not Stage.RCPT:
+            return CONTINUE
+        return self._apply(recipient)
+
+    @Milter.noreply  # type: ignore[untyped-decorator]
+    @_boundary
+    def header(self, name: str, value: str) -> int:
+        """Note incoming Authentication-Results that claim to be ours."""
+        if name.lower() == AUTHENTICATION_RESULTS.lower():
+            self.ar_seen += 1
+            if authserv_id_of(value) == self._authserv_id().lower():
+                self.forged.append(self.ar_seen)
+        return CONTINUE
+
+    @_boundary
+    def eom(self) -> int:
+        """Add the one result header, remove forged A-R (RFC 8601 section 5)."""
+        decision, self.decision, self.tx = self.decision, None, None
+        if decision is None:
+            return CONTINUE
+        # A rejected or deferred transaction reaches end of message only
+        # through exempt recipients, and those still get the header.
+        headers = self.config.headers
+        if headers.type.authentication_results and headers.remove_forged:
+            # Highest index first: deleting one must not shift the others.
+            for index in sorted(self.forged, reverse=True):
+                self.chgheader(AUTHENTICATION_RESULTS, index, "")
+        for name, value in self.result_headers(decision):
+            self.addheader(name, value, 0)
+        return CONTINUE
+
+    @_boundary
+    def abort(self) -> int:
+        """The client gave up on the transaction (RSET, QUIT, error)."""
+        self.tx = None
+        self.decision = None
+        return CONTINUE
+
+    @Milter.nocallback  # type: ignore[untyped-decorator]
+    def body(self, chunk: bytes) -> int:
+        """Not needed: SPF is decided by the envelope."""
+        return CONTINUE
+
+    # --- evaluation ------------------------------------------------------
+
+    def _evaluate(self, tx: Transaction) -> Decision:
+        config = self.config
+        reason = policy.skip_reason(config, self.conn, tx)
+        if reason is not None:
+            return policy.skipped(config.policy, reason)
+        helo = self._helo_outcome() if policy.helo_identity_checked(config.policy, tx) else None
+        mail_from = None
+        if policy.mail_from_needed(config, tx, helo):
+            mail_from = self._check(Identity.MAIL_FROM, tx.mail_from)
+        return policy.decide(config, tx, helo, mail_from)
+
+    def _helo_outcome(self) -> SpfOutcome:
+        # Computed once per HELO/EHLO and reused by every transaction on
+        # the connection; hello() clears it.
+        if self.helo_outcome is None:
+            self.helo_outcome = self._check(Identity.HELO, "")
+        return self.helo_outcome
+
+    def _check(self, identity: Identity, mail_from: str) -> SpfOutcome:
+        assert self.conn.client_ip is not None  # skip_reason() skips clients without one
+        return self.check(
+            identity,
+            client_ip=self.conn.client_ip,
+            helo=self.conn.helo,
+            mail_from=mail_from,
+            receiver=self.conn.receiver,
+            lookup_time=self.config.dns.lookup_time,
+        )
+
+    def _apply(self, recipient: str | None) -> int:
+        decision = self.decision
+        assert decision is not None
+        exempt = (
+            recipient is not None
+            and decision.action in (Action.REJECT, Action.DEFER)
+            and policy.recipient_exempt(self.config.policy, recipient)
+        )
+        if not self.logged:
+            self.logged = True
+            self._log_verdict(decision, recipient if exempt else None)
+        if exempt or decision.action in (Action.ACCEPT, Action.SKIP):
+            return CONTINUE
+        reply = decision.reply
+        assert reply is not None
+        self._reply_safely(reply.code, reply.status, reply.text)
+        return REJECT if decision.action is Action.REJECT else TEMPFAIL
+
+    def result_headers(self, decision: Decision) -> list[tuple[str, str]]:
+        """The header(s) to insert for an accepted transaction, in order."""
+        headers = self.config.headers
+        out: list[tuple[str, str]] = []
+        report = decision.report
+        if headers.type.received_spf and report is not None:
+            receiver = None if headers.hide_receiver else self.conn.receiver
+            value = received_spf(
+                report, client_ip=self.conn.client_ip, helo=self.conn.helo, receiver=receiver
+            )
+            out.append((RECEIVED_SPF, value))
+        if headers.type.authentication_results:
+            value = authentication_results(
+                self._authserv_id(),
+                helo=decision.helo,
+                mail_from=decision.mail_from,
+                client_ip=self.conn.client_ip,
+                skip_reason=decision.skip_reason,
+            )
+            out.append((AUTHENTICATION_RESULTS, value))
+        return out
+
+    def _authserv_id(self) -> str:
+        return self.config.headers.authserv_id or self.conn.receiver
+
+    def _reply_safely(self, code: int, status: str | None, text: str) -> None:
+        try:
+            self.setreply(str(code), status, reply_text(text))
+        except Exception:  # the reply text is best effort; the verdict stands
+            log.warning("conn=%s: MTA refused the reply text %r", self.conn_id, text)
+
+    def _log_verdict(self, decision: Decision, exempt_recipient: str | None) -> None:
+        tx = self.tx
+        fields: dict[str, object] = {
+            "queue_id": self.getsymval("i") or (tx.queue_id if tx else "") or "-",
+            "conn": self.conn_id,
+            "client_ip": self.conn.client_ip,
+            "helo": self.conn.helo,
+            "sender": tx.mail_from if tx else "",
+        }
+        if decision.action is Action.SKIP:
+            fields.update(action="skip", reason=decision.skip_reason)
+            log.info("SPF skipped - %s %s", decision.skip_reason, format_fields(fields))
+            return
+        outcome = _deciding_outcome(decision)
+        assert outcome is not None
+        fields.update(
+            identity=outcome.identity.value,
+            result=outcome.result.value,
+            mechanism=outcome.mechanism or "-",
+            action=decision.intended.value,
+            stage=decision.stage.value,
+        )
+        if decision.reply is not None:
+            fields["reply"] = str(decision.reply)
+        if decision.action is not decision.intended:
+            fields["dry_run"] = "yes"
+        if exempt_recipient is not None:
+            fields["exempt_recipient"] = exempt_recipient
+        lookup = sum(o.lookup_seconds for o in (decision.helo, decision.mail_from) if o)
+        fields["lookup_ms"] = round(lookup * 1000)
+        log.info("verdict %s", format_fields(fields), extra={"fields": fields})
+
+
+def _deciding_outcome(decision: Decision) -> SpfOutcome | None:
+    if decision.decided_by is Identity.HELO:
+        return decision.helo
+    return decision.report
+
+
+def format_fields(fields: dict[str, object]) -> str:
+    """key=value pairs; values with spaces or quotes are double-quoted."""
+    parts = []
+    for key, value in fields.items():
+        text = clean(str(value if value is not None else "-"), 400)
+        if not text or any(c in text for c in ' "='):
+            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def client_address(family: int, hostaddr: Any) -> IPAddress | None:
+    """The client IP from libmilter's connect arguments.
+
+    An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is the IPv4 client it
+    maps (RFC 4291 section 2.5.5.2) and is evaluated as such.
+    """
+    if family not in (socket.AF_INET, socket.AF_INET6) or not hostaddr:
+        return None
+    # libmilter passes (address, port, ...); some drivers pass the bare text.
+    text = hostaddr if isinstance(hostaddr, str) else hostaddr[0]
+    address = ipaddress.ip_address(str(text).split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def reverse_path(argument: str) -> str:
+    """The address in a MAIL FROM argument, without angle brackets.
+
+    Source routes (RFC 5321 section 4.1.2, "@a,@b:user@c") are dropped.
+    """
+    address = argument.strip()
+    if address.startswith("<") and address.endswith(">"):
+        address = address[1:-1]
+    if address.startswith("@") and ":" in address:
+        address = address.split(":", 1)[1]
+    return address.strip()
+
+
+def factory(source: ConfigSource, check: Check) -> Callable[[], SpfMilter]:
+    """A zero-argument constructor for Milter.factory."""
+    return functools.partial(SpfMilter, source, check)

@@ -1,0 +1,163 @@
+"""Value types shared by every layer of spfmilter.
+
+This module owns the vocabulary: SPF results and identities (RFC 7208 names),
+the per-connection and per-transaction facts the milter gathers, and the
+Decision that the policy engine returns.  Everything here is an immutable
+value.  It imports nothing from spfmilter.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class SpfResult(enum.StrEnum):
+    """The seven results of check_host() (RFC 7208 section 2.6)."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    SOFTFAIL = "softfail"
+    NEUTRAL = "neutral"
+    NONE = "none"
+    PERMERROR = "permerror"
+    TEMPERROR = "temperror"
+
+
+class Identity(enum.StrEnum):
+    """The identity an SPF check authorises (RFC 7208 section 2.3 and 2.4).
+
+    The value is the `identity=` key of Received-SPF (RFC 7208 section 9.1).
+    """
+
+    HELO = "helo"
+    MAIL_FROM = "mailfrom"
+
+    @property
+    def scope(self) -> str:
+        """The scope word used in result comments ('helo' or 'mfrom')."""
+        return "helo" if self is Identity.HELO else "mfrom"
+
+
+class Action(enum.StrEnum):
+    """What the MTA is told to do with the transaction."""
+
+    ACCEPT = "accept"
+    REJECT = "reject"
+    DEFER = "defer"
+    SKIP = "skip"
+
+
+class Stage(enum.StrEnum):
+    """The SMTP command whose reply carries a reject or defer."""
+
+    MAIL = "mail"
+    RCPT = "rcpt"
+
+
+@dataclass(frozen=True)
+class SpfOutcome:
+    """The result of evaluating one identity.
+
+    `domain` is the domain whose policy was evaluated, `sender` the address
+    check_host() saw (``postmaster@<helo>`` for the HELO identity),
+    `explanation` the text of the domain's exp= modifier when it gave one
+    (RFC 7208 section 6.2), `problem` the error text of a permerror or
+    temperror, `mechanism` the mechanism that matched, if any.
+    """
+
+    identity: Identity
+    result: SpfResult
+    domain: str
+    sender: str
+    mechanism: str | None = None
+    explanation: str | None = None
+    problem: str | None = None
+    lookup_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Connection:
+    """What is known about the SMTP client once it has said HELO.
+
+    `receiver` is the MTA's name for itself (macro ``j``); `helo` is the
+    client's real HELO/EHLO argument, never its PTR name.
+    """
+
+    client_ip: IPAddress | None
+    client_name: str
+    receiver: str
+    helo: str = ""
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """One MAIL FROM ... end-of-message exchange.
+
+    `mail_from` is the reverse-path without angle brackets; ``""`` is the
+    null sender.  `auth_user` is the SASL login name (macro
+    ``{auth_authen}``) or ``""``.
+    """
+
+    mail_from: str
+    auth_user: str = ""
+    queue_id: str = ""
+
+    @property
+    def null_sender(self) -> bool:
+        """True for ``MAIL FROM:<>`` (bounces, RFC 5321 section 4.5.5)."""
+        return self.mail_from == ""
+
+    @property
+    def sender_domain(self) -> str:
+        """The domain part of the reverse-path, lower-cased ("" if none)."""
+        _, _, domain = self.mail_from.rpartition("@")
+        return domain.lower().rstrip(".")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An SMTP reply: code, optional enhanced status code, text."""
+
+    code: int
+    status: str | None
+    text: str
+
+    def __str__(self) -> str:
+        parts = [str(self.code)]
+        if self.status:
+            parts.append(self.status)
+        parts.append(self.text)
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The policy engine's verdict on one transaction.
+
+    `action` is what the MTA is told; `intended` is what the policy asked
+    for before dry-run turned it into an accept (equal to `action`
+    otherwise).  `decided_by` names the identity whose result caused a reject
+    or defer.  `helo` and `mail_from` are the outcomes available for
+    headers; `report` is the one that Received-SPF reports (RFC 7208
+    section 9.1: the MAIL FROM result whenever the sender is not null).
+    `skip_reason` is set when SPF was not evaluated at all.
+    """
+
+    action: Action
+    intended: Action
+    stage: Stage
+    reply: Reply | None = None
+    decided_by: Identity | None = None
+    helo: SpfOutcome | None = None
+    mail_from: SpfOutcome | None = None
+    skip_reason: str | None = None
+
+    @property
+    def report(self) -> SpfOutcome | None:
+        """The outcome that Received-SPF carries."""
+        return self.mail_from if self.mail_from is not None else self.helo

@@ -1,0 +1,1 @@
+"""Support code for the test-suite: fixtures that run real mail servers."""

@@ -1,0 +1,170 @@
+"""The real spfmilter daemon as a subprocess on a real socket, for tests.
+
+Owns starting it with a config file in a temp dir, waiting for readiness
+(the socket accepts connections; no fixed sleeps), signalling it, reading
+its log, and stopping exactly the process it started, by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_for(predicate: object, timeout: float, what: str) -> None:
+    """Poll `predicate` (a callable returning bool) until true or time out."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+class Daemon:
+    """One spfmilter process.  `config` is the text of its config file.
+
+    With `socket` None it listens on a free inet port on 127.0.0.1.
+    """
+
+    def __init__(self, workdir: Path, config: str, socket_spec: str | None = None) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = 0
+        if socket_spec is None:
+            self.port = free_port()
+            socket_spec = f"inet:{self.port}@127.0.0.1"
+        self.socket = socket_spec
+        self.config_path = workdir / "spfmilter.cfg"
+        self.config_path.write_text(config)
+        self.log_path = workdir / "spfmilter.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def postfix_socket(self) -> str:
+        """The same socket in Postfix notation (inet:HOST:PORT, unix:PATH)."""
+        if self.port:
+            return f"inet:127.0.0.1:{self.port}"
+        return self.socket
+
+    def start(self, *extra: str, timeout: float = 20) -> None:
+        """Start and return once the socket accepts connections."""
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "spfmilter",
+                    "--config",
+                    str(self.config_path),
+                    "--socket",
+                    self.socket,
+                    *extra,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env=env,
+            )
+        try:
+            wait_for(self._ready, timeout, f"spfmilter on {self.socket}")
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"spfmilter did not start; log:\n{self.log_text()}") from None
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(
+                f"spfmilter exited with {self.process.returncode}; log:\n{self.log_text()}"
+            )
+        kind, _, rest = self.socket.partition(":")
+        try:
+            if kind == "unix":
+                with socket.socket(socket.AF_UNIX) as probe:
+                    probe.connect(rest)
+            else:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    pass
+        except OSError:
+            return False
+        return True
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def signal(self, signum: int) -> None:
+        """Send a signal to the daemon (only to the process we started)."""
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def reload(self, timeout: float = 10) -> str:
+        """SIGUSR1, then wait for the daemon's reload line and return it."""
+        before = self.log_text().count("reload")
+        self.signal(signal.SIGUSR1)
+        wait_for(lambda: self.log_text().count("reload") > before, timeout, "reload log line")
+        lines = [line for line in self.log_text().splitlines() if "reload" in line]
+        return lines[-1]
+
+    def stop(self, timeout: float = 15) -> int | None:
+        """SIGTERM, wait; SIGKILL only if it hangs.  Returns the exit status."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def verdicts(self) -> list[str]:
+        """The INFO verdict lines logged so far."""
+        return [line for line in self.log_text().splitlines() if "verdict " in line]
+
+    def unexpected(self, allowed: tuple[str, ...] = ()) -> list[str]:
+        """WARNING/ERROR/CRITICAL lines and tracebacks not matching `allowed`."""
+        bad = re.compile(r"^(WARNING|ERROR|CRITICAL)\b|Traceback")
+        return [
+            line
+            for line in self.log_text().splitlines()
+            if bad.search(line) and not any(re.search(a, line) for a in allowed)
+        ]
+
+    def __enter__(self) -> Daemon:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

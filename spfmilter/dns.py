@@ -126,15 +126,21 @@ class Resolver:
             return [], _negative_ttl(next(iter(responses.values()), None))
         except dns.resolver.LifetimeTimeout:
             raise DnsTempError(f"DNS timeout looking up {name} {qtype}") from None
-        except dns.resolver.NoNameservers:
-            raise DnsTempError(f"DNS server failure looking up {name} {qtype}") from None
+        except dns.resolver.NoNameservers as error:
+            looped = _looping_response(error)
+            if looped is None:
+                raise DnsTempError(f"DNS server failure looking up {name} {qtype}") from None
+            # A CNAME loop is a fact about the data, not a server failure:
+            # hand the chain over as it is, so the SPF evaluator sees a name
+            # without records (RFC 7208 section 5.5 skips such PTR names).
+            return _answer_records(looped, name), 0
         except dns.name.LabelTooLong:
             # RFC 7208 section 4.3: a malformed name yields no records.
             return [], 0
         except dns.exception.DNSException as error:
             raise DnsTempError(f"DNS error looking up {name} {qtype}: {error}") from None
         response = answer.response
-        records = [record for rrset in response.answer for record in _records(rrset)]
+        records = _answer_records(response, name)
         if not records:
             return [], _negative_ttl(response)
         ttl = min(rrset.ttl for rrset in response.answer)
@@ -157,6 +163,14 @@ def _make_resolver(config: DnsConfig) -> dns.resolver.Resolver:
     return resolver
 
 
+def _looping_response(error: dns.resolver.NoNameservers) -> dns.message.Message | None:
+    """The response whose CNAME chain dnspython refused as too long, if any."""
+    for *_, exception, response in error.kwargs.get("errors", ()):
+        if isinstance(exception, dns.message.ChainTooLong) and response is not None:
+            return response  # type: ignore[no-any-return]
+    return None
+
+
 def _negative_ttl(response: dns.message.Message | None) -> int:
     if response is None:
         return 0
@@ -167,8 +181,26 @@ def _negative_ttl(response: dns.message.Message | None) -> int:
     return 0
 
 
-def _records(rrset: dns.rrset.RRset) -> list[Record]:
-    owner = rrset.name.to_text(omit_final_dot=True).lower()
+def _answer_records(response: dns.message.Message, name: str) -> list[Record]:
+    """All records of the answer section, CNAMEs included.
+
+    Records owned by the queried name are keyed by the name as asked: the
+    presentation form would escape characters that macro expansion can put
+    in a name (spaces, RFC 7208 section 7.3), and the evaluator looks its
+    answers up by the name it asked for.
+    """
+    asked = dns.name.from_text(name)
+    return [
+        record
+        for rrset in response.answer
+        for record in _records(
+            rrset, name if rrset.name == asked else rrset.name.to_text(omit_final_dot=True)
+        )
+    ]
+
+
+def _records(rrset: dns.rrset.RRset, owner: str) -> list[Record]:
+    owner = owner.lower()
     kind = dns.rdatatype.to_text(rrset.rdtype)
     key = (owner, kind)
     if kind in ("A", "AAAA"):

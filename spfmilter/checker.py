@@ -15,10 +15,8 @@ from collections.abc import Callable
 
 import spf
 
-from spfmilter.dns import DnsTempError, Record
+from spfmilter.dns import DnsTempError, Lookup, Record
 from spfmilter.model import Identity, IPAddress, SpfOutcome, SpfResult
-
-Lookup = Callable[[str, str, float | None], list[Record]]
 
 # RFC 7208 section 4.3 / RFC 1035 section 2.3.1: a domain the HELO identity
 # can be checked for.  Address literals ("[192.0.2.1]") and bare words are

@@ -118,7 +118,15 @@ class SkipConfig:
     networks: tuple[IPNetwork, ...] = _networks("127.0.0.0/8", "::1/128")
     authenticated: bool = True
     trusted_relays: tuple[IPNetwork, ...] = ()
+    helo_names: tuple[str, ...] = ()
+    ptr_domains: tuple[str, ...] = ()
+    forwarder_domains: tuple[str, ...] = ()
     sender_domains: tuple[str, ...] = ()
+
+    @property
+    def needs_dns(self) -> bool:
+        """Whether a skip needs DNS facts about the client."""
+        return bool(self.helo_names or self.ptr_domains or self.forwarder_domains)
 
 
 @dataclass(frozen=True)
@@ -364,6 +372,9 @@ PARSERS: dict[tuple[str, str], Callable[[str], Any]] = {
     ("skip", "networks"): parse_networks,
     ("skip", "authenticated"): parse_bool,
     ("skip", "trusted_relays"): parse_networks,
+    ("skip", "helo_names"): parse_domains,
+    ("skip", "ptr_domains"): parse_domains,
+    ("skip", "forwarder_domains"): parse_domains,
     ("skip", "sender_domains"): parse_domains,
     ("headers", "type"): _enum(HeaderType),
     ("headers", "authserv_id"): parse_authserv_id,

@@ -159,7 +159,7 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
         signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
     )
     threading.Thread(target=_reload_loop, args=(holder,), name="reload", daemon=True).start()
-    Milter.factory = milter.factory(holder, checker.check)
+    Milter.factory = milter.factory(holder, checker.check, resolver.lookup)
     spec = config.milter.socket
     prepare_socket(spec)
     log.info("spfmilter starting: socket=%s config=%s", spec, path or "built-in defaults")

@@ -12,6 +12,7 @@ It imports only the config value types; it must not import spf or Milter.
 from __future__ import annotations
 
 import collections
+import ipaddress
 import logging
 import threading
 import time
@@ -27,6 +28,7 @@ import dns.resolver
 import dns.rrset
 
 from spfmilter.config import DnsConfig
+from spfmilter.model import IPAddress
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,14 @@ MAX_TTL = 86400
 NEGATIVE_TTL_CAP = 900
 
 SUPPORTED_TYPES = ("A", "AAAA", "MX", "PTR", "TXT", "SPF", "CNAME")
+
+
+# The lookup function handed to the checker and the milter: (name, type,
+# time budget or None) -> records.
+Lookup = Callable[[str, str, float | None], list[Record]]
+
+# RFC 7208 section 4.6.4: at most 10 PTR names are looked at.
+MAX_PTR_NAMES = 10
 
 
 class DnsTempError(Exception):
@@ -215,3 +225,37 @@ def _records(rrset: dns.rrset.RRset, owner: str) -> list[Record]:
     if kind in ("TXT", "SPF"):
         return [(key, list(rdata.strings)) for rdata in rrset]
     return []
+
+
+def resolves_to(lookup: Lookup, name: str, ip: IPAddress) -> bool:
+    """Whether `name` has an A (IPv4) or AAAA (IPv6) record equal to `ip`."""
+    qtype = "A" if ip.version == 4 else "AAAA"
+    return any(
+        _same_address(value, ip) for key, value in lookup(name, qtype, None) if key[1] == qtype
+    )
+
+
+def confirmed_ptr_names(lookup: Lookup, ip: IPAddress) -> tuple[str, ...]:
+    """The client's PTR names that resolve back to it (forward-confirmed).
+
+    Like the SPF "ptr" mechanism (RFC 7208 section 5.5), at most ten names
+    are looked at and a name whose lookup fails is skipped.
+    """
+    names = [
+        str(value) for key, value in lookup(ip.reverse_pointer, "PTR", None) if key[1] == "PTR"
+    ]
+    confirmed = []
+    for name in names[:MAX_PTR_NAMES]:
+        try:
+            if resolves_to(lookup, name, ip):
+                confirmed.append(name.lower())
+        except DnsTempError:
+            continue
+    return tuple(confirmed)
+
+
+def _same_address(value: object, ip: IPAddress) -> bool:
+    try:
+        return ipaddress.ip_address(str(value)) == ip
+    except ValueError:
+        return False

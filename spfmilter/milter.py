@@ -24,6 +24,7 @@ import Milter
 
 from spfmilter import policy
 from spfmilter.config import Config
+from spfmilter.dns import DnsTempError, Lookup, confirmed_ptr_names, resolves_to
 from spfmilter.headers import (
     AUTHENTICATION_RESULTS,
     RECEIVED_SPF,
@@ -39,7 +40,9 @@ from spfmilter.model import (
     Decision,
     Identity,
     IPAddress,
+    SkipFacts,
     SpfOutcome,
+    SpfResult,
     Stage,
     Transaction,
 )
@@ -112,10 +115,11 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
     snapshot taken when the connection opened.
     """
 
-    def __init__(self, source: ConfigSource, check: Check) -> None:
+    def __init__(self, source: ConfigSource, check: Check, lookup: Lookup) -> None:
         self.conn_id = next(_connection_ids)
         self.config = source.config
         self.check = check
+        self.lookup = lookup
         self.conn = Connection(client_ip=None, client_name="", receiver="")
         self.helo_outcome: SpfOutcome | None = None
         self.tx: Transaction | None = None
@@ -211,7 +215,9 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
 
     def _evaluate(self, tx: Transaction) -> Decision:
         config = self.config
-        reason = policy.skip_reason(config, self.conn, tx)
+        reason = policy.skip_reason(config, self.conn, tx, None)
+        if reason is None and config.skip.needs_dns:
+            reason = policy.skip_reason(config, self.conn, tx, self._skip_facts(tx))
         if reason is not None:
             return policy.skipped(config.policy, reason)
         helo = self._helo_outcome() if policy.helo_identity_checked(config.policy, tx) else None
@@ -219,6 +225,26 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         if policy.mail_from_needed(config, tx, helo):
             mail_from = self._check(Identity.MAIL_FROM, tx.mail_from)
         return policy.decide(config, tx, helo, mail_from)
+
+    def _skip_facts(self, tx: Transaction) -> SkipFacts:
+        """Ask DNS what the configured DNS-based skips need to know."""
+        skip = self.config.skip
+        ip = self.conn.client_ip
+        assert ip is not None  # skip_reason() skipped clients without one
+        helo = self.conn.helo.lower().rstrip(".")
+        try:
+            helo_confirmed = helo in skip.helo_names and resolves_to(self.lookup, helo, ip)
+            ptr_names = confirmed_ptr_names(self.lookup, ip) if skip.ptr_domains else ()
+        except DnsTempError as error:
+            log.warning("conn=%s: DNS trouble while checking skips: %s", self.conn_id, error)
+            return SkipFacts()
+        forwarder = None
+        for domain in skip.forwarder_domains:
+            outcome = self._check(Identity.MAIL_FROM, f"postmaster@{domain}")
+            if outcome.result is SpfResult.PASS:
+                forwarder = domain
+                break
+        return SkipFacts(helo_confirmed=helo_confirmed, ptr_names=ptr_names, forwarder=forwarder)
 
     def _helo_outcome(self) -> SpfOutcome:
         # Computed once per HELO/EHLO and reused by every transaction on
@@ -366,6 +392,6 @@ def reverse_path(argument: str) -> str:
     return address.strip()
 
 
-def factory(source: ConfigSource, check: Check) -> Callable[[], SpfMilter]:
+def factory(source: ConfigSource, check: Check, lookup: Lookup) -> Callable[[], SpfMilter]:
     """A zero-argument constructor for Milter.factory."""
-    return functools.partial(SpfMilter, source, check)
+    return functools.partial(SpfMilter, source, check, lookup)

@@ -120,6 +120,20 @@ class Transaction:
 
 
 @dataclass(frozen=True)
+class SkipFacts:
+    """What DNS said about the client, for the skips that need it.
+
+    `helo_confirmed`: the HELO name resolves (A/AAAA) to the client IP.
+    `ptr_names`: the client's forward-confirmed PTR names.
+    `forwarder`: a forwarder domain whose SPF policy the client passes.
+    """
+
+    helo_confirmed: bool = False
+    ptr_names: tuple[str, ...] = ()
+    forwarder: str | None = None
+
+
+@dataclass(frozen=True)
 class Reply:
     """An SMTP reply: code, optional enhanced status code, text."""
 

@@ -16,7 +16,10 @@ from spfmilter.model import (
     Connection,
     Decision,
     Identity,
+    IPAddress,
+    IPNetwork,
     Reply,
+    SkipFacts,
     SpfOutcome,
     SpfResult,
     Transaction,
@@ -31,11 +34,16 @@ _PERMERROR = (550, "5.7.24")
 _DEFER = (451, "4.7.24")
 
 
-def skip_reason(config: Config, conn: Connection, tx: Transaction) -> str | None:
+def skip_reason(
+    config: Config, conn: Connection, tx: Transaction, facts: SkipFacts | None
+) -> str | None:
     """Why SPF is not applied to this transaction, or None to apply it.
 
-    Checked in a fixed order so that the logged reason is predictable:
-    skip networks, SASL authentication, trusted relays, sender domains.
+    Checked in a fixed order so that the logged reason is predictable: skip
+    networks, SASL authentication, trusted relays, HELO names that resolve to
+    the client, forwarder domains whose SPF the client passes, forward-
+    confirmed PTR names, sender domains.  With `facts` None (DNS not asked
+    yet) the skips that need DNS are left out.
     """
     skip = config.skip
     ip = conn.client_ip
@@ -43,15 +51,41 @@ def skip_reason(config: Config, conn: Connection, tx: Transaction) -> str | None
         # Mail submitted on the MTA host itself (Postfix non_smtpd_milters,
         # sendmail -bs) has no SMTP client whose address SPF could check.
         return "no client IP address (local submission)"
-    if any(ip in net for net in skip.networks if net.version == ip.version):
+    if _in(ip, skip.networks):
         return LOCALHOST_REASON if ip.is_loopback else f"client {ip} in skip networks"
     if skip.authenticated and tx.auth_user:
         return f"SASL authenticated as {clean(tx.auth_user, 64)}"
-    if any(ip in net for net in skip.trusted_relays if net.version == ip.version):
+    if _in(ip, skip.trusted_relays):
         return f"client {ip} is a trusted relay"
+    if facts is not None:
+        helo = conn.helo.lower().rstrip(".")
+        if facts.helo_confirmed and helo in skip.helo_names:
+            return f"HELO {clean(helo, 253)} resolves to the client"
+        if facts.forwarder is not None:
+            return f"client passes SPF of forwarder {facts.forwarder}"
+        for name in facts.ptr_names:
+            domain = in_domains(name, skip.ptr_domains)
+            if domain is not None:
+                return f"client's confirmed PTR name {clean(name, 253)} is in {domain}"
     if tx.sender_domain and tx.sender_domain in skip.sender_domains:
-        return f"sender domain {tx.sender_domain} is exempt"
+        return f"sender domain {clean(tx.sender_domain, 253)} is exempt"
     return None
+
+
+def in_domains(name: str, domains: tuple[str, ...]) -> str | None:
+    """The listed domain `name` is, or is below, on label boundaries.
+
+    "mail.example.com" is in "example.com"; "evilexample.com" is not.
+    """
+    name = name.lower().rstrip(".")
+    for domain in domains:
+        if name == domain or name.endswith("." + domain):
+            return domain
+    return None
+
+
+def _in(ip: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
+    return any(ip in net for net in networks if net.version == ip.version)
 
 
 def helo_identity_checked(policy: PolicyConfig, tx: Transaction) -> bool:

@@ -6,94 +6,26 @@ at each stage, and for accepted mail the delivered message's headers.
 
 from __future__ import annotations
 
-import shutil
-import smtplib
-import tempfile
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from email.message import Message
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import config_text
-from tests.support.daemon import Daemon
 from tests.support.dnsserver import DNSTestServer
-from tests.support.postfix import PrivatePostfix
-
-RCPT = "user@example.net"
-PASS_IP = "198.51.100.7"
-STRANGER_IP = "203.0.113.5"
-
-
-@dataclass
-class Stack:
-    daemon: Daemon
-    postfix: PrivatePostfix
+from tests.support.stack import (
+    PASS_IP,
+    RCPT,
+    Stack,
+    postfix_stack,
+    send,
+    transaction,
+)
 
 
 @pytest.fixture(scope="module")
 def stack(dns_server: DNSTestServer) -> Iterator[Stack]:
-    # Not pytest's tmp_path: Postfix's delivery agent runs as another user
-    # and must be able to search every directory above its Maildir.
-    work = Path(tempfile.mkdtemp(prefix="spfmilter-postfix-"))
-    work.chmod(0o755)
-    daemon = Daemon(work / "milter", config_text(dns_server))
-    daemon.start()
-    postfix = PrivatePostfix(work / "postfix", daemon.postfix_socket)
-    try:
-        postfix.start()
-        yield Stack(daemon, postfix)
-    finally:
-        postfix.stop()
-        daemon.stop()
-    assert daemon.unexpected() == [], daemon.log_text()
-    shutil.rmtree(work)
-    assert [w for w in postfix.warnings() if "milter" in w] == []
-
-
-@dataclass
-class Sent:
-    mail: tuple[int, str]
-    rcpts: list[tuple[int, str]] = field(default_factory=list)
-    data: tuple[int, str] | None = None
-    message: Message | None = None
-    raw: bytes = b""
-
-    def received_spf(self) -> list[str]:
-        assert self.message is not None
-        return [" ".join(v.split()) for v in self.message.get_all("Received-SPF") or []]
-
-
-def transaction(smtp: smtplib.SMTP, postfix: PrivatePostfix, sender: str, rcpts: list[str]) -> Sent:
-    code, text = smtp.mail(sender)
-    sent = Sent((code, text.decode()))
-    if code >= 400:
-        smtp.rset()
-        return sent
-    for rcpt in rcpts:
-        code, text = smtp.rcpt(rcpt)
-        sent.rcpts.append((code, text.decode()))
-    if not any(code < 400 for code, _ in sent.rcpts):
-        smtp.rset()
-        return sent
-    marker = f"<{uuid.uuid4()}@test.example>"
-    body = f"Message-ID: {marker}\r\nSubject: spf test\r\nFrom: {sender or 'x@y'}\r\n\r\nhi\r\n"
-    code, text = smtp.data(body)
-    sent.data = (code, text.decode())
-    if code < 400:
-        sent.raw = postfix.raw_message(marker)
-        sent.message = postfix.wait_for_message(marker)
-    return sent
-
-
-def send(stack: Stack, ip: str, helo: str, sender: str, rcpts: list[str] | None = None) -> Sent:
-    smtp = stack.postfix.connect(ip, helo)
-    try:
-        return transaction(smtp, stack.postfix, sender, rcpts or [RCPT])
-    finally:
-        smtp.quit()
+    with postfix_stack(config_text(dns_server)) as stack:
+        yield stack
 
 
 MAIL_FROM_CASES = [
@@ -238,7 +170,7 @@ def test_two_messages_on_one_connection(stack: Stack) -> None:
     assert third.received_spf()[0].startswith("pass ")
 
 
-def test_one_verdict_line_per_transaction(stack: Stack, tmp_path: Path) -> None:
+def test_one_verdict_line_per_transaction(stack: Stack) -> None:
     before = len(stack.daemon.verdicts())
     send(
         stack,

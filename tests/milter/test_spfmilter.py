@@ -14,6 +14,7 @@ from Milter.testctx import TestCtx as MilterTestCtx
 
 from spfmilter import milter as spfmilter_milter
 from spfmilter.config import Config, HeadersConfig, HeaderType, PolicyConfig
+from spfmilter.dns import Record
 from spfmilter.milter import client_address, reverse_path
 from spfmilter.model import Identity, IPAddress, SpfOutcome, SpfResult, Stage
 
@@ -63,6 +64,10 @@ class Ctx(MilterTestCtx):  # type: ignore[misc]
         super().chgheader(field, idx, value)
 
 
+def no_dns(name: str, qtype: str, budget: float | None) -> list[Record]:
+    raise AssertionError(f"unexpected DNS lookup {name} {qtype}")
+
+
 class Source:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -70,7 +75,7 @@ class Source:
 
 def make(config: Config | None = None, results: Results | None = None) -> tuple[Ctx, Recorder]:
     recorder = Recorder(results or {})
-    Milter.factory = spfmilter_milter.factory(Source(config or Config()), recorder)
+    Milter.factory = spfmilter_milter.factory(Source(config or Config()), recorder, no_dns)
     ctx = Ctx()
     ctx._setsymval("j", "mx.test.example")
     return ctx, recorder

@@ -141,8 +141,10 @@ _STEP_FLAGS = {
 # reply (smfi_setsymlist), mapped to the SMFIC_MACRO stage letter.
 _SYMLIST_STAGES = {0: "C", 1: "H", 2: "M", 3: "R", 4: "T", 5: "E", 6: "N"}
 
-# Stage letters whose macros transaction() sends before the matching command.
-_TRANSACTION_MACRO_STAGES = frozenset("MRTLNBE")
+# Stage letters whose macros transaction() sends before the matching command:
+# the message stages libmilter keeps macros for (engine.c st_macros silently
+# drops any other letter).
+_TRANSACTION_MACRO_STAGES = frozenset("MRTNE")
 
 _LENGTH = struct.Struct(">I")
 _OPTNEG = struct.Struct(">III")
@@ -364,15 +366,14 @@ class MilterClient:
         except OSError as exc:
             raise MilterError(f"sending {what}: {exc}") from exc
 
-    def _receive_exactly(self, size: int, what: str) -> bytes:
+    def _receive_exactly(self, sock: socket.socket, size: int, what: str) -> bytes:
         # recv() may return any part of a packet, or several packets at once.
-        assert self._sock is not None
         while len(self._inbox) < size:
             try:
                 if self._quickack:
                     # Linux clears TCP_QUICKACK by itself, so re-arm it per read.
-                    self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-                chunk = self._sock.recv(max(65536, size - len(self._inbox)))
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+                chunk = sock.recv(max(65536, size - len(self._inbox)))
             except TimeoutError as exc:
                 # libmilter drops a command its state table does not allow
                 # next (engine.c next_states) without any reply, so a
@@ -391,13 +392,22 @@ class MilterClient:
         return data
 
     def _receive(self, what: str) -> tuple[bytes, bytes]:
-        """Read one packet; return its reply byte and payload."""
-        if self._sock is None:
+        """Read one packet; return its reply byte and payload.
+
+        Any failure hangs up: a reply arriving late would otherwise be taken
+        as the answer to the next command.
+        """
+        sock = self._sock
+        if sock is None:
             raise MilterError(f"{what}: not connected")
-        (length,) = _LENGTH.unpack(self._receive_exactly(_LENGTH.size, what))
-        if not 1 <= length <= _MAX_REPLY_SIZE + 1:
-            raise MilterError(f"implausible packet length {length} in the reply to {what}")
-        packet = self._receive_exactly(length, what)
+        try:
+            (length,) = _LENGTH.unpack(self._receive_exactly(sock, _LENGTH.size, what))
+            if not 1 <= length <= _MAX_REPLY_SIZE + 1:
+                raise MilterError(f"implausible packet length {length} in the reply to {what}")
+            packet = self._receive_exactly(sock, length, what)
+        except MilterError:
+            self.close()
+            raise
         return packet[:1], packet[1:]
 
     def _final_reply(self, reply: bytes, payload: bytes, what: str) -> Response:
@@ -455,6 +465,9 @@ class MilterClient:
 
         Send them just before that stage's command, as an MTA does; names are
         given as the MTA spells them ("j", "{auth_authen}").  No reply.
+        libmilter keeps one set per stage C, H, M, R, T, N, E until the same
+        stage's macros come again or an earlier stage's command clears them,
+        so values outlive a transaction unless they are sent again.
         """
         if len(cmd) != 1:
             raise ValueError(f"macro stage must be one command letter, not {cmd!r}")
@@ -524,16 +537,16 @@ class MilterClient:
         if not self._negotiated:
             raise MilterError(f"{what}: negotiate() must come first")
         self._send(SMFIC_BODYEOB, b"", what)
-        result = EomResult(_ASSUMED_CONTINUE)
+        modifications: list[Modification] = []
+        progress = 0
         while True:
             reply, payload = self._receive(what)
             if reply in _MODIFICATIONS:
-                result.modifications.append(_parse_modification(reply, payload))
+                modifications.append(_parse_modification(reply, payload))
             elif reply == SMFIR_PROGRESS:
-                result.progress += 1
+                progress += 1
             else:
-                result.response = self._final_reply(reply, payload, what)
-                return result
+                return EomResult(self._final_reply(reply, payload, what), modifications, progress)
 
     def abort(self) -> None:
         """SMFIC_ABORT: forget the current message; the milter sends no reply."""
@@ -558,8 +571,8 @@ class MilterClient:
     ) -> TransactionResult:
         """Run MAIL, RCPT..., DATA, headers, EOH, body, EOM as an MTA would.
 
-        macros maps stage letters (M, R, T, L, N, B, E) to the macros sent
-        before each command of that stage.  A refused recipient only drops
+        macros maps stage letters (M, R, T, N, E) to the macros sent before
+        each command of that stage.  A refused recipient only drops
         that recipient; any other reply but continue/skip ends the message,
         as does refusal of every recipient, and then SMFIC_ABORT is sent so
         the connection is ready for the next MAIL.  A "skip" reply to a body
@@ -605,7 +618,6 @@ class MilterClient:
         if not result.data.proceeds:
             return stop(result, result.data)
         for name, value in headers:
-            staged("L")
             response = self.header(name, value)
             result.headers.append(response)
             if not response.proceeds:
@@ -615,7 +627,6 @@ class MilterClient:
         if not result.eoh.proceeds:
             return stop(result, result.eoh)
         for start in range(0, len(body), MILTER_CHUNK_SIZE):
-            staged("B")
             response = self.body(body[start : start + MILTER_CHUNK_SIZE])
             result.body.append(response)
             if response.kind == "skip":

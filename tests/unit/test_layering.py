@@ -19,7 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "dns": {"config", "model"},
     "checker": {"model", "dns"},
     "policy": {"model", "config", "headers"},
-    "milter": {"model", "config", "headers", "policy"},
+    "milter": {"model", "config", "dns", "headers", "policy"},
     "daemon": {"model", "config", "dns", "checker", "milter"},
     "cli": {
         "__init__",

@@ -15,6 +15,7 @@ from spfmilter.model import (
     Connection,
     Identity,
     Reply,
+    SkipFacts,
     SpfOutcome,
     SpfResult,
     Stage,
@@ -275,12 +276,12 @@ def conn(ip: str) -> Connection:
 )
 def test_skip_reasons(ip: str, tx: Transaction, skip: SkipConfig, reason: str | None) -> None:
     config = dataclasses.replace(DEFAULT, skip=skip)
-    assert policy.skip_reason(config, conn(ip), tx) == reason
+    assert policy.skip_reason(config, conn(ip), tx, None) == reason
 
 
 def test_no_client_ip_is_skipped() -> None:
     no_ip = Connection(None, "localhost", "mx")
-    assert policy.skip_reason(DEFAULT, no_ip, Transaction("a@b.example")) is not None
+    assert policy.skip_reason(DEFAULT, no_ip, Transaction("a@b.example"), None) is not None
 
 
 @pytest.mark.parametrize(
@@ -295,3 +296,50 @@ def test_no_client_ip_is_skipped() -> None:
 )
 def test_recipient_exempt(entries: tuple[str, ...], rcpt: str, exempt: bool) -> None:
     assert policy.recipient_exempt(PolicyConfig(exempt_recipients=entries), rcpt) is exempt
+
+
+@pytest.mark.parametrize(
+    ("name", "domain"),
+    [
+        ("mail.example.com", "example.com"),
+        ("example.com.", "example.com"),
+        ("MX.Example.COM", "example.com"),
+        ("evilexample.com", None),
+        ("example.com.evil.test", None),
+    ],
+)
+def test_in_domains_matches_on_label_boundaries(name: str, domain: str | None) -> None:
+    assert policy.in_domains(name, ("example.com",)) == domain
+
+
+@pytest.mark.parametrize(
+    ("facts", "reason"),
+    [
+        (SkipFacts(helo_confirmed=True), "HELO mail.example.org resolves to the client"),
+        (SkipFacts(forwarder="fwd.example"), "client passes SPF of forwarder fwd.example"),
+        (
+            SkipFacts(ptr_names=("evilrelay.example", "mx.relay.example")),
+            "client's confirmed PTR name mx.relay.example is in relay.example",
+        ),
+        (SkipFacts(ptr_names=("evilrelay.example",)), None),
+        (SkipFacts(), None),
+    ],
+)
+def test_dns_based_skips(facts: SkipFacts, reason: str | None) -> None:
+    skip = SkipConfig(
+        helo_names=("mail.example.org",),
+        ptr_domains=("relay.example",),
+        forwarder_domains=("fwd.example",),
+    )
+    config = dataclasses.replace(DEFAULT, skip=skip)
+    assert policy.skip_reason(config, conn("198.51.100.7"), Transaction("a@b.example"), facts) == (
+        reason
+    )
+
+
+def test_helo_fact_needs_a_listed_helo() -> None:
+    config = dataclasses.replace(DEFAULT, skip=SkipConfig(helo_names=("other.example",)))
+    facts = SkipFacts(helo_confirmed=True)
+    assert (
+        policy.skip_reason(config, conn("198.51.100.7"), Transaction("a@b.example"), facts) is None
+    )

@@ -22,12 +22,17 @@ for package in "${packages[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)
   [ "$status" = "install ok installed" ] || missing+=("$package")
 done
+# The Sendmail test downloads Debian packages: it needs package lists.
+if [ "$mode" = test ] && ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+  apt-get update -qq
+  updated=1
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "quickstart: installing ${missing[*]}" >&2
   # The tests run their own private Postfix: leave the system one
   # unconfigured and stopped.
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-  apt-get update -qq
+  [ -n "${updated:-}" ] || apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 

@@ -392,7 +392,7 @@ PARSERS: dict[tuple[str, str], Callable[[str], Any]] = {
 }
 
 
-def _line_numbers(text: str) -> dict[tuple[str, str], int]:
+def line_numbers(text: str) -> dict[tuple[str, str], int]:
     """Map (section, key) to the 1-based line that sets it.
 
     configparser does not keep line numbers, and an administrator needs
@@ -450,7 +450,7 @@ def parse_config(text: str, name: str = "<config>") -> Config:
         lineno = error.errors[0][0]
         line = text.splitlines()[lineno - 1].strip()
         raise ConfigError(f"{name}:{lineno}: expected 'key = value', got {line!r}") from None
-    lines = _line_numbers(text)
+    lines = line_numbers(text)
     sections: dict[str, Any] = {}
     for section in parser.sections():
         where = f"{name}:{lines.get((section.lower(), ''), 0)}"

@@ -167,3 +167,11 @@ def test_long_lookup_time_is_accepted_with_a_warning() -> None:
     assert config.dns.lookup_time == 28
     assert len(config.warnings) == 1
     assert "milter_command_timeout" in config.warnings[0]
+
+
+def test_every_key_is_documented_in_the_shipped_example() -> None:
+    from spfmilter.config import PARSERS, line_numbers
+
+    documented = line_numbers((REPO / "spfmilter.cfg").read_text())
+    missing = [f"[{s}] {k}" for s, k in PARSERS if (s, k) not in documented]
+    assert missing == []

@@ -1,4 +1,4 @@
-"""Command line: ``spfmilter`` (run), ``--check-config``, ``--version``.
+"""Command line: ``spfmilter`` (run), ``--check-config``, ``--version``, ``check``.
 
 This module owns argument parsing and exit statuses (0 ok, 2 usage, 78
 EX_CONFIG).  ``main(argv)`` does everything and returns the status, so
@@ -11,8 +11,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from spfmilter import __version__, daemon
+from spfmilter import __version__, check, checker, daemon
 from spfmilter.config import EX_CONFIG, ConfigError, load_config, parse_socket, render
+from spfmilter.dns import Resolver
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,8 +39,66 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spfmilter check",
+        description="Evaluate one transaction exactly as the milter would and print the "
+        "result; or, with --policy-request, answer Postfix policy delegation blocks "
+        "read from standard input.",
+    )
+    parser.add_argument("--config", metavar="PATH", help="configuration file")
+    parser.add_argument("--client-ip", metavar="IP", help="SMTP client address")
+    parser.add_argument("--helo", metavar="NAME", default="", help="HELO/EHLO argument")
+    parser.add_argument("--sender", metavar="ADDR", help="MAIL FROM address; '' for <>")
+    parser.add_argument(
+        "--rcpt", metavar="ADDR", action="append", default=[], help="RCPT TO (repeatable)"
+    )
+    parser.add_argument("--sasl-user", metavar="NAME", default="", help="SASL login name")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--policy-request",
+        action="store_true",
+        help="read policy delegation attribute blocks from stdin, answer action= lines",
+    )
+    return parser
+
+
+def check_main(argv: Sequence[str]) -> int:
+    """``spfmilter check ...``: 0 whatever the verdict, 2 bad arguments, 78 bad config."""
+    parser = _check_parser()
+    args = parser.parse_args(argv)
+    if not args.policy_request and (args.client_ip is None or args.sender is None):
+        parser.error("--client-ip and --sender are required (or use --policy-request)")
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"spfmilter: {error}", file=sys.stderr)
+        return EX_CONFIG
+    resolver = Resolver(config.dns)
+    checker.install(resolver.lookup, config.dns.void_lookup_limit)
+    if args.policy_request:
+        check.serve_policy(config, resolver.lookup, sys.stdin, sys.stdout)
+        return 0
+    tx = check.Transaction(
+        client_ip=args.client_ip,
+        helo=args.helo,
+        sender=args.sender.strip("<>"),
+        recipients=tuple(args.rcpt) or ("postmaster@example.invalid",),
+        auth_user=args.sasl_user,
+    )
+    try:
+        result = check.run(config, resolver.lookup, tx)
+    except ValueError as error:
+        parser.error(f"--client-ip: {error}")
+    print(check.as_json(result) if args.json else check.as_text(result))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run spfmilter with `argv` (default sys.argv[1:]); return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["check"]:
+        return check_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         config = load_config(args.config)

@@ -124,6 +124,9 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         self.helo_outcome: SpfOutcome | None = None
         self.tx: Transaction | None = None
         self.decision: Decision | None = None
+        # The verdict of the latest transaction, kept past its end for the
+        # check command to report.
+        self.last_decision: Decision | None = None
         self.logged = False
         self.forged: list[int] = []
         self.ar_seen = 0
@@ -134,7 +137,7 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
     @_boundary
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         """Record the client address and the MTA's own name (macro j)."""
-        receiver = self.getsymval("j") or self.config.headers.authserv_id or socket.getfqdn()
+        receiver = self.config.headers.authserv_id or self.getsymval("j") or socket.getfqdn()
         self.conn = Connection(
             client_ip=client_address(family, hostaddr),
             client_name=hostname or "",
@@ -157,7 +160,7 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
             auth_user=self.getsymval("{auth_authen}") or "",
             queue_id=self.getsymval("i") or "",
         )
-        self.decision = self._evaluate(self.tx)
+        self.decision = self.last_decision = self._evaluate(self.tx)
         self.logged = False
         self.forged = []
         self.ar_seen = 0
@@ -173,9 +176,12 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         return self._apply(recipient)
 
     @Milter.noreply  # type: ignore[untyped-decorator]
-    @_boundary
     def header(self, name: str, value: str) -> int:
-        """Note incoming Authentication-Results that claim to be ours."""
+        """Note incoming Authentication-Results that claim to be ours.
+
+        No reply is sent for headers (a round trip saved per header), so
+        this callback cannot tempfail: it only counts, which cannot fail.
+        """
         if name.lower() == AUTHENTICATION_RESULTS.lower():
             self.ar_seen += 1
             if authserv_id_of(value) == self._authserv_id().lower():

@@ -7,6 +7,7 @@ its log, and stopping exactly the process it started, by PID.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -110,6 +111,10 @@ class Daemon:
             return False
         return True
 
+    def _ready_or_gone(self) -> None:
+        with contextlib.suppress(RuntimeError):  # it exited already
+            self._ready()
+
     @property
     def pid(self) -> int:
         assert self.process is not None
@@ -134,9 +139,16 @@ class Daemon:
             return None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
+            # libmilter notices a stop request when its listener wakes up,
+            # which a connection does at once (it polls every 5 s otherwise).
+            deadline = time.monotonic() + timeout
+            while self.process.poll() is None and time.monotonic() < deadline:
+                self._ready_or_gone()
+                try:
+                    self.process.wait(0.1)
+                except subprocess.TimeoutExpired:
+                    continue
+            if self.process.poll() is None:
                 self.process.kill()
                 self.process.wait(5)
         return self.process.returncode

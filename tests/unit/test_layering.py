@@ -21,7 +21,9 @@ ALLOWED: dict[str, set[str]] = {
     "policy": {"model", "config", "headers"},
     "milter": {"model", "config", "dns", "headers", "policy"},
     "daemon": {"model", "config", "dns", "checker", "milter"},
+    "check": {"model", "config", "dns", "checker", "milter"},
     "cli": {
+        "check",
         "__init__",
         "model",
         "config",

@@ -1,0 +1,317 @@
+"""``spfmilter check``: one transaction through the real SpfMilter, no MTA.
+
+This module owns the check command's engine and its two front ends: a
+command line (client IP, HELO, sender, recipients) and the Postfix policy
+delegation protocol (attribute blocks on stdin, ``action=`` answers).  It
+does not evaluate anything itself: it drives an SpfMilter through a
+recording stand-in for libmilter's context, so the checker, the policy and
+the header builder are exactly the milter's.  It imports milter, config,
+dns, checker and model; only cli imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import socket
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from spfmilter import checker
+from spfmilter.config import Config
+from spfmilter.dns import Lookup
+from spfmilter.milter import CONTINUE, REJECT, SpfMilter
+from spfmilter.model import Decision, SpfOutcome
+
+RECEIVER_MACRO = "j"
+
+
+class RecordingContext:
+    """Stands in for libmilter's per-connection context; records calls."""
+
+    def __init__(self, macros: Mapping[str, str]) -> None:
+        self.macros = dict(macros)
+        self.priv: object = None
+        self.reply: tuple[str, str | None, str] | None = None
+        self.added: list[tuple[str, str, int]] = []
+        self.changed: list[tuple[str, int, str]] = []
+
+    def getpriv(self) -> object:
+        return self.priv
+
+    def setpriv(self, priv: object) -> None:
+        self.priv = priv
+
+    def getsymval(self, name: str) -> str | None:
+        return self.macros.get(name)
+
+    def setreply(self, code: str, status: str | None, text: str, *more: str) -> None:
+        self.reply = (code, status, text)
+
+    def addheader(self, name: str, value: str, index: int) -> None:
+        self.added.append((name, value, index))
+
+    def chgheader(self, name: str, index: int, value: str) -> None:
+        self.changed.append((name, index, value))
+
+
+@dataclass
+class RecipientResult:
+    """What the MTA is told for one RCPT."""
+
+    address: str
+    action: str
+    reply: str | None = None
+
+
+@dataclass
+class CheckResult:
+    """Everything one checked transaction produced."""
+
+    client_ip: str
+    helo: str
+    sender: str
+    decision: Decision | None
+    mail_action: str
+    mail_reply: str | None
+    recipients: list[RecipientResult] = field(default_factory=list)
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """The input of one check."""
+
+    client_ip: str
+    helo: str
+    sender: str
+    recipients: tuple[str, ...] = ("postmaster@example.invalid",)
+    auth_user: str = ""
+    queue_id: str = ""
+    client_name: str = ""
+
+
+class Source:
+    """A fixed configuration, in the shape SpfMilter reads it."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+
+def run(config: Config, lookup: Lookup, tx: Transaction) -> CheckResult:
+    """Drive one SpfMilter through connect, HELO, MAIL, RCPT... and EOM.
+
+    Stops where an MTA would: after a MAIL refusal, or when every recipient
+    was refused.  Raises ValueError for a client IP that is not one.
+    """
+    ip = ipaddress.ip_address(tx.client_ip)
+    receiver = config.headers.authserv_id or socket.getfqdn()
+    ctx = RecordingContext({RECEIVER_MACRO: receiver, "i": tx.queue_id})
+    milter = SpfMilter(Source(config), checker.check, lookup)
+    milter._setctx(ctx)
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    milter.connect(tx.client_name or f"[{ip}]", family, (str(ip), 0))
+    milter.hello(tx.helo)
+    if tx.auth_user:
+        ctx.macros["{auth_authen}"] = tx.auth_user
+    code = milter.envfrom(f"<{tx.sender}>")
+    result = CheckResult(
+        client_ip=str(ip),
+        helo=tx.helo,
+        sender=tx.sender,
+        decision=milter.last_decision,
+        mail_action=_action(code),
+        mail_reply=_take_reply(ctx, code),
+    )
+    if code != CONTINUE:
+        result.error = None if milter.last_decision else "internal error (see log)"
+        return result
+    for address in tx.recipients:
+        code = milter.envrcpt(f"<{address}>")
+        result.recipients.append(RecipientResult(address, _action(code), _take_reply(ctx, code)))
+    if any(r.action == "accept" for r in result.recipients):
+        milter.eom()
+        result.headers = [(name, value) for name, value, _ in ctx.added]
+    return result
+
+
+def _action(code: int) -> str:
+    if code == CONTINUE:
+        return "accept"
+    return "reject" if code == REJECT else "defer"
+
+
+def _take_reply(ctx: RecordingContext, code: int) -> str | None:
+    reply, ctx.reply = ctx.reply, None
+    if code == CONTINUE or reply is None:
+        return None
+    rcode, status, text = reply
+    # setreply text has '%' doubled for libmilter; the MTA shows one.
+    return " ".join(p for p in (rcode, status, text.replace("%%", "%")) if p)
+
+
+# --- command line output -------------------------------------------------
+
+
+def outcome_dict(outcome: SpfOutcome | None) -> dict[str, Any] | None:
+    """An identity's outcome as JSON-ready data."""
+    if outcome is None:
+        return None
+    return {
+        "identity": outcome.identity.value,
+        "result": outcome.result.value,
+        "domain": outcome.domain,
+        "sender": outcome.sender,
+        "mechanism": outcome.mechanism,
+        "explanation": outcome.explanation,
+        "problem": outcome.problem,
+        "lookup_ms": round(outcome.lookup_seconds * 1000, 1),
+    }
+
+
+def as_json(result: CheckResult) -> str:
+    """One JSON object describing the checked transaction."""
+    decision = result.decision
+    data: dict[str, Any] = {
+        "client_ip": result.client_ip,
+        "helo": result.helo,
+        "sender": result.sender,
+        "helo_result": outcome_dict(decision.helo if decision else None),
+        "mail_from_result": outcome_dict(decision.mail_from if decision else None),
+        "skip_reason": decision.skip_reason if decision else None,
+        "decision": decision.action.value if decision else None,
+        "intended": decision.intended.value if decision else None,
+        "stage": decision.stage.value if decision else None,
+        "mail": {"action": result.mail_action, "reply": result.mail_reply},
+        "recipients": [dataclasses.asdict(r) for r in result.recipients],
+        "headers": [{"name": n, "value": v} for n, v in result.headers],
+        "error": result.error,
+    }
+    return json.dumps(data, indent=2)
+
+
+def as_text(result: CheckResult) -> str:
+    """The checked transaction, for a person."""
+    decision = result.decision
+    lines = [
+        f"client {result.client_ip}  HELO {result.helo or '(none)'}  MAIL FROM <{result.sender}>"
+    ]
+    if decision is not None and decision.skip_reason:
+        lines.append(f"skipped:    {decision.skip_reason}")
+    for label, outcome in (
+        ("HELO", decision.helo if decision else None),
+        ("MAIL FROM", decision.mail_from if decision else None),
+    ):
+        if outcome is not None:
+            detail = f"mechanism {outcome.mechanism}" if outcome.mechanism else "no mechanism"
+            if outcome.problem:
+                detail = outcome.problem
+            lines.append(
+                f"{label + ':':<11} {outcome.result.value} ({detail}; "
+                f"{outcome.lookup_seconds * 1000:.0f} ms)"
+            )
+    if decision is not None:
+        verdict = decision.action.value
+        if decision.intended is not decision.action:
+            verdict += f" (dry run; would {decision.intended.value})"
+        lines.append(f"decision:   {verdict} at {decision.stage.value}")
+    if result.mail_reply:
+        lines.append(f"MAIL reply: {result.mail_reply}")
+    for rcpt in result.recipients:
+        lines.append(f"RCPT <{rcpt.address}>: {rcpt.reply or rcpt.action}")
+    for name, value in result.headers:
+        lines.append(f"{name}: {value}")
+    if result.error:
+        lines.append(f"error:      {result.error}")
+    return "\n".join(lines)
+
+
+# --- Postfix policy delegation protocol ----------------------------------
+
+
+def read_blocks(stream: IO[str], warn: Callable[[str], None]) -> Iterator[dict[str, str]]:
+    """Attribute blocks (name=value lines ended by an empty line).
+
+    A line without '=' is reported through `warn` and its block is marked
+    malformed (key ""), to be answered DUNNO.  End of input ends the blocks;
+    a last block without its empty line is still answered.
+    """
+    block: dict[str, str] = {}
+    for number, raw in enumerate(stream, start=1):
+        line = raw.rstrip("\r\n")
+        if not line:
+            if block:
+                yield block
+            block = {}
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not name:
+            warn(f"line {number}: expected name=value, got {line[:80]!r}")
+            block[""] = "malformed"
+            continue
+        block[name.strip()] = value
+    if block:
+        yield block
+
+
+def policy_transaction(block: Mapping[str, str]) -> Transaction | None:
+    """The Transaction an attribute block describes (None: nothing to check)."""
+    if "" in block or block.get("request") != "smtpd_access_policy":
+        return None
+    address = block.get("client_address", "")
+    if not address:
+        return None
+    recipient = block.get("recipient", "")
+    return Transaction(
+        client_ip=address,
+        helo=block.get("helo_name", ""),
+        sender=block.get("sender", ""),
+        recipients=(recipient or "postmaster@example.invalid",),
+        auth_user=block.get("sasl_username", ""),
+        queue_id=block.get("queue_id", ""),
+        client_name=block.get("client_name", ""),
+    )
+
+
+def policy_action(result: CheckResult) -> str:
+    """The policy servers' answer for a checked transaction."""
+    reply = result.mail_reply
+    action = result.mail_action
+    if action == "accept" and result.recipients:
+        reply, action = result.recipients[0].reply, result.recipients[0].action
+    if action == "reject" and reply:
+        return f"action={reply}"
+    if action == "defer" and reply:
+        # The policy servers' temperror answer: defer only if the rest of
+        # the restrictions would have accepted (RFC 7372 text kept).
+        return f"action=DEFER_IF_PERMIT {reply}"
+    if result.headers:
+        # One action per answer: the first header (Received-SPF unless only
+        # Authentication-Results is configured), unfolded onto one line.
+        name, value = result.headers[0]
+        return f"action=PREPEND {name}: {' '.join(value.split())}"
+    return "action=DUNNO"
+
+
+def serve_policy(
+    config: Config, lookup: Lookup, stream: IO[str], out: IO[str], err: IO[str] = sys.stderr
+) -> None:
+    """Answer every attribute block on `stream` until end of input."""
+
+    def warn(message: str) -> None:
+        print(f"spfmilter check: {message}", file=err)
+
+    for block in read_blocks(stream, warn):
+        answer = "action=DUNNO"
+        tx = policy_transaction(block)
+        if tx is not None:
+            try:
+                answer = policy_action(run(config, lookup, tx))
+            except ValueError as error:
+                warn(f"client_address {tx.client_ip!r}: {error}")
+        out.write(f"{answer}\n\n")
+        out.flush()

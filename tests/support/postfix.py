@@ -140,6 +140,11 @@ class PrivatePostfix:
         self._prepare_maildir()
         self._configure_main()
         self._configure_master()
+        # Postfix rereads a main.cf modified within the last two seconds every
+        # 300 ms until it "cools down", which would cost each start ~2 s.  The
+        # file is complete, so backdating it is safe.
+        cooled = time.time() - 10
+        os.utime(self.config_dir / "main.cf", (cooled, cooled))
         # postfix reports problems on stderr only when that is a terminal, but
         # fatal errors also land in the maillog, which _run quotes.
         self._run(POSTFIX, "-c", str(self.config_dir), "start")
@@ -188,11 +193,18 @@ class PrivatePostfix:
     # -- SMTP client side --------------------------------------------------
 
     def connect(
-        self, client_ip: str, helo: str, *, client_name: str = "[UNAVAILABLE]"
+        self,
+        client_ip: str,
+        helo: str,
+        *,
+        client_name: str = "[UNAVAILABLE]",
+        login: str | None = None,
     ) -> smtplib.SMTP:
         """Open an SMTP session posing as ``client_ip``/``helo`` via XCLIENT.
 
         Returns the session after the post-XCLIENT EHLO, ready for MAIL FROM.
+        ``login`` poses as a client that authenticated with SASL as that
+        user (XCLIENT LOGIN; milters see it as {auth_authen}).
         Use one session per posed client: Postfix allows XCLIENT only once.
         A refused XCLIENT or EHLO (e.g. the milter rejecting at connect or
         HELO) raises smtplib.SMTPResponseException carrying the reply.
@@ -204,10 +216,10 @@ class PrivatePostfix:
             smtp.ehlo("xclient.invalid")
             if not smtp.has_extn("xclient"):
                 raise RuntimeError("Postfix does not offer XCLIENT to 127.0.0.1")
-            attrs = " ".join(
-                f"{key}={_xtext(val)}"
-                for key, val in (("ADDR", addr), ("NAME", client_name), ("HELO", helo))
-            )
+            pairs = [("ADDR", addr), ("NAME", client_name), ("HELO", helo)]
+            if login is not None:
+                pairs.append(("LOGIN", login))
+            attrs = " ".join(f"{key}={_xtext(val)}" for key, val in pairs)
             code, reply = smtp.docmd("XCLIENT", attrs)
             if code != 220:
                 raise smtplib.SMTPResponseException(code, reply)

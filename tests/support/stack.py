@@ -76,7 +76,15 @@ class Sent:
         return [" ".join(v.split()) for v in self.message.get_all("Received-SPF") or []]
 
 
-def transaction(smtp: smtplib.SMTP, postfix: PrivatePostfix, sender: str, rcpts: list[str]) -> Sent:
+def transaction(
+    smtp: smtplib.SMTP,
+    postfix: PrivatePostfix,
+    sender: str,
+    rcpts: list[str],
+    headers: Mapping[str, str] | None = None,
+) -> Sent:
+    """MAIL, RCPT..., DATA as far as Postfix lets it go; `headers` are added
+    to the message above the test's own."""
     code, text = smtp.mail(sender)
     sent = Sent((code, text.decode()))
     if code >= 400:
@@ -89,7 +97,10 @@ def transaction(smtp: smtplib.SMTP, postfix: PrivatePostfix, sender: str, rcpts:
         smtp.rset()
         return sent
     marker = f"<{uuid.uuid4()}@test.example>"
-    body = f"Message-ID: {marker}\r\nSubject: spf test\r\nFrom: {sender or 'x@y'}\r\n\r\nhi\r\n"
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    body = (
+        f"{extra}Message-ID: {marker}\r\nSubject: spf test\r\nFrom: {sender or 'x@y'}\r\n\r\nhi\r\n"
+    )
     code, text = smtp.data(body)
     sent.data = (code, text.decode())
     if code < 400:
@@ -98,9 +109,20 @@ def transaction(smtp: smtplib.SMTP, postfix: PrivatePostfix, sender: str, rcpts:
     return sent
 
 
-def send(stack: Stack, ip: str, helo: str, sender: str, rcpts: list[str] | None = None) -> Sent:
-    smtp = stack.postfix.connect(ip, helo)
+def send(
+    stack: Stack,
+    ip: str,
+    helo: str,
+    sender: str,
+    rcpts: list[str] | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    login: str | None = None,
+) -> Sent:
+    """One transaction on a new connection posing as `ip`/`helo` (and as a
+    SASL-authenticated `login`)."""
+    smtp = stack.postfix.connect(ip, helo, login=login)
     try:
-        return transaction(smtp, stack.postfix, sender, rcpts or [RCPT])
+        return transaction(smtp, stack.postfix, sender, rcpts or [RCPT], headers)
     finally:
         smtp.quit()

@@ -1,0 +1,131 @@
+"""The real daemon over the milter protocol: DNS knobs, logging, reload, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import MakeDaemon, config_text
+from tests.support.daemon import REPO, Daemon
+from tests.support.dnsserver import DNSTestServer
+from tests.support.milterclient import MilterClient, TransactionResult
+
+
+def transaction(daemon: Daemon, ip: str, helo: str, sender: str) -> TransactionResult:
+    with MilterClient(daemon.socket) as client:
+        client.negotiate()
+        client.macros("C", {"j": "mx.test.example"})
+        client.connect("client.example", ip)
+        client.helo(helo)
+        return client.transaction(f"<{sender}>", ["<user@example.net>"])
+
+
+def spf_result(result: TransactionResult) -> str | None:
+    if result.eom is None:
+        return None
+    for mod in result.eom.modifications:
+        if mod.name == "Received-SPF" and mod.value:
+            return mod.value.split()[0]
+    return None
+
+
+def test_void_lookup_limit(make_daemon: MakeDaemon) -> None:
+    # The record has three a: terms that find nothing before the match.
+    strict = make_daemon()
+    assert spf_result(transaction(strict, "198.51.100.7", "x", "a@spf-voids.example.org")) == (
+        "permerror"
+    )
+    lenient = make_daemon({"dns": {"void_lookup_limit": "3"}})
+    assert spf_result(transaction(lenient, "198.51.100.7", "x", "a@spf-voids.example.org")) == (
+        "pass"
+    )
+
+
+def test_cache_serves_repeated_lookups(make_daemon: MakeDaemon, dns_server: DNSTestServer) -> None:
+    for size, expected_queries in (("10000", 1), ("0", 3)):
+        daemon = make_daemon({"dns": {"cache_size": size}})
+        dns_server.clear_queries()
+        for _ in range(3):
+            transaction(daemon, "198.51.100.7", "x", "a@spf-neutral.example.org")
+        txt = [q for q in dns_server.queries if q[:2] == ("spf-neutral.example.org", "TXT")]
+        assert len(txt) == expected_queries, (size, dns_server.queries)
+
+
+def test_json_log_format(make_daemon: MakeDaemon) -> None:
+    daemon = make_daemon({"log": {"format": "json"}})
+    transaction(daemon, "198.51.100.7", "helo-pass.example.org", "a@spf-pass.example.org")
+    records = [json.loads(line) for line in daemon.log_text().splitlines()]
+    verdicts = [r for r in records if r["message"].startswith("verdict ")]
+    assert len(verdicts) == 1
+    verdict = verdicts[0]
+    assert verdict["level"] == "info"
+    assert (verdict["client_ip"], verdict["result"], verdict["action"]) == (
+        "198.51.100.7",
+        "pass",
+        "accept",
+    )
+    assert isinstance(verdict["lookup_ms"], int)
+
+
+def test_log_level_warning_hides_verdicts(make_daemon: MakeDaemon) -> None:
+    daemon = make_daemon({"log": {"level": "warning"}})
+    transaction(daemon, "198.51.100.7", "helo-pass.example.org", "a@spf-pass.example.org")
+    assert daemon.log_text() == ""
+
+
+def test_connection_in_progress_keeps_its_config(
+    make_daemon: MakeDaemon, dns_server: DNSTestServer
+) -> None:
+    daemon = make_daemon()
+    with MilterClient(daemon.socket) as old:
+        old.negotiate()
+        old.connect("client.example", "203.0.113.5")
+        old.helo("helo-none.example.org")
+        daemon.config_path.write_text(config_text(dns_server, {"policy": {"dry_run": "yes"}}))
+        assert "configuration reloaded" in daemon.reload()
+        result = old.transaction("<m@spf-fail-noexp.example.org>", ["<user@example.net>"])
+        assert result.rcpts[0][1].code == "550"
+    result = transaction(
+        daemon, "203.0.113.5", "helo-none.example.org", "m@spf-fail-noexp.example.org"
+    )
+    assert result.rcpts[0][1].kind == "continue"
+    assert spf_result(result) == "fail"
+
+
+def spfmilter(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "spfmilter", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+
+
+def test_check_config_prints_the_effective_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "a.cfg"
+    cfg.write_text("[policy]\nmailfrom_reject = softfail, fail\n")
+    done = spfmilter("--check-config", "--config", str(cfg))
+    assert done.returncode == 0
+    assert "mailfrom_reject = fail, softfail\n" in done.stdout
+    assert "helo_reject = fail\n" in done.stdout
+    assert done.stdout.startswith(f"# effective configuration from {cfg}")
+    done = spfmilter("--check-config", "--config", str(REPO / "spfmilter.cfg"))
+    assert done.returncode == 0
+
+
+def test_bad_config_exits_78_naming_file_line_and_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.cfg"
+    cfg.write_text("[policy]\n\nhelo_rejekt = fail\n")
+    for args in (("--check-config",), ()):
+        done = spfmilter(*args, "--config", str(cfg))
+        assert done.returncode == 78
+        assert done.stderr.startswith(f"spfmilter: {cfg}:3: [policy] helo_rejekt: unknown key")
+        assert done.stdout == ""
+
+
+def test_version() -> None:
+    done = spfmilter("--version")
+    assert done.returncode == 0 and done.stdout.startswith("spfmilter ")

@@ -23,7 +23,8 @@ from typing import IO, Any
 from spfmilter import checker
 from spfmilter.config import Config
 from spfmilter.dns import Lookup
-from spfmilter.milter import CONTINUE, REJECT, SpfMilter
+from spfmilter.metrics import Metrics
+from spfmilter.milter import CONTINUE, REJECT, Activity, Services, SpfMilter
 from spfmilter.model import Decision, SpfOutcome
 
 RECEIVER_MACRO = "j"
@@ -111,7 +112,8 @@ def run(config: Config, lookup: Lookup, tx: Transaction) -> CheckResult:
     ip = ipaddress.ip_address(tx.client_ip)
     receiver = config.headers.authserv_id or socket.getfqdn()
     ctx = RecordingContext({RECEIVER_MACRO: receiver, "i": tx.queue_id})
-    milter = SpfMilter(Source(config), checker.check, lookup)
+    services = Services(checker.check, lookup, Metrics(), Activity())
+    milter = SpfMilter(Source(config), services)
     milter._setctx(ctx)
     family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
     milter.connect(tx.client_name or f"[{ip}]", family, (str(ip), 0))

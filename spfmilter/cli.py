@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from spfmilter import __version__, check, checker, daemon
 from spfmilter.config import EX_CONFIG, ConfigError, load_config, parse_socket, render
 from spfmilter.dns import Resolver
+from spfmilter.metrics import Metrics
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,7 +75,7 @@ def check_main(argv: Sequence[str]) -> int:
     except ConfigError as error:
         print(f"spfmilter: {error}", file=sys.stderr)
         return EX_CONFIG
-    resolver = Resolver(config.dns)
+    resolver = Resolver(config.dns, Metrics())
     checker.install(resolver.lookup, config.dns.void_lookup_limit)
     if args.policy_request:
         check.serve_policy(config, resolver.lookup, sys.stdin, sys.stdout)

@@ -91,9 +91,27 @@ def _networks(*cidrs: str) -> tuple[IPNetwork, ...]:
 
 @dataclass(frozen=True)
 class MilterConfig:
-    """[milter]: where the daemon listens."""
+    """[milter]: where the daemon listens and as whom it runs."""
 
     socket: str = "unix:/run/spfmilter/spfmilter.sock"
+    socket_mode: int = 0o660
+    socket_group: str = ""
+    user: str = "nobody"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """[metrics]: the optional Prometheus listener ("" = off)."""
+
+    listen: str = ""
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to listen on, or None when off."""
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 @dataclass(frozen=True)
@@ -164,6 +182,7 @@ class LogConfig:
     level: LogLevel = LogLevel.INFO
     target: LogTarget = LogTarget.STDERR
     format: LogFormat = LogFormat.TEXT
+    syslog_socket: str = "/dev/log"
 
 
 @dataclass(frozen=True)
@@ -178,6 +197,7 @@ class Config:
     reply: ReplyConfig = field(default_factory=ReplyConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     warnings: tuple[str, ...] = ()
 
 
@@ -189,6 +209,7 @@ SECTIONS: dict[str, type[Any]] = {
     "reply": ReplyConfig,
     "dns": DnsConfig,
     "log": LogConfig,
+    "metrics": MetricsConfig,
 }
 
 
@@ -345,6 +366,44 @@ def parse_socket(text: str) -> str:
     raise ValueError(f"expected unix:/PATH, inet:PORT@HOST or inet6:PORT@HOST; got {text!r}")
 
 
+def parse_mode(text: str) -> int:
+    """An octal file mode such as 0660."""
+    try:
+        mode = int(text.strip(), 8)
+    except ValueError:
+        raise ValueError(f"expected an octal mode such as 0660, got {text!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"expected an octal mode from 0000 to 0777, got {text!r}")
+    return mode
+
+
+def parse_name(text: str) -> str:
+    """A user or group name (or number), or empty."""
+    value = text.strip()
+    if value and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?", value):
+        raise ValueError(f"expected a user or group name, got {text!r}")
+    return value
+
+
+def parse_listen(text: str) -> str:
+    """HOST:PORT or [IPv6]:PORT for the metrics listener, or empty."""
+    value = text.strip()
+    if not value:
+        return value
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d+)", value)
+    if match is None or not 0 < int(match.group(2)) < 65536:
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9101, got {text!r}")
+    return value
+
+
+def parse_path(text: str) -> str:
+    """An absolute path."""
+    value = text.strip()
+    if not value.startswith("/"):
+        raise ValueError(f"expected an absolute path, got {text!r}")
+    return value
+
+
 def parse_authserv_id(text: str) -> str:
     """An authserv-id (RFC 8601 section 2.5): a token without spaces or ';'."""
     value = text.strip()
@@ -360,6 +419,9 @@ def parse_text(text: str) -> str:
 
 PARSERS: dict[tuple[str, str], Callable[[str], Any]] = {
     ("milter", "socket"): parse_socket,
+    ("milter", "socket_mode"): parse_mode,
+    ("milter", "socket_group"): parse_name,
+    ("milter", "user"): parse_name,
     ("policy", "helo_check"): parse_bool,
     ("policy", "helo_reject"): parse_results,
     ("policy", "helo_reject_null_sender_only"): parse_bool,
@@ -389,6 +451,8 @@ PARSERS: dict[tuple[str, str], Callable[[str], Any]] = {
     ("log", "level"): _enum(LogLevel),
     ("log", "target"): _enum(LogTarget),
     ("log", "format"): _enum(LogFormat),
+    ("log", "syslog_socket"): parse_path,
+    ("metrics", "listen"): parse_listen,
 }
 
 
@@ -505,7 +569,9 @@ def render(config: Config) -> str:
         out.append(f"\n[{section}]")
         values = getattr(config, section)
         for f in dataclasses.fields(values):
-            out.append(f"{f.name} = {_render_value(getattr(values, f.name))}")
+            value = getattr(values, f.name)
+            text = f"{value:04o}" if f.name == "socket_mode" else _render_value(value)
+            out.append(f"{f.name} = {text}")
     return "\n".join(out) + "\n"
 
 

@@ -1,18 +1,22 @@
-"""The runtime: logging, the config holder and its reload thread, runmilter.
+"""The runtime: logging, privileges, the config holder and its reload thread.
 
-This module owns process-wide state and its set-up order: logging handlers,
-the resolver installed into the checker, signal masks (before any thread
-starts), the SIGUSR1 reload thread, Milter.factory, and the socket.  It is
-the only module besides milter.py that imports Milter.
+This module owns process-wide state and the order it is set up in: logging
+handlers, signal masks (before any thread starts), the metrics listener,
+the socket's directory and mode, dropping root, the resolver installed into
+the checker, the SIGUSR1 reload thread, Milter.factory, runmilter, and a
+stop that lets callbacks in progress finish.  It is the only module besides
+milter.py that imports Milter.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import grp
 import json
 import logging
 import logging.handlers
 import os
+import pwd
 import signal
 import sys
 import threading
@@ -21,8 +25,16 @@ from pathlib import Path
 import Milter
 
 from spfmilter import checker, milter
-from spfmilter.config import Config, ConfigError, LogFormat, LogTarget, load_config
+from spfmilter.config import (
+    Config,
+    ConfigError,
+    LogFormat,
+    LogTarget,
+    MilterConfig,
+    load_config,
+)
 from spfmilter.dns import Resolver
+from spfmilter.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +42,9 @@ MILTER_NAME = "spfmilter"
 # libmilter's own timeout for talking to the MTA (seconds): longer than
 # Postfix's milter_command_timeout so that the MTA gives up first.
 MILTER_TIMEOUT = 600
+# How long a stop waits for callbacks in progress: above [dns] lookup_time's
+# default, so a transaction waiting on DNS still gets its answer.
+STOP_GRACE = 25.0
 
 
 class ConfigHolder:
@@ -39,12 +54,13 @@ class ConfigHolder:
     an attribute is atomic, so readers never see a half-made config.
     """
 
-    def __init__(self, config: Config, path: str | None, socket_override: str | None) -> None:
+    def __init__(
+        self, config: Config, path: str | None, socket_override: str | None, metrics: Metrics
+    ) -> None:
         self._config = config
         self.path = path
         self.socket_override = socket_override
-        self.reloads = 0
-        self.failed_reloads = 0
+        self._metrics = metrics
 
     @property
     def config(self) -> Config:
@@ -56,30 +72,30 @@ class ConfigHolder:
         try:
             new = load_config(self.path)
         except ConfigError as error:
-            self.failed_reloads += 1
+            self._metrics.reloads.labels("failed").inc()
             log.error("reload failed, keeping the previous configuration: %s", error)
             return False
-        # The socket and the resolver are set up once per process.
+        # The socket, privileges, resolver and listeners are set up once.
         old = self._config
         if self.socket_override is not None:
             new = with_socket(new, self.socket_override)
-        if (new.milter, new.dns) != (old.milter, old.dns):
-            log.warning("[milter] and [dns] changes take effect at the next restart")
-        new = dataclasses.replace(new, milter=old.milter, dns=old.dns)
+        fixed = ("milter", "dns", "metrics")
+        if any(getattr(new, name) != getattr(old, name) for name in fixed):
+            log.warning("[milter], [dns] and [metrics] changes take effect at the next restart")
+        new = dataclasses.replace(new, milter=old.milter, dns=old.dns, metrics=old.metrics)
         for warning in new.warnings:
             log.warning("%s", warning)
         self._config = new
-        self.reloads += 1
+        self._metrics.reloads.labels("ok").inc()
         log.info("configuration reloaded from %s", self.path or "built-in defaults")
         return True
 
 
 class TextFormatter(logging.Formatter):
-    """Plain text lines: 'LEVEL logger: message'."""
+    """Plain text lines: 'LEVEL logger: message' (journald adds the time)."""
 
-    def __init__(self, with_time: bool) -> None:
-        fmt = "%(levelname)s %(name)s: %(message)s"
-        super().__init__(("%(asctime)s " + fmt) if with_time else fmt)
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
 
 
 class JsonFormatter(logging.Formatter):
@@ -96,7 +112,7 @@ class JsonFormatter(logging.Formatter):
             data.update({k: v if isinstance(v, int | float) else str(v) for k, v in fields.items()})
         if record.exc_info:
             data["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(data, sort_keys=False)
+        return json.dumps(data)
 
 
 def setup_logging(config: Config) -> None:
@@ -105,16 +121,12 @@ def setup_logging(config: Config) -> None:
     handler: logging.Handler
     if settings.target is LogTarget.SYSLOG:
         handler = logging.handlers.SysLogHandler(
-            address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL
+            address=settings.syslog_socket, facility=logging.handlers.SysLogHandler.LOG_MAIL
         )
         handler.ident = f"{MILTER_NAME}[{os.getpid()}]: "
     else:
         handler = logging.StreamHandler(sys.stderr)
-    if settings.format is LogFormat.JSON:
-        handler.setFormatter(JsonFormatter())
-    else:
-        # journald and syslog stamp lines themselves.
-        handler.setFormatter(TextFormatter(with_time=False))
+    handler.setFormatter(JsonFormatter() if settings.format is LogFormat.JSON else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -122,22 +134,62 @@ def setup_logging(config: Config) -> None:
     root.setLevel(settings.level.value.upper())
 
 
+def with_socket(config: Config, socket: str) -> Config:
+    """`config` listening on `socket` instead (the --socket option)."""
+    return dataclasses.replace(config, milter=dataclasses.replace(config.milter, socket=socket))
+
+
+def _account(settings: MilterConfig) -> tuple[pwd.struct_passwd, int] | None:
+    """The account to run as when started as root (None: stay as we are)."""
+    if os.geteuid() != 0 or settings.user == "root":
+        return None
+    try:
+        user = pwd.getpwnam(settings.user)
+    except KeyError:
+        raise ConfigError(f"[milter] user: no such user {settings.user!r}") from None
+    gid = user.pw_gid
+    if settings.socket_group:
+        try:
+            gid = grp.getgrnam(settings.socket_group).gr_gid
+        except KeyError:
+            raise ConfigError(
+                f"[milter] socket_group: no such group {settings.socket_group!r}"
+            ) from None
+    return user, gid
+
+
+def prepare_socket(settings: MilterConfig, account: tuple[pwd.struct_passwd, int] | None) -> None:
+    """Make a unix socket's directory, and set the mode the socket gets.
+
+    libmilter creates the socket itself (removing a stale one first), with
+    the process umask: the umask is what gives it `socket_mode`.  The
+    directory is handed to the account we will run as, with the socket
+    group and the setgid bit, so the socket lands in that group.
+    """
+    kind, _, path = settings.socket.partition(":")
+    if kind not in ("unix", "local"):
+        return
+    directory = Path(path).parent
+    directory.mkdir(parents=True, exist_ok=True)
+    if account is not None:
+        user, gid = account
+        os.chown(directory, user.pw_uid, gid)
+        directory.chmod(0o2750 if settings.socket_mode & 0o007 == 0 else 0o2755)
+    os.umask(0o777 & ~settings.socket_mode)
+
+
+def drop_privileges(account: tuple[pwd.struct_passwd, int]) -> None:
+    """Become the unprivileged account for good (group first, then user)."""
+    user, gid = account
+    os.setgroups([gid])
+    os.setgid(gid)
+    os.setuid(user.pw_uid)
+
+
 def _reload_loop(holder: ConfigHolder) -> None:
     while True:
         signal.sigwait({signal.SIGUSR1})
         holder.reload()
-
-
-def prepare_socket(spec: str) -> None:
-    """Create the directory of a unix socket if it is missing."""
-    kind, _, rest = spec.partition(":")
-    if kind in ("unix", "local"):
-        Path(rest).parent.mkdir(parents=True, exist_ok=True)
-
-
-def with_socket(config: Config, socket: str) -> Config:
-    """`config` listening on `socket` instead (the --socket option)."""
-    return dataclasses.replace(config, milter=dataclasses.replace(config.milter, socket=socket))
 
 
 def run(config: Config, path: str | None, socket_override: str | None = None) -> int:
@@ -147,26 +199,49 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     setup_logging(config)
     for warning in config.warnings:
         log.warning("%s", warning)
-    resolver = Resolver(config.dns)
-    checker.install(resolver.lookup, config.dns.void_lookup_limit)
-    holder = ConfigHolder(config, path, socket_override)
     # Python signal handlers cannot run while runmilter() blocks in C, and
     # threads inherit the mask: block the signals here, before any thread
     # starts.  SIGUSR1 is taken with sigwait() by our reload thread; SIGTERM,
     # SIGINT and SIGHUP by libmilter's own signal thread, which stops the
-    # milter cleanly (so HUP cannot mean reload).
+    # milter (so HUP cannot mean reload).
     signal.pthread_sigmask(
         signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
     )
+    try:
+        account = _account(config.milter)
+    except ConfigError as error:
+        log.error("%s", error)
+        return 78
+    if os.geteuid() == 0 and account is None:
+        log.warning("running as root: [milter] user = root was asked for")
+    metrics = Metrics()
+    if config.metrics.address is not None:
+        host, port = config.metrics.address
+        try:
+            metrics.serve(host, port)
+        except OSError as error:
+            log.error("cannot listen for metrics on %s: %s", config.metrics.listen, error)
+            return 1
+    prepare_socket(config.milter, account)
+    if account is not None:
+        drop_privileges(account)
+    resolver = Resolver(config.dns, metrics)
+    checker.install(resolver.lookup, config.dns.void_lookup_limit)
+    holder = ConfigHolder(config, path, socket_override, metrics)
     threading.Thread(target=_reload_loop, args=(holder,), name="reload", daemon=True).start()
-    Milter.factory = milter.factory(holder, checker.check, resolver.lookup)
+    activity = milter.Activity()
+    services = milter.Services(checker.check, resolver.lookup, metrics, activity)
+    Milter.factory = milter.factory(holder, services)
     spec = config.milter.socket
-    prepare_socket(spec)
-    log.info("spfmilter starting: socket=%s config=%s", spec, path or "built-in defaults")
+    source = path or "built-in defaults"
+    log.info("spfmilter starting: socket=%s config=%s uid=%d", spec, source, os.getuid())
     try:
         Milter.runmilter(MILTER_NAME, spec, MILTER_TIMEOUT)
     except Milter.milter.error as error:
         log.error("cannot run the milter on %s: %s", spec, error)
         return 1
-    log.info("spfmilter stopped")
+    # libmilter has stopped accepting; let callbacks in progress answer.
+    if not activity.wait_idle(STOP_GRACE):
+        log.warning("stopping with callbacks still running after %g s", STOP_GRACE)
+    log.info("spfmilter stopped: config=%s", source)
     return 0

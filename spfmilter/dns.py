@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import dns.exception
 import dns.message
@@ -28,6 +27,7 @@ import dns.resolver
 import dns.rrset
 
 from spfmilter.config import DnsConfig
+from spfmilter.metrics import Metrics
 from spfmilter.model import IPAddress
 
 log = logging.getLogger(__name__)
@@ -57,12 +57,8 @@ class DnsTempError(Exception):
     """A lookup that could not be answered now (timeout, SERVFAIL, ...)."""
 
 
-@dataclass
-class CacheStats:
-    """Counters of the shared cache, for metrics and tests."""
-
-    hits: int = 0
-    misses: int = 0
+class DnsTimeout(DnsTempError):
+    """No answer within the time allowed."""
 
 
 class Resolver:
@@ -76,6 +72,7 @@ class Resolver:
     def __init__(
         self,
         config: DnsConfig,
+        metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -87,7 +84,7 @@ class Resolver:
             collections.OrderedDict()
         )
         self._lock = threading.Lock()
-        self.stats = CacheStats()
+        self._metrics = metrics
 
     def lookup(self, name: str, qtype: str, budget: float | None = None) -> list[Record]:
         """Records of `qtype` at `name`, CNAMEs on the way included.
@@ -110,12 +107,12 @@ class Resolver:
             entry = self._cache.get(key)
             if entry is not None and entry[0] > self._clock():
                 self._cache.move_to_end(key)
-                self.stats.hits += 1
+                self._metrics.cache_hits.inc()
                 return entry[1]
             if entry is not None:
                 del self._cache[key]
-            self.stats.misses += 1
-            return None
+        self._metrics.cache_misses.inc()
+        return None
 
     def _store(self, key: tuple[str, str], records: list[Record], ttl: int) -> None:
         if ttl <= 0 or self._cache_size == 0:
@@ -127,6 +124,21 @@ class Resolver:
                 self._cache.popitem(last=False)
 
     def _query(self, name: str, qtype: str, lifetime: float) -> tuple[list[Record], int]:
+        started = self._clock()
+        outcome = "error"
+        try:
+            records, ttl = self._resolve(name, qtype, lifetime)
+            outcome = "answer" if records else "empty"
+            return records, ttl
+        except DnsTempError as error:
+            outcome = "timeout" if isinstance(error, DnsTimeout) else "failure"
+            log.warning("%s", error)
+            raise
+        finally:
+            self._metrics.dns_queries.labels(qtype, outcome).inc()
+            self._metrics.dns_seconds.labels(qtype).observe(self._clock() - started)
+
+    def _resolve(self, name: str, qtype: str, lifetime: float) -> tuple[list[Record], int]:
         try:
             answer = self._resolver.resolve(
                 name, qtype, raise_on_no_answer=False, lifetime=lifetime, search=False
@@ -135,7 +147,7 @@ class Resolver:
             responses: dict[dns.name.Name, dns.message.Message] = error.responses()  # type: ignore[no-untyped-call]
             return [], _negative_ttl(next(iter(responses.values()), None))
         except dns.resolver.LifetimeTimeout:
-            raise DnsTempError(f"DNS timeout looking up {name} {qtype}") from None
+            raise DnsTimeout(f"DNS timeout looking up {name} {qtype}") from None
         except dns.resolver.NoNameservers as error:
             looped = _looping_response(error)
             if looped is None:

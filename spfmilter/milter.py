@@ -11,13 +11,16 @@ It may import everything below it; only it and daemon import Milter.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import ipaddress
 import itertools
 import logging
 import socket
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import Milter
@@ -34,6 +37,7 @@ from spfmilter.headers import (
     received_spf,
     reply_text,
 )
+from spfmilter.metrics import Metrics
 from spfmilter.model import (
     Action,
     Connection,
@@ -79,6 +83,39 @@ class Check(Protocol):
     ) -> SpfOutcome: ...
 
 
+class Activity:
+    """Counts callbacks in progress, so that a stop can let them finish."""
+
+    def __init__(self) -> None:
+        self._busy = 0
+        self._idle = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._idle:
+            self._busy += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._idle:
+            self._busy -= 1
+            if self._busy == 0:
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no callback runs; False if `timeout` passed first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout)
+
+
+@dataclass(frozen=True)
+class Services:
+    """The collaborators every SpfMilter shares, made once per process."""
+
+    check: Check
+    lookup: Lookup
+    metrics: Metrics
+    activity: Activity
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -92,7 +129,8 @@ def _boundary(callback: F) -> F:
     @functools.wraps(callback)
     def guarded(self: SpfMilter, *args: Any) -> Any:
         try:
-            return callback(self, *args)
+            with self.services.activity:
+                return callback(self, *args)
         except Exception:
             log.exception(
                 "internal error in %s: conn=%s client_ip=%s; transaction tempfailed",
@@ -100,7 +138,7 @@ def _boundary(callback: F) -> F:
                 self.conn_id,
                 self.conn.client_ip,
             )
-            self.errors += 1
+            self.services.metrics.errors.inc()
             self._reply_safely(451, "4.3.0", "Temporary SPF checking problem; try again later")
             return TEMPFAIL
 
@@ -115,11 +153,11 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
     snapshot taken when the connection opened.
     """
 
-    def __init__(self, source: ConfigSource, check: Check, lookup: Lookup) -> None:
+    def __init__(self, source: ConfigSource, services: Services) -> None:
         self.conn_id = next(_connection_ids)
         self.config = source.config
-        self.check = check
-        self.lookup = lookup
+        self.services = services
+        services.metrics.connections.inc()
         self.conn = Connection(client_ip=None, client_name="", receiver="")
         self.helo_outcome: SpfOutcome | None = None
         self.tx: Transaction | None = None
@@ -128,9 +166,9 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         # check command to report.
         self.last_decision: Decision | None = None
         self.logged = False
+        self.exempt_recipients: list[str] = []
         self.forged: list[int] = []
         self.ar_seen = 0
-        self.errors = 0
 
     # --- libmilter callbacks -------------------------------------------
 
@@ -162,6 +200,7 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         )
         self.decision = self.last_decision = self._evaluate(self.tx)
         self.logged = False
+        self.exempt_recipients = []
         self.forged = []
         self.ar_seen = 0
         if self.decision.stage is Stage.MAIL or self.decision.action is Action.SKIP:
@@ -191,9 +230,13 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
     @_boundary
     def eom(self) -> int:
         """Add the one result header, remove forged A-R (RFC 8601 section 5)."""
-        decision, self.decision, self.tx = self.decision, None, None
+        decision = self.decision
         if decision is None:
             return CONTINUE
+        # An accepted message is logged here, where the MTA has given it a
+        # queue id (Postfix assigns one only once DATA starts).
+        self._log_verdict_once()
+        self.decision = self.tx = None
         # A rejected or deferred transaction reaches end of message only
         # through exempt recipients, and those still get the header.
         headers = self.config.headers
@@ -208,8 +251,16 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
     @_boundary
     def abort(self) -> int:
         """The client gave up on the transaction (RSET, QUIT, error)."""
+        self._log_verdict_once()
         self.tx = None
         self.decision = None
+        return CONTINUE
+
+    def close(self) -> int:
+        """The SMTP connection ended."""
+        with contextlib.suppress(Exception):  # never let logging stop the count
+            self._log_verdict_once()
+        self.services.metrics.connections.dec()
         return CONTINUE
 
     @Milter.nocallback  # type: ignore[untyped-decorator]
@@ -239,8 +290,8 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         assert ip is not None  # skip_reason() skipped clients without one
         helo = self.conn.helo.lower().rstrip(".")
         try:
-            helo_confirmed = helo in skip.helo_names and resolves_to(self.lookup, helo, ip)
-            ptr_names = confirmed_ptr_names(self.lookup, ip) if skip.ptr_domains else ()
+            helo_confirmed = helo in skip.helo_names and resolves_to(self.services.lookup, helo, ip)
+            ptr_names = confirmed_ptr_names(self.services.lookup, ip) if skip.ptr_domains else ()
         except DnsTempError as error:
             log.warning("conn=%s: DNS trouble while checking skips: %s", self.conn_id, error)
             return SkipFacts()
@@ -261,7 +312,7 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
 
     def _check(self, identity: Identity, mail_from: str) -> SpfOutcome:
         assert self.conn.client_ip is not None  # skip_reason() skips clients without one
-        return self.check(
+        return self.services.check(
             identity,
             client_ip=self.conn.client_ip,
             helo=self.conn.helo,
@@ -273,16 +324,15 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
     def _apply(self, recipient: str | None) -> int:
         decision = self.decision
         assert decision is not None
-        exempt = (
-            recipient is not None
-            and decision.action in (Action.REJECT, Action.DEFER)
-            and policy.recipient_exempt(self.config.policy, recipient)
-        )
-        if not self.logged:
-            self.logged = True
-            self._log_verdict(decision, recipient if exempt else None)
-        if exempt or decision.action in (Action.ACCEPT, Action.SKIP):
+        if decision.action in (Action.ACCEPT, Action.SKIP):
+            if decision.action is Action.SKIP or decision.stage is Stage.MAIL:
+                # Nothing waits on a later stage: say so now, once.
+                self._log_verdict_once()
             return CONTINUE
+        if recipient is not None and policy.recipient_exempt(self.config.policy, recipient):
+            self.exempt_recipients.append(recipient)
+            return CONTINUE
+        self._log_verdict_once()
         reply = decision.reply
         assert reply is not None
         self._reply_safely(reply.code, reply.status, reply.text)
@@ -319,7 +369,12 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         except Exception:  # the reply text is best effort; the verdict stands
             log.warning("conn=%s: MTA refused the reply text %r", self.conn_id, text)
 
-    def _log_verdict(self, decision: Decision, exempt_recipient: str | None) -> None:
+    def _log_verdict_once(self) -> None:
+        """The one INFO line of a transaction's verdict (if not logged yet)."""
+        decision = self.decision
+        if decision is None or self.logged:
+            return
+        self.logged = True
         tx = self.tx
         fields: dict[str, object] = {
             "queue_id": self.getsymval("i") or (tx.queue_id if tx else "") or "-",
@@ -329,6 +384,7 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
             "sender": tx.mail_from if tx else "",
         }
         if decision.action is Action.SKIP:
+            self.services.metrics.skips.inc()
             fields.update(action="skip", reason=decision.skip_reason)
             log.info("SPF skipped - %s %s", decision.skip_reason, format_fields(fields))
             return
@@ -345,10 +401,13 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
             fields["reply"] = str(decision.reply)
         if decision.action is not decision.intended:
             fields["dry_run"] = "yes"
-        if exempt_recipient is not None:
-            fields["exempt_recipient"] = exempt_recipient
+        if self.exempt_recipients:
+            fields["exempt_recipients"] = ",".join(self.exempt_recipients)
         lookup = sum(o.lookup_seconds for o in (decision.helo, decision.mail_from) if o)
         fields["lookup_ms"] = round(lookup * 1000)
+        self.services.metrics.verdicts.labels(
+            outcome.identity.value, outcome.result.value, decision.intended.value
+        ).inc()
         log.info("verdict %s", format_fields(fields), extra={"fields": fields})
 
 
@@ -398,6 +457,6 @@ def reverse_path(argument: str) -> str:
     return address.strip()
 
 
-def factory(source: ConfigSource, check: Check, lookup: Lookup) -> Callable[[], SpfMilter]:
+def factory(source: ConfigSource, services: Services) -> Callable[[], SpfMilter]:
     """A zero-argument constructor for Milter.factory."""
-    return functools.partial(SpfMilter, source, check, lookup)
+    return functools.partial(SpfMilter, source, services)

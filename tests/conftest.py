@@ -29,7 +29,10 @@ def config_text(dns_server: DNSTestServer, sections: Sections | None = None) -> 
     Short DNS times make TIMEOUT names turn into temperror quickly.
     """
     merged: dict[str, dict[str, str]] = {
-        "dns": {"nameservers": dns_server.nameserver, "timeout": "0.5", "lookup_time": "2"}
+        # The tests run as root and rewrite config files the daemon must
+        # re-read; the privilege drop has a test of its own.
+        "milter": {"user": "root"},
+        "dns": {"nameservers": dns_server.nameserver, "timeout": "0.5", "lookup_time": "2"},
     }
     for section, values in (sections or {}).items():
         merged.setdefault(section, {}).update(values)

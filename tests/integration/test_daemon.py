@@ -72,7 +72,7 @@ def test_json_log_format(make_daemon: MakeDaemon) -> None:
 def test_log_level_warning_hides_verdicts(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon({"log": {"level": "warning"}})
     transaction(daemon, "198.51.100.7", "helo-pass.example.org", "a@spf-pass.example.org")
-    assert daemon.log_text() == ""
+    assert [line for line in daemon.log_text().splitlines() if not line.startswith("WARNING")] == []
 
 
 def test_connection_in_progress_keeps_its_config(

@@ -15,7 +15,8 @@ from Milter.testctx import TestCtx as MilterTestCtx
 from spfmilter import milter as spfmilter_milter
 from spfmilter.config import Config, HeadersConfig, HeaderType, PolicyConfig
 from spfmilter.dns import Record
-from spfmilter.milter import client_address, reverse_path
+from spfmilter.metrics import Metrics
+from spfmilter.milter import Activity, Services, client_address, reverse_path
 from spfmilter.model import Identity, IPAddress, SpfOutcome, SpfResult, Stage
 
 Results = dict[tuple[Identity, str], SpfResult]
@@ -75,7 +76,8 @@ class Source:
 
 def make(config: Config | None = None, results: Results | None = None) -> tuple[Ctx, Recorder]:
     recorder = Recorder(results or {})
-    Milter.factory = spfmilter_milter.factory(Source(config or Config()), recorder, no_dns)
+    services = Services(recorder, no_dns, Metrics(), Activity())
+    Milter.factory = spfmilter_milter.factory(Source(config or Config()), services)
     ctx = Ctx()
     ctx._setsymval("j", "mx.test.example")
     return ctx, recorder

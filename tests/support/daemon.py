@@ -161,8 +161,12 @@ class Daemon:
         return [line for line in self.log_text().splitlines() if "verdict " in line]
 
     def unexpected(self, allowed: tuple[str, ...] = ()) -> list[str]:
-        """WARNING/ERROR/CRITICAL lines and tracebacks not matching `allowed`."""
+        """WARNING/ERROR/CRITICAL lines and tracebacks not matching `allowed`.
+
+        The warning that the tests' `user = root` asks for is always allowed.
+        """
         bad = re.compile(r"^(WARNING|ERROR|CRITICAL)\b|Traceback")
+        allowed = (*allowed, r"^WARNING spfmilter.daemon: running as root")
         return [
             line
             for line in self.log_text().splitlines()

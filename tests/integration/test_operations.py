@@ -1,0 +1,199 @@
+"""Running it in production: privileges, the socket, stopping, metrics, syslog."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MakeDaemon, config_text
+from tests.support.daemon import REPO, free_port, wait_for
+from tests.support.dnsserver import DNSTestServer
+from tests.support.milterclient import MilterClient, Response, TransactionResult
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A temp dir every user can search (pytest's tmp_path is 0700), so a
+    daemon that dropped root can reach the socket directory inside it."""
+    path = Path(tempfile.mkdtemp(prefix="spfmilter-ops-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def transaction(spec: str, ip: str, helo: str, sender: str) -> TransactionResult:
+    with MilterClient(spec) as client:
+        client.negotiate()
+        client.connect("client.example", ip)
+        client.helo(helo)
+        return client.transaction(f"<{sender}>", ["<user@example.net>"])
+
+
+def proc_ids(pid: int) -> tuple[int, int]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)\s+(\d+)", status, re.M)
+    gids = re.search(r"^Gid:\s+(\d+)\s+(\d+)\s+(\d+)", status, re.M)
+    assert uids and gids
+    assert len(set(uids.groups())) == 1 and len(set(gids.groups())) == 1  # no way back to root
+    return int(uids.group(1)), int(gids.group(1))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to test dropping root")
+def test_root_drops_to_user_and_socket_gets_mode_and_group(
+    make_daemon: MakeDaemon, open_dir: Path
+) -> None:
+    sock = open_dir / "run" / "spfmilter.sock"
+    milter = {"user": "nobody", "socket_group": "postfix", "socket_mode": "0660"}
+    daemon = make_daemon({"milter": milter}, socket=f"unix:{sock}")
+    nobody = pwd.getpwnam("nobody").pw_uid
+    postfix_gid = grp.getgrnam("postfix").gr_gid
+    assert proc_ids(daemon.pid) == (nobody, postfix_gid)
+    info = sock.stat()
+    assert stat.S_ISSOCK(info.st_mode)
+    assert stat.S_IMODE(info.st_mode) == 0o660
+    assert info.st_gid == postfix_gid
+    result = transaction(
+        daemon.socket, "198.51.100.7", "helo-pass.example.org", "a@spf-pass.example.org"
+    )
+    assert result.eom is not None and result.eom.modifications[0].name == "Received-SPF"
+    assert "uid=" + str(nobody) in daemon.log_text()
+
+
+def test_stale_socket_is_replaced(make_daemon: MakeDaemon, open_dir: Path) -> None:
+    sock = open_dir / "stale.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(sock))
+    stale.close()  # the file stays behind, as after a crash
+    daemon = make_daemon(socket=f"unix:{sock}")
+    result = transaction(
+        daemon.socket, "198.51.100.7", "helo-pass.example.org", "a@spf-pass.example.org"
+    )
+    assert result.eom is not None
+
+
+def test_unknown_user_is_a_config_error(tmp_path: Path, dns_server: DNSTestServer) -> None:
+    cfg = tmp_path / "c.cfg"
+    cfg.write_text(config_text(dns_server, {"milter": {"user": "no-such-user-here"}}))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spfmilter",
+            "--config",
+            str(cfg),
+            "--socket",
+            f"inet:{free_port()}@127.0.0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+    assert done.returncode == 78
+    assert "[milter] user: no such user 'no-such-user-here'" in done.stderr
+
+
+def test_sigterm_lets_a_transaction_in_flight_finish(
+    make_daemon: MakeDaemon, dns_server: DNSTestServer
+) -> None:
+    # MAIL FROM a domain whose DNS never answers: the callback is waiting on
+    # DNS when SIGTERM arrives, and must still send its reply.
+    daemon = make_daemon(
+        {"dns": {"timeout": "1", "lookup_time": "1"}, "policy": {"reject_stage": "mail"}},
+        allowed=(r"DNS timeout looking up",),
+    )
+    dns_server.clear_queries()
+    replies: list[Response] = []
+    with MilterClient(daemon.socket) as client:
+        client.negotiate()
+        client.connect("client.example", "198.51.100.7")
+        client.helo("helo-none.example.org")
+        worker = threading.Thread(
+            target=lambda: replies.append(client.mail("<t@spf-timeout.example.org>"))
+        )
+        worker.start()
+        wait_for(
+            lambda: any(q[0] == "spf-timeout.example.org" for q in dns_server.queries),
+            5,
+            "the MAIL callback to ask DNS",
+        )
+        daemon.signal(signal.SIGTERM)
+        worker.join(10)
+    assert replies and replies[0].kind == "replycode"
+    assert (replies[0].text or "").startswith("451 4.7.24 SPF MAIL FROM check")
+    assert daemon.stop() == 0
+    assert "spfmilter stopped" in daemon.log_text()
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text: str = response.read().decode()
+        return text
+
+
+def sample(text: str, name: str, labels: str = "") -> float:
+    match = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
+    assert match, f"{name}{labels} not in metrics"
+    return float(match.group(1))
+
+
+def test_metrics_endpoint_counts_real_transactions(make_daemon: MakeDaemon) -> None:
+    port = free_port()
+    daemon = make_daemon({"metrics": {"listen": f"127.0.0.1:{port}"}})
+    for _ in range(2):
+        transaction(
+            daemon.socket, "198.51.100.7", "helo-pass.example.org", "a@spf-pass.example.org"
+        )
+    transaction(
+        daemon.socket, "203.0.113.5", "helo-none.example.org", "m@spf-fail-noexp.example.org"
+    )
+    transaction(daemon.socket, "127.0.0.1", "localhost", "root@localhost")
+    daemon.reload()
+    text = scrape(port)
+    verdict = "spfmilter_verdicts_total"
+    assert sample(text, verdict, '{action="accept",identity="mailfrom",result="pass"}') == 2
+    assert sample(text, verdict, '{action="reject",identity="mailfrom",result="fail"}') == 1
+    assert sample(text, "spfmilter_skips_total") == 1
+    assert sample(text, "spfmilter_connections_in_flight") == 0
+    assert sample(text, "spfmilter_internal_errors_total") == 0
+    assert sample(text, "spfmilter_config_reloads_total", '{outcome="ok"}') == 1
+    # Two passes share lookups: the second one is served from the cache.
+    assert sample(text, "spfmilter_dns_cache_hits_total") >= 2
+    assert sample(text, "spfmilter_dns_queries_total", '{outcome="answer",qtype="TXT"}') >= 2
+    assert sample(text, "spfmilter_dns_query_seconds_count", '{qtype="TXT"}') >= 2
+    assert 'spfmilter_build_info{version="' in text
+
+
+def test_syslog_target(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    path = tmp_path / "log.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslog:
+        syslog.bind(str(path))
+        syslog.settimeout(10)
+        daemon = make_daemon({"log": {"target": "syslog", "syslog_socket": str(path)}})
+        transaction(
+            daemon.socket, "198.51.100.7", "helo-pass.example.org", "a@spf-pass.example.org"
+        )
+        messages: list[str] = []
+        while not any("verdict" in m for m in messages):
+            messages.append(syslog.recv(65536).decode())
+        daemon.stop()  # while the syslog socket still listens
+    # Facility mail (2) at severity info (6): priority 2 * 8 + 6 = 22.
+    verdict = next(m for m in messages if "verdict" in m)
+    assert verdict.startswith(f"<22>spfmilter[{daemon.pid}]: ")
+    assert "result=pass" in verdict
+    assert daemon.log_text() == ""

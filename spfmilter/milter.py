@@ -11,7 +11,6 @@ It may import everything below it; only it and daemon import Milter.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import ipaddress
@@ -258,8 +257,10 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
 
     def close(self) -> int:
         """The SMTP connection ended."""
-        with contextlib.suppress(Exception):  # never let logging stop the count
+        try:
             self._log_verdict_once()
+        except Exception:  # the connection count below must still drop
+            log.exception("conn=%s: cannot log the verdict at close", self.conn_id)
         self.services.metrics.connections.dec()
         return CONTINUE
 

@@ -18,6 +18,7 @@ import itertools
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -26,7 +27,7 @@ import Milter
 
 from spfmilter import policy
 from spfmilter.config import Config
-from spfmilter.dns import DnsTempError, Lookup, confirmed_ptr_names, resolves_to
+from spfmilter.dns import DnsTempError, Lookup, Record, confirmed_ptr_names, resolves_to
 from spfmilter.headers import (
     AUTHENTICATION_RESULTS,
     RECEIVED_SPF,
@@ -113,6 +114,7 @@ class Services:
     lookup: Lookup
     metrics: Metrics
     activity: Activity
+    clock: Callable[[], float] = time.monotonic
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -168,6 +170,7 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         self.exempt_recipients: list[str] = []
         self.forged: list[int] = []
         self.ar_seen = 0
+        self.deadline = 0.0
 
     # --- libmilter callbacks -------------------------------------------
 
@@ -273,6 +276,12 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
 
     def _evaluate(self, tx: Transaction) -> Decision:
         config = self.config
+        # One DNS budget for the whole callback (skip facts, HELO, MAIL
+        # FROM): the MTA times out a milter command as a whole (Postfix's
+        # milter_command_timeout, 30 s), so identities evaluated one after
+        # the other must share it.  RFC 7208 section 4.6.4 asks for at least
+        # 20 s per evaluation; HELO results are reused across transactions.
+        self.deadline = self.services.clock() + config.dns.lookup_time
         reason = policy.skip_reason(config, self.conn, tx, None)
         if reason is None and config.skip.needs_dns:
             reason = policy.skip_reason(config, self.conn, tx, self._skip_facts(tx))
@@ -291,8 +300,8 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         assert ip is not None  # skip_reason() skipped clients without one
         helo = self.conn.helo.lower().rstrip(".")
         try:
-            helo_confirmed = helo in skip.helo_names and resolves_to(self.services.lookup, helo, ip)
-            ptr_names = confirmed_ptr_names(self.services.lookup, ip) if skip.ptr_domains else ()
+            helo_confirmed = helo in skip.helo_names and resolves_to(self._lookup, helo, ip)
+            ptr_names = confirmed_ptr_names(self._lookup, ip) if skip.ptr_domains else ()
         except DnsTempError as error:
             log.warning("conn=%s: DNS trouble while checking skips: %s", self.conn_id, error)
             return SkipFacts()
@@ -311,6 +320,13 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
             self.helo_outcome = self._check(Identity.HELO, "")
         return self.helo_outcome
 
+    def _remaining(self) -> float:
+        # pyspf reads a budget of 0 as "no limit": never hand it one.
+        return max(0.001, self.deadline - self.services.clock())
+
+    def _lookup(self, name: str, qtype: str, budget: float | None) -> list[Record]:
+        return self.services.lookup(name, qtype, self._remaining())
+
     def _check(self, identity: Identity, mail_from: str) -> SpfOutcome:
         assert self.conn.client_ip is not None  # skip_reason() skips clients without one
         return self.services.check(
@@ -319,7 +335,7 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
             helo=self.conn.helo,
             mail_from=mail_from,
             receiver=self.conn.receiver,
-            lookup_time=self.config.dns.lookup_time,
+            lookup_time=self._remaining(),
         )
 
     def _apply(self, recipient: str | None) -> int:

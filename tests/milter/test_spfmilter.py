@@ -322,3 +322,30 @@ def test_ipv4_mapped_client_is_evaluated_as_ipv4() -> None:
 )
 def test_reverse_path(argument: str, address: str) -> None:
     assert reverse_path(argument) == address
+
+
+def test_identities_in_one_callback_share_the_lookup_budget() -> None:
+    # The MTA times out the MAIL FROM command as a whole: what the HELO
+    # evaluation spent is not available to MAIL FROM any more.
+    now = [1000.0]
+    budgets: list[float] = []
+
+    def slow_check(
+        identity: Identity,
+        *,
+        client_ip: IPAddress,
+        helo: str,
+        mail_from: str,
+        receiver: str,
+        lookup_time: float,
+    ) -> SpfOutcome:
+        budgets.append(lookup_time)
+        now[0] += 15.0
+        return SpfOutcome(identity, SpfResult.PASS, "example.org", mail_from or "p@x")
+
+    services = Services(slow_check, no_dns, Metrics(), Activity(), clock=lambda: now[0])
+    Milter.factory = spfmilter_milter.factory(Source(Config()), services)
+    ctx = Ctx()
+    start(ctx)
+    ctx._envfrom("<a@example.org>")
+    assert budgets == [20.0, 5.0]

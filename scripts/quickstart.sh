@@ -13,7 +13,7 @@ mode=${1:-}
 
 case "$mode" in
   run)  packages=(python3 python3-venv python3-dev gcc libmilter-dev) ;;
-  test) packages=(python3 python3-venv python3-dev gcc libmilter-dev postfix m4 systemd) ;;
+  test) packages=(python3 python3-venv python3-dev gcc libmilter-dev postfix m4 systemd procps) ;;
   *) echo "usage: $0 run|test [options]" >&2; exit 2 ;;
 esac
 
@@ -42,7 +42,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
   "$venv/bin/pip" install -q --upgrade pip >&2
-  "$venv/bin/pip" install -q -e "$here[test,metrics]" >&2
+  "$venv/bin/pip" install -q -e "$here[test]" >&2
   touch "$stamp"
 fi
 

@@ -1,0 +1,586 @@
+"""What spfmilter adds to each SMTP transaction, end to end.
+
+Every measured unit is one milter connection as an MTA makes it for one SMTP
+session: negotiate, connect (with macro j), HELO, MAIL FROM, one RCPT, DATA,
+one header, end of headers, body, end of message, QUIT.  It is driven over
+the real milter protocol (tests/support/milterclient.py) against real
+daemons, and compared with a baseline measured in the same run: a minimal
+pymilter daemon defined in this file that does the same protocol work as
+spfmilter (the same negotiated steps, one header inserted at the top at end
+of message) but no SPF.  The ratio to that baseline is the cost of spfmilter
+itself; pymilter, libmilter and the protocol are in both.
+
+Scenarios, each N connections after a warm-up:
+
+- baseline: the minimal pymilter daemon;
+- spfmilter, warm cache: default config, the same sender every time, so all
+  DNS answers after the first come from spfmilter's cache;
+- spfmilter, cold cache: ``[dns] cache_size = 0``, every transaction queries
+  the loopback DNS server (HELO and MAIL FROM);
+- spfmilter, include chain, cold: a sender whose record includes another;
+- the baseline and the warm case again over TCP on 127.0.0.1;
+- throughput with 8 client threads at once, spfmilter (warm) and baseline.
+
+Besides wall-clock latency it reports each daemon's own CPU time per
+connection (from /proc, so the DNS server's share is not in it) and each
+daemon's resident size at start and idle after the runs.  The machines this
+runs on are shared and noisy, so the output is medians, percentiles and
+ratios from one run; absolute times mean little across runs.
+
+Run from the repository root::
+
+    .venv/bin/python -m benchmarks.bench_milter [--n 300] [--warmup 20] [--json]
+
+It prints a markdown table (or JSON with ``--json``); progress goes to stderr.
+Everything listens on unix sockets in a temporary directory or on 127.0.0.1,
+and every process started is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import Milter
+
+from tests.support.daemon import REPO, Daemon, free_port, wait_for
+from tests.support.milterclient import MilterClient, MilterError
+
+# The client posed in every transaction: an address that spf-pass.example.org
+# and helo-pass.example.org (tests/zones/core.yaml) authorise, so both
+# identities pass and the message gets its header.
+CLIENT_IP = "198.51.100.7"
+HELO = "helo-pass.example.org"
+SENDER = "alice@spf-pass.example.org"
+INCLUDE_SENDER = "x@spf-include.example.org"  # include:spf-pass.example.org
+RCPT = "<user@example.net>"
+# Sent as macro j, as an MTA does; without it spfmilter would fall back to
+# socket.getfqdn(), which is not what happens in production.
+RECEIVER = "mx.bench.example"
+
+THREADS = 8  # client threads in the throughput runs
+THROUGHPUT_REPEATS = 3  # throughput runs per target, alternating; the median is reported
+# Scenarios take turns in blocks of this many connections, so that a burst of
+# load from a neighbour on the shared machine hits all of them alike instead
+# of whichever scenario happened to run at that moment.
+BLOCK = 25
+# A reply slower than this means something is broken, not slow.
+CLIENT_TIMEOUT = 10.0
+# Long enough that no cached answer expires during the run.
+DNS_TTL = 3600
+
+CONTINUE: int = Milter.CONTINUE
+
+
+# ---------------------------------------------------------------- baseline daemon
+
+
+class BaselineMilter(Milter.Base):  # type: ignore[misc]
+    """The protocol work spfmilter does, minus SPF.
+
+    It overrides the same callbacks as spfmilter.milter.SpfMilter, header
+    with the same @noreply, so libmilter negotiates the same steps (no body,
+    no reply to headers); run() checks that all the daemons agree on them.
+    """
+
+    def connect(self, hostname: str, family: int, hostaddr: object) -> int:
+        return CONTINUE
+
+    def hello(self, heloname: str) -> int:
+        return CONTINUE
+
+    def envfrom(self, mail_from: str, *params: str) -> int:
+        return CONTINUE
+
+    def envrcpt(self, recipient: str, *params: str) -> int:
+        return CONTINUE
+
+    @Milter.noreply  # type: ignore[untyped-decorator]
+    def header(self, name: str, value: str) -> int:
+        return CONTINUE
+
+    def eom(self) -> int:
+        # At index 0, as spfmilter inserts its Received-SPF.
+        self.addheader("X-Baseline", "1", 0)
+        return CONTINUE
+
+
+def serve_baseline(spec: str) -> None:
+    """Run BaselineMilter on spec until SIGTERM: the baseline process's entry point."""
+    Milter.factory = BaselineMilter
+    Milter.runmilter("baseline", spec, 600)  # the timeout spfmilter.daemon uses
+
+
+class BaselineDaemon:
+    """The baseline milter as a subprocess, started and stopped like Daemon."""
+
+    def __init__(self, socket_spec: str, log_path: Path) -> None:
+        self.socket = socket_spec
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, timeout: float = 20) -> None:
+        code = "import sys, benchmarks.bench_milter as b; b.serve_baseline(sys.argv[1])"
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", code, self.socket],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+        try:
+            wait_for(self._ready, timeout, f"baseline milter on {self.socket}")
+        except TimeoutError:
+            self.stop()
+            raise
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            log = self.log_path.read_text(errors="replace")
+            raise RuntimeError(f"baseline milter exited with {self.process.returncode}:\n{log}")
+        probe = MilterClient(self.socket, timeout=1)
+        try:
+            probe.open()
+        except MilterError:
+            return False
+        probe.close()
+        return True
+
+    def stop(self, timeout: float = 15) -> None:
+        """SIGTERM, then wait; SIGKILL only if it hangs."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None and time.monotonic() < deadline:
+            # libmilter's listener notices the stop when a connection wakes
+            # it, and otherwise only every 5 s.
+            with contextlib.suppress(RuntimeError):  # it exited meanwhile
+                self._ready()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(0.1)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+
+# ---------------------------------------------------------------- measuring
+
+
+@dataclass(frozen=True)
+class Target:
+    """One running daemon to send connections to."""
+
+    name: str
+    socket: str
+    pid: int
+    header: str  # the header its end-of-message must insert
+    verdict: str  # what that header's value must start with
+
+
+BASELINE = "baseline (pymilter, no SPF)"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    transport: str  # "unix" or "tcp"; medians are divided by BASELINE's on the same one
+    target: Target
+    sender: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.name, self.transport
+
+
+@dataclass(frozen=True)
+class Latency:
+    scenario: str
+    transport: str
+    connections: int
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    vs_baseline: float  # median / the baseline's median on the same transport
+    dns_queries_per_connection: float
+    # The daemon's own CPU time per connection (see cpu_seconds): less
+    # disturbed by neighbours than wall time, and without the DNS server's
+    # share, which runs in this process.
+    daemon_cpu_ms: float
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Medians of THROUGHPUT_REPEATS runs of THREADS concurrent clients."""
+
+    target: str
+    threads: int
+    connections: int  # per run
+    per_second: float
+    vs_baseline: float
+    # The daemon's own CPU time (all its threads, from /proc), per connection
+    # and as a share of one core over the run's wall time.  CPU time is far
+    # less disturbed by neighbours than wall time; a share near 100 % says
+    # the GIL, not the number of cores, is the limit.
+    daemon_cpu_ms_per_connection: float
+    daemon_cpu_percent: float
+    # The same share for the client threads, which are Python too: near
+    # 100 % they, not the daemon, set the pace.
+    client_cpu_percent: float
+
+
+@dataclass(frozen=True)
+class Memory:
+    daemon: str
+    start_rss_mib: float  # right after start
+    idle_rss_mib: float  # after all the runs
+    peak_rss_mib: float
+
+
+@dataclass(frozen=True)
+class Report:
+    connections: int
+    warmup: int
+    python: str
+    cpus: int
+    load_before: tuple[float, float, float]
+    load_after: tuple[float, float, float]
+    latency: list[Latency]
+    throughput: list[Throughput]
+    memory: list[Memory]
+
+
+def connection(target: Target, sender: str) -> float:
+    """One SMTP session's worth of milter traffic; returns its seconds.
+
+    The reply is checked, so that a broken daemon fails the run instead of
+    measuring how fast it says no.
+    """
+    start = time.perf_counter()
+    with MilterClient(target.socket, timeout=CLIENT_TIMEOUT) as client:
+        client.negotiate()
+        client.macros("C", {"j": RECEIVER})
+        client.connect("client.example", CLIENT_IP)
+        client.helo(HELO)
+        result = client.transaction(f"<{sender}>", [RCPT])
+    elapsed = time.perf_counter() - start
+    inserted = result.eom.modifications if result.eom else []
+    if result.final.kind != "continue" or not any(
+        m.name == target.header and (m.value or "").startswith(target.verdict) for m in inserted
+    ):
+        raise RuntimeError(f"{target.name}: unexpected answer for {sender}: {result}")
+    return elapsed
+
+
+def negotiated(target: Target) -> tuple[int, int]:
+    """The (actions, protocol) the daemon agrees to when offered everything."""
+    with MilterClient(target.socket, timeout=CLIENT_TIMEOUT) as client:
+        _, actions, protocol = client.negotiate()
+    return actions, protocol
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile: the smallest value with `fraction` at or below it."""
+    rank = max(1, math.ceil(fraction * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def measure_latency(
+    scenarios: Sequence[Scenario], n: int, warmup: int, queries: Callable[[], int]
+) -> list[Latency]:
+    """N connections per scenario, the scenarios taking turns in blocks."""
+    for scenario in scenarios:
+        for _ in range(warmup):
+            connection(scenario.target, scenario.sender)
+    samples: dict[tuple[str, str], list[float]] = {s.key: [] for s in scenarios}
+    dns: dict[tuple[str, str], int] = dict.fromkeys(samples, 0)
+    cpu: dict[tuple[str, str], float] = dict.fromkeys(samples, 0.0)
+    for start in range(0, n, BLOCK):
+        for scenario in scenarios:
+            queries_before, cpu_before = queries(), cpu_seconds(scenario.target.pid)
+            for _ in range(min(BLOCK, n - start)):
+                samples[scenario.key].append(connection(scenario.target, scenario.sender))
+            dns[scenario.key] += queries() - queries_before
+            cpu[scenario.key] += cpu_seconds(scenario.target.pid) - cpu_before
+        print(f"  {min(start + BLOCK, n)}/{n} connections per scenario", file=sys.stderr)
+    medians = {key: statistics.median(values) for key, values in samples.items()}
+    results = []
+    for scenario in scenarios:
+        values = sorted(samples[scenario.key])
+        results.append(
+            Latency(
+                scenario=scenario.name,
+                transport=scenario.transport,
+                connections=len(values),
+                median_ms=medians[scenario.key] * 1000,
+                p90_ms=percentile(values, 0.90) * 1000,
+                p99_ms=percentile(values, 0.99) * 1000,
+                vs_baseline=medians[scenario.key] / medians[BASELINE, scenario.transport],
+                dns_queries_per_connection=dns[scenario.key] / len(values),
+                daemon_cpu_ms=cpu[scenario.key] * 1000 / len(values),
+            )
+        )
+    return results
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, finished threads included.
+
+    The kernel reports it in clock ticks (10 ms).  The latency runs add up
+    differences over blocks in which the daemon is otherwise idle, so the
+    sum telescopes and is good to about a tick in all: fine at the default
+    N, meaningless for a few connections.
+    """
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # Fields after the parenthesised command name, which may hold spaces;
+    # utime and stime are fields 14 and 15 of proc(5).
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Run:
+    """Seconds taken by one throughput run: wall clock, and CPU of each side."""
+
+    wall: float
+    daemon_cpu: float
+    client_cpu: float  # this process: the client threads (the DNS server idles)
+
+
+def throughput_once(target: Target, per_thread: int) -> Run:
+    """THREADS clients making per_thread connections each, all at once."""
+
+    def client_loop() -> None:
+        for _ in range(per_thread):
+            connection(target, SENDER)
+
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        daemon_cpu, client_cpu = cpu_seconds(target.pid), time.process_time()
+        start = time.perf_counter()
+        futures = [pool.submit(client_loop) for _ in range(THREADS)]
+        for future in futures:
+            future.result()  # re-raises a client's failure
+        return Run(
+            wall=time.perf_counter() - start,
+            daemon_cpu=cpu_seconds(target.pid) - daemon_cpu,
+            client_cpu=time.process_time() - client_cpu,
+        )
+
+
+def measure_throughput(baseline: Target, spf: Target, per_thread: int) -> list[Throughput]:
+    connections = THREADS * per_thread
+    runs: dict[str, list[Run]] = {baseline.name: [], spf.name: []}
+    # Alternate the two targets for the same reason the latency runs take turns.
+    for repeat in range(THROUGHPUT_REPEATS):
+        for target in (baseline, spf):
+            runs[target.name].append(throughput_once(target, per_thread))
+        print(f"  throughput run {repeat + 1}/{THROUGHPUT_REPEATS}", file=sys.stderr)
+    rates = {name: statistics.median(connections / r.wall for r in rs) for name, rs in runs.items()}
+    return [
+        Throughput(
+            target=target.name,
+            threads=THREADS,
+            connections=connections,
+            per_second=rates[target.name],
+            vs_baseline=rates[target.name] / rates[baseline.name],
+            daemon_cpu_ms_per_connection=statistics.median(
+                1000 * r.daemon_cpu / connections for r in runs[target.name]
+            ),
+            daemon_cpu_percent=statistics.median(
+                100 * r.daemon_cpu / r.wall for r in runs[target.name]
+            ),
+            client_cpu_percent=statistics.median(
+                100 * r.client_cpu / r.wall for r in runs[target.name]
+            ),
+        )
+        for target in (baseline, spf)
+    ]
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """VmRSS (now) and VmHWM (the peak so far) of a process, in MiB."""
+    fields: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024  # kB
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run(n: int, warmup: int) -> Report:
+    # Imported here rather than at the top: the baseline daemon imports this
+    # module to find serve_baseline, and its memory should not include
+    # pytest, dnslib and PyYAML.
+    from tests.conftest import ZONES, config_text
+    from tests.support.dnsserver import DNSTestServer, load_zone_file
+
+    load_before = os.getloadavg()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench_milter.") as tmp,
+        DNSTestServer(load_zone_file(ZONES / "core.yaml"), ttl=DNS_TTL) as dns,
+        contextlib.ExitStack() as stack,
+    ):
+        workdir = Path(tmp)
+        targets: dict[str, Target] = {}
+
+        def baseline(name: str, spec: str) -> None:
+            daemon = BaselineDaemon(spec, workdir / f"{name}.log")
+            stack.callback(daemon.stop)
+            daemon.start()
+            targets[name] = Target(name, spec, daemon.pid, "X-Baseline", "1")
+
+        spf_daemons: list[Daemon] = []
+
+        def spfmilter(name: str, spec: str | None, cache_size: str | None) -> None:
+            sections = {"dns": {"cache_size": cache_size}} if cache_size is not None else {}
+            daemon = Daemon(workdir / name, config_text(dns, sections), spec)
+            stack.callback(daemon.stop)
+            daemon.start()
+            spf_daemons.append(daemon)
+            targets[name] = Target(name, daemon.socket, daemon.pid, "Received-SPF", "pass")
+
+        print("starting daemons", file=sys.stderr)
+        baseline("baseline", f"unix:{workdir}/baseline.sock")
+        spfmilter("spfmilter", f"unix:{workdir}/spfmilter.sock", None)
+        spfmilter("spfmilter-nocache", f"unix:{workdir}/nocache.sock", "0")
+        baseline("baseline-tcp", f"inet:{free_port()}@127.0.0.1")
+        spfmilter("spfmilter-tcp", None, None)  # Daemon picks a free port
+
+        # The comparison is only fair if both sides do the same protocol steps.
+        reference = negotiated(targets["baseline"])
+        for target in targets.values():
+            if negotiated(target) != reference:
+                raise RuntimeError(f"{target.name} negotiates differently from the baseline")
+        start_rss = {name: rss_mib(target.pid)[0] for name, target in targets.items()}
+
+        base, spf = targets["baseline"], targets["spfmilter"]
+        nocache = targets["spfmilter-nocache"]
+        scenarios = [
+            Scenario(BASELINE, "unix", base, SENDER),
+            Scenario("spfmilter, warm cache", "unix", spf, SENDER),
+            Scenario("spfmilter, cold cache", "unix", nocache, SENDER),
+            Scenario("spfmilter, include chain, cold", "unix", nocache, INCLUDE_SENDER),
+            # MilterClient sets TCP_NODELAY and re-arms TCP_QUICKACK on TCP.
+            # Without QUICKACK each connection waits ~40 ms for a delayed ACK,
+            # the baseline as much as spfmilter: libmilter (Nagle on) sends
+            # the inserted header and the final reply as separate packets.
+            Scenario(BASELINE, "tcp", targets["baseline-tcp"], SENDER),
+            Scenario("spfmilter, warm cache", "tcp", targets["spfmilter-tcp"], SENDER),
+        ]
+        print(f"latency: {len(scenarios)} scenarios x {n} connections", file=sys.stderr)
+        latency = measure_latency(scenarios, n, warmup, lambda: len(dns.queries))
+        print(f"throughput: {THREADS} threads x {n} connections", file=sys.stderr)
+        throughput = measure_throughput(base, spf, n)
+
+        # Idle: let libmilter finish closing the last sessions first.
+        time.sleep(1)
+        memory = [
+            Memory(name, start_rss[name], *rss_mib(target.pid)) for name, target in targets.items()
+        ]
+
+        problems = [line for daemon in spf_daemons for line in daemon.unexpected()]
+        if problems:
+            raise RuntimeError("spfmilter logged problems:\n" + "\n".join(problems))
+
+    return Report(
+        connections=n,
+        warmup=warmup,
+        python=platform.python_version(),
+        cpus=os.cpu_count() or 0,
+        load_before=load_before,
+        load_after=os.getloadavg(),
+        latency=latency,
+        throughput=throughput,
+        memory=memory,
+    )
+
+
+def markdown(report: Report) -> str:
+    load = "/".join(f"{x:.2f}" for x in report.load_before)
+    load_after = "/".join(f"{x:.2f}" for x in report.load_after)
+    lines = [
+        f"{report.connections} connections per scenario after {report.warmup} warm-up, "
+        f"scenarios interleaved in blocks of {BLOCK}; Python {report.python}, "
+        f"{report.cpus} CPUs, load average {load} before, {load_after} after.",
+        "",
+        "Latency of one milter connection per SMTP session (negotiate ... QUIT), timed "
+        "at the client; daemon CPU and DNS queries per connection.",
+        "",
+        "| scenario | socket | median ms | p90 ms | p99 ms | median vs baseline "
+        "| daemon CPU ms | DNS queries |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report.latency:
+        lines.append(
+            f"| {r.scenario} | {r.transport} | {r.median_ms:.2f} | {r.p90_ms:.2f} | {r.p99_ms:.2f} "
+            f"| {r.vs_baseline:.2f}x | {r.daemon_cpu_ms:.2f} | {r.dns_queries_per_connection:.1f} |"
+        )
+    lines += [
+        "",
+        f"Throughput: median of {THROUGHPUT_REPEATS} runs each, unix socket, warm cache.",
+        "",
+        "| daemon | client threads | connections per run | connections/s | vs baseline "
+        "| daemon CPU ms/connection | daemon CPU % of one core | client CPU % of one core |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for t in report.throughput:
+        lines.append(
+            f"| {t.target} | {t.threads} | {t.connections} | {t.per_second:.0f} "
+            f"| {t.vs_baseline:.2f}x | {t.daemon_cpu_ms_per_connection:.2f} "
+            f"| {t.daemon_cpu_percent:.0f} | {t.client_cpu_percent:.0f} |"
+        )
+    lines += [
+        "",
+        "| daemon | RSS MiB at start | RSS MiB idle after the runs | peak RSS MiB |",
+        "|---|---:|---:|---:|",
+    ]
+    for m in report.memory:
+        lines.append(
+            f"| {m.daemon} | {m.start_rss_mib:.1f} | {m.idle_rss_mib:.1f} | {m.peak_rss_mib:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_milter",
+        description="Per-transaction cost of spfmilter over the milter protocol, "
+        "against a minimal pymilter baseline.",
+    )
+    parser.add_argument("--n", type=int, default=300, help="connections per scenario")
+    parser.add_argument("--warmup", type=int, default=20, help="unmeasured connections first")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.warmup < 0:
+        parser.error("--n must be at least 1 and --warmup at least 0")
+    report = run(args.n, args.warmup)
+    print(json.dumps(dataclasses.asdict(report), indent=2) if args.json else markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

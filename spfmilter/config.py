@@ -555,6 +555,11 @@ def _warnings(config: Config) -> tuple[str, ...]:
             f"{LOOKUP_TIME_WARN:g} s; Postfix's milter_command_timeout defaults to 30 s "
             "and would give up on the milter first"
         )
+    if config.policy.exempt_recipients and config.policy.reject_stage is Stage.MAIL:
+        warnings.append(
+            f"{config.source}: [policy] exempt_recipients has no effect with "
+            "reject_stage = mail (recipients are not known yet at MAIL FROM)"
+        )
     return tuple(warnings)
 
 

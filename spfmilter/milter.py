@@ -342,9 +342,7 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         decision = self.decision
         assert decision is not None
         if decision.action in (Action.ACCEPT, Action.SKIP):
-            if decision.action is Action.SKIP or decision.stage is Stage.MAIL:
-                # Nothing waits on a later stage: say so now, once.
-                self._log_verdict_once()
+            # Logged at end of message (or abort), where the queue id is known.
             return CONTINUE
         if recipient is not None and policy.recipient_exempt(self.config.policy, recipient):
             self.exempt_recipients.append(recipient)

@@ -175,3 +175,13 @@ def test_every_key_is_documented_in_the_shipped_example() -> None:
     documented = line_numbers((REPO / "spfmilter.cfg").read_text())
     missing = [f"[{s}] {k}" for s, k in PARSERS if (s, k) not in documented]
     assert missing == []
+
+
+def test_exempt_recipients_need_the_rcpt_stage() -> None:
+    config = parse_config(
+        "[policy]\nreject_stage = mail\nexempt_recipients = postmaster@\n", "x.cfg"
+    )
+    assert config.warnings == (
+        "x.cfg: [policy] exempt_recipients has no effect with reject_stage = mail "
+        "(recipients are not known yet at MAIL FROM)",
+    )

@@ -408,11 +408,6 @@ def parse_authserv_id(text: str) -> str:
     return value
 
 
-def parse_text(text: str) -> str:
-    """Free text, stripped."""
-    return text.strip()
-
-
 PARSERS: dict[tuple[str, str], Callable[[str], Any]] = {
     ("milter", "socket"): parse_socket,
     ("milter", "socket_mode"): parse_mode,

@@ -42,9 +42,6 @@ Record = tuple[tuple[str, str], object]
 MAX_TTL = 86400
 NEGATIVE_TTL_CAP = 900
 
-SUPPORTED_TYPES = ("A", "AAAA", "MX", "PTR", "TXT", "SPF", "CNAME")
-
-
 # The lookup function handed to the checker and the milter: (name, type,
 # time budget or None) -> records.
 Lookup = Callable[[str, str, float | None], list[Record]]

@@ -153,8 +153,17 @@ class Resolver:
             # hand the chain over as it is, so the SPF evaluator sees a name
             # without records (RFC 7208 section 5.5 skips such PTR names).
             return _answer_records(looped, name), 0
-        except dns.name.LabelTooLong:
-            # RFC 7208 section 4.3: a malformed name yields no records.
+        except (
+            dns.name.LabelTooLong,
+            dns.name.NameTooLong,
+            dns.name.EmptyLabel,
+            dns.name.BadEscape,
+            dns.name.IDNAException,
+            UnicodeError,
+        ):
+            # A name that cannot be put on the wire (from a hostile MAIL FROM
+            # or macro expansion) has no records (RFC 7208 section 4.3); it
+            # must not become a temperror that defers the mail forever.
             return [], 0
         except dns.exception.DNSException as error:
             raise DnsTempError(f"DNS error looking up {name} {qtype}: {error}") from None

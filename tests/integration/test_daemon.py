@@ -129,3 +129,11 @@ def test_bad_config_exits_78_naming_file_line_and_key(tmp_path: Path) -> None:
 def test_version() -> None:
     done = spfmilter("--version")
     assert done.returncode == 0 and done.stdout.startswith("spfmilter ")
+
+
+def test_names_that_cannot_go_on_the_wire_are_none_not_temperror(make_daemon: MakeDaemon) -> None:
+    # Hostile MAIL FROM domains: a temperror would defer such mail forever.
+    daemon = make_daemon()
+    for sender in ("a@ex\u00e4mple..com", "a@xn--zz-.example", "a@" + "a" * 70 + ".example"):
+        result = transaction(daemon, "198.51.100.7", "helo-none.example.org", sender)
+        assert spf_result(result) == "none", sender

@@ -107,6 +107,20 @@ def test_authentication_results_and_forged_removal(stack: Stack, configure: Conf
     assert value.endswith("smtp.helo=helo-pass.example.org")
 
 
+def test_forged_authentication_results_kept_when_asked(stack: Stack, configure: Configure) -> None:
+    headers = {
+        "type": "authentication-results",
+        "authserv_id": "mx.knobs.example",
+        "remove_forged": "no",
+    }
+    configure({"headers": headers})
+    forged = {"Authentication-Results": "mx.knobs.example; spf=pass smtp.mailfrom=evil.example"}
+    sent = send(stack, PASS_IP, "helo-pass.example.org", "a@spf-none.example.org", headers=forged)
+    values = header_values(sent, "Authentication-Results")
+    assert len(values) == 2
+    assert values[1] == "mx.knobs.example; spf=pass smtp.mailfrom=evil.example"
+
+
 def test_headers_both_and_hidden_receiver(stack: Stack, configure: Configure) -> None:
     configure({"headers": {"type": "both", "hide_receiver": "yes"}})
     sent = send(stack, PASS_IP, "helo-pass.example.org", "a@spf-pass.example.org")

@@ -28,6 +28,9 @@ from spfmilter.milter import CONTINUE, REJECT, Activity, Services, SpfMilter
 from spfmilter.model import Decision, SpfOutcome
 
 RECEIVER_MACRO = "j"
+# The recipient used when none is given.  Not postmaster@: that is the usual
+# exempt recipient, and would hide a reject.
+DEFAULT_RECIPIENT = "user@example.invalid"
 
 
 class RecordingContext:
@@ -90,7 +93,7 @@ class Transaction:
     client_ip: str
     helo: str
     sender: str
-    recipients: tuple[str, ...] = ("postmaster@example.invalid",)
+    recipients: tuple[str, ...] = (DEFAULT_RECIPIENT,)
     auth_user: str = ""
     queue_id: str = ""
     client_name: str = ""
@@ -272,7 +275,7 @@ def policy_transaction(block: Mapping[str, str]) -> Transaction | None:
         client_ip=address,
         helo=block.get("helo_name", ""),
         sender=block.get("sender", ""),
-        recipients=(recipient or "postmaster@example.invalid",),
+        recipients=(recipient or DEFAULT_RECIPIENT,),
         auth_user=block.get("sasl_username", ""),
         queue_id=block.get("queue_id", ""),
         client_name=block.get("client_name", ""),

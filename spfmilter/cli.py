@@ -84,7 +84,7 @@ def check_main(argv: Sequence[str]) -> int:
         client_ip=args.client_ip,
         helo=args.helo,
         sender=args.sender.strip("<>"),
-        recipients=tuple(args.rcpt) or ("postmaster@example.invalid",),
+        recipients=tuple(args.rcpt) or (check.DEFAULT_RECIPIENT,),
         auth_user=args.sasl_user,
     )
     try:

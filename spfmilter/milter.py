@@ -19,8 +19,8 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import Milter
@@ -52,8 +52,6 @@ from spfmilter.model import (
 )
 
 log = logging.getLogger(__name__)
-
-_connection_ids = itertools.count(1)
 
 # libmilter's reply codes, typed (pymilter has no annotations).
 CONTINUE: int = Milter.CONTINUE
@@ -115,6 +113,8 @@ class Services:
     metrics: Metrics
     activity: Activity
     clock: Callable[[], float] = time.monotonic
+    # Numbers connections in log lines (next() on a count is atomic).
+    connection_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -155,7 +155,7 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
     """
 
     def __init__(self, source: ConfigSource, services: Services) -> None:
-        self.conn_id = next(_connection_ids)
+        self.conn_id = next(services.connection_ids)
         self.config = source.config
         self.services = services
         services.metrics.connections.inc()

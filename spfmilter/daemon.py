@@ -26,6 +26,7 @@ import Milter
 
 from spfmilter import checker, milter
 from spfmilter.config import (
+    EX_CONFIG,
     Config,
     ConfigError,
     LogFormat,
@@ -211,7 +212,7 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
         account = _account(config.milter)
     except ConfigError as error:
         log.error("%s", error)
-        return 78
+        return EX_CONFIG
     if os.geteuid() == 0 and account is None:
         log.warning("running as root: [milter] user = root was asked for")
     metrics = Metrics()

@@ -27,7 +27,6 @@ from spfmilter.metrics import Metrics
 from spfmilter.milter import CONTINUE, REJECT, Activity, Services, SpfMilter
 from spfmilter.model import Decision, SpfOutcome
 
-RECEIVER_MACRO = "j"
 # The recipient used when none is given.  Not postmaster@: that is the usual
 # exempt recipient, and would hide a reject.
 DEFAULT_RECIPIENT = "user@example.invalid"
@@ -113,9 +112,10 @@ def run(config: Config, lookup: Lookup, tx: Transaction) -> CheckResult:
     was refused.  Raises ValueError for a client IP that is not one.
     """
     ip = ipaddress.ip_address(tx.client_ip)
-    receiver = config.headers.authserv_id or socket.getfqdn()
-    ctx = RecordingContext({RECEIVER_MACRO: receiver, "i": tx.queue_id})
-    services = Services(checker.check, lookup, Metrics(), Activity())
+    # No macro j: the milter names the receiver as it does for an MTA that
+    # sends none (authserv_id, else this host's name).
+    ctx = RecordingContext({"i": tx.queue_id})
+    services = Services(checker.check, lookup, Metrics(), Activity(), host_name=socket.getfqdn())
     milter = SpfMilter(Source(config), services)
     milter._setctx(ctx)
     family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET

@@ -18,6 +18,7 @@ import logging.handlers
 import os
 import pwd
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -231,7 +232,9 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     holder = ConfigHolder(config, path, socket_override, metrics)
     threading.Thread(target=_reload_loop, args=(holder,), name="reload", daemon=True).start()
     activity = milter.Activity()
-    services = milter.Services(checker.check, resolver.lookup, metrics, activity)
+    services = milter.Services(
+        checker.check, resolver.lookup, metrics, activity, host_name=socket.getfqdn()
+    )
     Milter.factory = milter.factory(holder, services)
     spec = config.milter.socket
     source = path or "built-in defaults"

@@ -113,6 +113,9 @@ class Services:
     metrics: Metrics
     activity: Activity
     clock: Callable[[], float] = time.monotonic
+    # The receiver name when neither [headers] authserv_id nor the MTA's
+    # macro j gives one: looked up once per process, not per connection.
+    host_name: str = "localhost"
     # Numbers connections in log lines (next() on a count is atomic).
     connection_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -177,7 +180,7 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
     @_boundary
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         """Record the client address and the MTA's own name (macro j)."""
-        receiver = self.config.headers.authserv_id or self.getsymval("j") or socket.getfqdn()
+        receiver = self.config.headers.authserv_id or self.getsymval("j") or self.services.host_name
         self.conn = Connection(
             client_ip=client_address(family, hostaddr),
             client_name=hostname or "",
@@ -198,7 +201,6 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         self.tx = Transaction(
             mail_from=reverse_path(mail_from),
             auth_user=self.getsymval("{auth_authen}") or "",
-            queue_id=self.getsymval("i") or "",
         )
         self.decision = self.last_decision = self._evaluate(self.tx)
         self.logged = False
@@ -392,7 +394,9 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         self.logged = True
         tx = self.tx
         fields: dict[str, object] = {
-            "queue_id": self.getsymval("i") or (tx.queue_id if tx else "") or "-",
+            # MTAs keep a macro until its stage is sent again, so "i" is
+            # here whenever the MTA has assigned a queue id by now.
+            "queue_id": self.getsymval("i") or "-",
             "conn": self.conn_id,
             "client_ip": self.conn.client_ip,
             "helo": self.conn.helo,

@@ -105,7 +105,6 @@ class Transaction:
 
     mail_from: str
     auth_user: str = ""
-    queue_id: str = ""
 
     @property
     def null_sender(self) -> bool:

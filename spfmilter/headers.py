@@ -122,26 +122,27 @@ def received_spf(
 
 def authentication_results(
     authserv_id: str,
+    report: SpfOutcome | None,
     *,
-    helo: SpfOutcome | None,
-    mail_from: SpfOutcome | None,
     client_ip: IPAddress | None,
     skip_reason: str | None = None,
 ) -> str:
     """The Authentication-Results field value (RFC 8601).
 
-    smtp.mailfrom carries the domain only: DMARC verifiers such as
-    OpenDMARC credit an SPF pass only when the value is a bare domain.  The
-    HELO result is a separate resinfo with smtp.helo, so that a HELO pass is
-    never read as the MAIL FROM result (the DMARC bypass of CVE-2019-20790).
+    Exactly one spf resinfo: `report`, the outcome Received-SPF carries
+    (MAIL FROM whenever the sender is not null, else HELO).  Consumers read
+    one spf result per header: OpenDMARC 1.4 records the last, SpamAssassin 4
+    the HELO one, so a second resinfo with a HELO pass beside a MAIL FROM
+    result would hand them the HELO result as the domain's (the DMARC bypass
+    of CVE-2019-20790).  smtp.mailfrom carries the domain only: DMARC
+    verifiers such as OpenDMARC credit an SPF pass only for a bare domain.
     """
     parts = [clean(authserv_id)]
     if skip_reason is not None:
         parts.append(f"none ({_comment_text('SPF not checked: ' + skip_reason)})")
-    if mail_from is not None:
-        parts.append(_resinfo(mail_from, client_ip, "smtp.mailfrom", mail_from.domain))
-    if helo is not None:
-        parts.append(_resinfo(helo, client_ip, "smtp.helo", helo.domain))
+    elif report is not None:
+        prop = "smtp.mailfrom" if report.identity is Identity.MAIL_FROM else "smtp.helo"
+        parts.append(_resinfo(report, client_ip, prop, report.domain))
     return fold(AUTHENTICATION_RESULTS, "; ".join(parts))
 
 

@@ -369,8 +369,7 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         if headers.type.authentication_results:
             value = authentication_results(
                 self._authserv_id(),
-                helo=decision.helo,
-                mail_from=decision.mail_from,
+                report,
                 client_ip=self.conn.client_ip,
                 skip_reason=decision.skip_reason,
             )

@@ -103,8 +103,19 @@ def test_authentication_results_and_forged_removal(stack: Stack, configure: Conf
     assert sent.received_spf() == []
     (value,) = header_values(sent, "Authentication-Results")
     assert value.startswith("mx.knobs.example; spf=none (spf-none.example.org: No applicable")
-    assert "smtp.mailfrom=spf-none.example.org;" in value
+    # The HELO passed, the sender's domain has no policy: only the MAIL FROM
+    # result may appear (CVE-2019-20790).
+    assert value.endswith("smtp.mailfrom=spf-none.example.org")
+    assert "smtp.helo" not in value and "spf=pass" not in value
+
+
+def test_authentication_results_for_the_null_sender(stack: Stack, configure: Configure) -> None:
+    configure({"headers": {"type": "authentication-results", "authserv_id": "mx.knobs.example"}})
+    sent = send(stack, PASS_IP, "helo-pass.example.org", "")
+    (value,) = header_values(sent, "Authentication-Results")
+    assert value.startswith("mx.knobs.example; spf=pass (helo-pass.example.org:")
     assert value.endswith("smtp.helo=helo-pass.example.org")
+    assert value.count("spf=") == 1
 
 
 def test_forged_authentication_results_kept_when_asked(stack: Stack, configure: Configure) -> None:

@@ -137,15 +137,24 @@ def test_hostile_text_cannot_break_the_header() -> None:
     assert "\\(paren\\)" in value
 
 
-def test_authentication_results_bare_domain_and_separate_helo() -> None:
+def test_authentication_results_reports_mail_from_alone() -> None:
+    # The CVE-2019-20790 shape: the HELO passes, the sender's domain has no
+    # policy.  The header must carry the MAIL FROM result and nothing else.
+    mf = mailfrom(SpfResult.NONE)
+    value = unfold(authentication_results("mx.example.net", mf, client_ip=IP))
+    assert value == (
+        "mx.example.net; spf=none (example.com: No applicable sender policy available) "
+        "smtp.mailfrom=example.com"
+    )
+
+
+def test_authentication_results_for_the_null_sender_reports_helo() -> None:
     helo = SpfOutcome(
         Identity.HELO, SpfResult.PASS, "mail.example.com", "postmaster@mail.example.com"
     )
-    mf = mailfrom(SpfResult.NONE)
-    value = unfold(authentication_results("mx.example.net", helo=helo, mail_from=mf, client_ip=IP))
+    value = unfold(authentication_results("mx.example.net", helo, client_ip=IP))
     assert value == (
-        "mx.example.net; spf=none (example.com: No applicable sender policy available) "
-        "smtp.mailfrom=example.com; spf=pass (mail.example.com: 192.0.2.10 is authorized to "
+        "mx.example.net; spf=pass (mail.example.com: 192.0.2.10 is authorized to "
         "use 'postmaster@mail.example.com' in 'helo' identity) smtp.helo=mail.example.com"
     )
 
@@ -154,8 +163,7 @@ def test_authentication_results_for_a_skip() -> None:
     value = unfold(
         authentication_results(
             "mx.example.net",
-            helo=None,
-            mail_from=None,
+            None,
             client_ip=IP,
             skip_reason="SASL authenticated as bob",
         )

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import spf
 
-from spfmilter.dns import DnsTempError, Lookup, Record
+from spfmilter.dns import DnsLimitError, DnsTempError, Lookup, Record
 from spfmilter.model import Identity, IPAddress, SpfOutcome, SpfResult
 
 # RFC 7208 section 4.3 / RFC 1035 section 2.3.1: a domain the HELO identity
@@ -38,6 +38,8 @@ def install(lookup: Lookup, void_lookup_limit: int) -> None:
             return lookup(name, qtype, timeout)
         except DnsTempError as error:
             raise spf.TempError(str(error)) from None
+        except DnsLimitError as error:
+            raise spf.PermError(str(error)) from None
 
     spf.DNSLookup = pyspf_lookup
     spf.MAX_VOID_LOOKUPS = void_lookup_limit

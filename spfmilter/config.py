@@ -172,7 +172,7 @@ class DnsConfig:
     timeout: float = 5.0
     lookup_time: float = 20.0
     void_lookup_limit: int = 2
-    cache_size: int = 10000
+    cache_size: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -256,6 +256,30 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+_UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """A memory size with its unit (K, M or G, powers of 1024), or 0.
+
+    The unit is required: a bare number would be ambiguous (earlier
+    versions counted cache entries).
+    """
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = value[-1:] if value[-1:] in _UNITS else ""
+    number = value[: -1 if unit else None].strip()
+    try:
+        amount = float(number)
+    except ValueError:
+        raise ValueError(f"expected a size such as 16M, got {text!r}") from None
+    if amount and not unit:
+        raise ValueError(f"expected a size with its unit (K, M or G) such as 16M, got {text!r}")
+    size = int(amount * _UNITS.get(unit, 1))
+    if not 0 <= size <= 64 * 1024**3:
+        raise ValueError(f"expected a size from 0 to 64G, got {text!r}")
+    return size
 
 
 def _enum(kind: type[enum.StrEnum]) -> Callable[[str], Any]:
@@ -438,7 +462,7 @@ PARSERS: dict[tuple[str, str], Callable[[str], Any]] = {
     ("dns", "timeout"): parse_seconds,
     ("dns", "lookup_time"): parse_seconds,
     ("dns", "void_lookup_limit"): _int_in(0, 100),
-    ("dns", "cache_size"): _int_in(0, 10_000_000),
+    ("dns", "cache_size"): parse_size,
     ("log", "level"): _enum(LogLevel),
     ("log", "target"): _enum(LogTarget),
     ("log", "format"): _enum(LogFormat),
@@ -566,9 +590,22 @@ def render(config: Config) -> str:
         values = getattr(config, section)
         for f in dataclasses.fields(values):
             value = getattr(values, f.name)
-            text = f"{value:04o}" if f.name == "socket_mode" else _render_value(value)
+            if f.name == "socket_mode":
+                text = f"{value:04o}"
+            elif f.name == "cache_size":
+                text = render_size(value)
+            else:
+                text = _render_value(value)
             out.append(f"{f.name} = {text}")
     return "\n".join(out) + "\n"
+
+
+def render_size(size: int) -> str:
+    """A size as parse_size reads it back (the largest exact unit)."""
+    for unit, factor in reversed(_UNITS.items()):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size / 1024:g}K" if size else "0"
 
 
 def _render_value(value: object) -> str:

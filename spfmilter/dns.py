@@ -1,12 +1,15 @@
 """The DNS resolver that every SPF lookup goes through.
 
-This module owns how spfmilter talks to DNS: one dnspython Resolver built
-from [dns] (nameservers with ports, per-query timeout, TCP fallback on
-truncation), the mapping of DNS outcomes (NXDOMAIN and NODATA are empty
-answers; timeouts and SERVFAIL are temporary errors, RFC 7208 section 5
-and 4.4), and a thread-safe cache shared by all connections that honours
-record TTLs (RFC 1035 section 3.2.1, RFC 2308 for negative answers).
-It imports only the config value types; it must not import spf or Milter.
+This module owns how spfmilter asks DNS: the servers of [dns] (or of
+/etc/resolv.conf) tried in order within a time budget, the mapping of DNS
+outcomes (NXDOMAIN and NODATA are empty answers; timeouts and server
+failures are temporary errors, RFC 7208 sections 4.4 and 5), which records
+of a reply are believed (only the queried name's CNAME chain and the records
+at its end), how many are accepted at all, and a thread-safe cache shared by
+all connections, bounded in bytes, that honours record TTLs (RFC 1035
+section 3.2.1, RFC 2308 for negative answers).  The bytes on the wire are
+dnswire's.  It imports config, metrics, model and dnswire; it must not
+import spf or Milter.
 """
 
 from __future__ import annotations
@@ -17,15 +20,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-import dns.exception
-import dns.message
-import dns.name
-import dns.nameserver
-import dns.rdatatype
-import dns.resolver
-import dns.rrset
-
+from spfmilter import dnswire
 from spfmilter.config import DnsConfig
 from spfmilter.metrics import Metrics
 from spfmilter.model import IPAddress
@@ -34,7 +31,7 @@ log = logging.getLogger(__name__)
 
 # One record as the SPF evaluator consumes it: ((owner name, type), value)
 # with value an address or name (str), an MX (preference, exchange), or the
-# character-strings of a TXT record (list of bytes).
+# character-strings of a TXT record (tuple of bytes).
 Record = tuple[tuple[str, str], object]
 
 # RFC 2308 section 5: negative answers are cached for the SOA minimum; cap
@@ -42,9 +39,23 @@ Record = tuple[tuple[str, str], object]
 MAX_TTL = 86400
 NEGATIVE_TTL_CAP = 900
 
+# A CNAME chain longer than this is not followed further (RFC 1034 section
+# 3.6.2 asks resolvers to bound it; dnspython and BIND use similar limits).
+MAX_CHAIN = 8
+
+# Records of the asked type accepted in one answer.  An SPF evaluation loops
+# over them (RFC 7208 sections 5.3-5.5 compare the client with every
+# address), so their number bounds its CPU; a hostile zone can otherwise
+# return thousands per query.  Real SPF data has a handful.
+MAX_ANSWER_RECORDS = 256
+
 # The lookup function handed to the checker and the milter: (name, type,
 # time budget or None) -> records.
 Lookup = Callable[[str, str, float | None], list[Record]]
+
+# How a question reaches a server: (server, name in wire format, type code,
+# deadline, clock) -> reply (dnswire.exchange; tests inject their own).
+Exchange = Callable[[tuple[str, int], bytes, int, float, Callable[[], float]], dnswire.Reply]
 
 # RFC 7208 section 4.6.4: at most 10 PTR names are looked at.
 MAX_PTR_NAMES = 10
@@ -58,13 +69,23 @@ class DnsTimeout(DnsTempError):
     """No answer within the time allowed."""
 
 
-class Resolver:
-    """Thread-safe lookups with a shared TTL cache.
+class DnsLimitError(Exception):
+    """An answer larger than spfmilter accepts (a permanent condition)."""
 
-    `lookup` may be called from many milter threads at once: dnspython's
-    Resolver.resolve keeps no per-call state on the object, and the cache is
-    guarded by a lock.
-    """
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What one query yielded: records, how long to keep them, their memory
+    footprint, and the error to raise instead when the answer was refused."""
+
+    records: list[Record]
+    ttl: int
+    footprint: int
+    refused: str | None = None
+
+
+class Resolver:
+    """Thread-safe lookups with a shared TTL cache bounded in bytes."""
 
     def __init__(
         self,
@@ -72,34 +93,45 @@ class Resolver:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
+        exchange: Exchange = dnswire.exchange,
     ) -> None:
+        self._exchange = exchange
+        self._servers = tuple((ns.address, ns.port) for ns in config.nameservers) or (
+            dnswire.system_nameservers()
+        )
         self._timeout = config.timeout
-        self._resolver = _make_resolver(config)
         self._clock = clock
-        self._cache_size = config.cache_size
-        self._cache: collections.OrderedDict[tuple[str, str], tuple[float, list[Record]]] = (
+        self._cache_bytes = config.cache_size
+        self._cache: collections.OrderedDict[tuple[str, str], tuple[float, Answer]] = (
             collections.OrderedDict()
         )
+        self._cached_bytes = 0
         self._lock = threading.Lock()
         self._metrics = metrics
 
     def lookup(self, name: str, qtype: str, budget: float | None = None) -> list[Record]:
-        """Records of `qtype` at `name`, CNAMEs on the way included.
+        """Records of `qtype` at `name`, the CNAMEs on the way included.
 
-        `budget` bounds this query's time (the caller's remaining lookup
-        time); the per-query timeout of [dns] applies too.  Raises
-        DnsTempError when DNS cannot answer now.
+        `budget` bounds this lookup's time (the caller's remaining lookup
+        time); each server gets at most the per-query timeout of [dns].
+        Raises DnsTempError when DNS cannot answer now, DnsLimitError for
+        an answer larger than accepted.
         """
         key = (name.lower().rstrip("."), qtype.upper())
-        cached = self._cached(key)
-        if cached is not None:
-            return cached
-        lifetime = self._timeout if budget is None else max(0.001, min(self._timeout, budget))
-        records, ttl = self._query(key[0], key[1], lifetime)
-        self._store(key, records, ttl)
-        return records
+        answer = self._cached(key)
+        if answer is None:
+            answer = self._query(key[0], key[1], budget)
+            self._store(key, answer)
+        if answer.refused is not None:
+            raise DnsLimitError(answer.refused)
+        return answer.records
 
-    def _cached(self, key: tuple[str, str]) -> list[Record] | None:
+    @property
+    def cached_bytes(self) -> int:
+        """The estimated memory held by the cache now."""
+        return self._cached_bytes
+
+    def _cached(self, key: tuple[str, str]) -> Answer | None:
         with self._lock:
             entry = self._cache.get(key)
             if entry is not None and entry[0] > self._clock():
@@ -107,26 +139,34 @@ class Resolver:
                 self._metrics.cache_hits.inc()
                 return entry[1]
             if entry is not None:
-                del self._cache[key]
+                self._evict(key)
         self._metrics.cache_misses.inc()
         return None
 
-    def _store(self, key: tuple[str, str], records: list[Record], ttl: int) -> None:
-        if ttl <= 0 or self._cache_size == 0:
+    def _store(self, key: tuple[str, str], answer: Answer) -> None:
+        # One entry may take at most an eighth of the cache, so that a few
+        # huge answers cannot flush everything else.
+        if answer.ttl <= 0 or answer.footprint * 8 > self._cache_bytes:
             return
         with self._lock:
-            self._cache[key] = (self._clock() + ttl, records)
-            self._cache.move_to_end(key)
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            if key in self._cache:
+                self._evict(key)
+            self._cache[key] = (self._clock() + answer.ttl, answer)
+            self._cached_bytes += answer.footprint
+            while self._cached_bytes > self._cache_bytes:
+                self._evict(next(iter(self._cache)))
 
-    def _query(self, name: str, qtype: str, lifetime: float) -> tuple[list[Record], int]:
+    def _evict(self, key: tuple[str, str]) -> None:
+        _, answer = self._cache.pop(key)
+        self._cached_bytes -= answer.footprint
+
+    def _query(self, name: str, qtype: str, budget: float | None) -> Answer:
         started = self._clock()
         outcome = "error"
         try:
-            records, ttl = self._resolve(name, qtype, lifetime)
-            outcome = "answer" if records else "empty"
-            return records, ttl
+            answer = self._resolve(name, qtype, budget)
+            outcome = "refused" if answer.refused else "answer" if answer.records else "empty"
+            return answer
         except DnsTempError as error:
             outcome = "timeout" if isinstance(error, DnsTimeout) else "failure"
             log.warning("%s", error)
@@ -135,114 +175,105 @@ class Resolver:
             self._metrics.dns_queries.labels(qtype, outcome).inc()
             self._metrics.dns_seconds.labels(qtype).observe(self._clock() - started)
 
-    def _resolve(self, name: str, qtype: str, lifetime: float) -> tuple[list[Record], int]:
+    def _resolve(self, name: str, qtype: str, budget: float | None) -> Answer:
         try:
-            answer = self._resolver.resolve(
-                name, qtype, raise_on_no_answer=False, lifetime=lifetime, search=False
-            )
-        except dns.resolver.NXDOMAIN as error:
-            responses: dict[dns.name.Name, dns.message.Message] = error.responses()  # type: ignore[no-untyped-call]
-            return [], _negative_ttl(next(iter(responses.values()), None))
-        except dns.resolver.LifetimeTimeout:
-            raise DnsTimeout(f"DNS timeout looking up {name} {qtype}") from None
-        except dns.resolver.NoNameservers as error:
-            looped = _looping_response(error)
-            if looped is None:
-                raise DnsTempError(f"DNS server failure looking up {name} {qtype}") from None
-            # A CNAME loop is a fact about the data, not a server failure:
-            # hand the chain over as it is, so the SPF evaluator sees a name
-            # without records (RFC 7208 section 5.5 skips such PTR names).
-            return _answer_records(looped, name), 0
-        except (
-            dns.name.LabelTooLong,
-            dns.name.NameTooLong,
-            dns.name.EmptyLabel,
-            dns.name.BadEscape,
-            dns.name.IDNAException,
-            UnicodeError,
-        ):
+            qname = dnswire.encode_name(name)
+        except dnswire.BadName:
             # A name that cannot be put on the wire (from a hostile MAIL FROM
             # or macro expansion) has no records (RFC 7208 section 4.3); it
             # must not become a temperror that defers the mail forever.
-            return [], 0
-        except dns.exception.DNSException as error:
-            raise DnsTempError(f"DNS error looking up {name} {qtype}: {error}") from None
-        response = answer.response
-        records = _answer_records(response, name)
-        if not records:
-            return [], _negative_ttl(response)
-        ttl = min(rrset.ttl for rrset in response.answer)
-        return records, min(ttl, MAX_TTL)
+            return Answer([], 0, 0)
+        code = dnswire.QTYPES[qtype]
+        now = self._clock()
+        deadline = now + (budget if budget is not None else self._timeout * len(self._servers))
+        problems = []
+        for server in self._servers:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                break
+            try:
+                reply = self._exchange(
+                    server, qname, code, self._clock() + min(self._timeout, remaining), self._clock
+                )
+            except dnswire.Unreachable as error:
+                problems.append(f"{server[0]}: {error}")
+                continue
+            except dnswire.WireError as error:
+                problems.append(f"{server[0]}: malformed reply: {error}")
+                continue
+            if reply.rcode in (dnswire.NOERROR, dnswire.NXDOMAIN):
+                return _answer(reply, name, dnswire.name_text(qname), qtype)
+            problems.append(f"{server[0]}: {dnswire.RCODE_NAMES.get(reply.rcode, reply.rcode)}")
+        if not problems or all(p.endswith(": timeout") for p in problems):
+            raise DnsTimeout(f"DNS timeout looking up {name} {qtype}")
+        raise DnsTempError(f"DNS server failure looking up {name} {qtype}: {'; '.join(problems)}")
 
 
-def _make_resolver(config: DnsConfig) -> dns.resolver.Resolver:
-    if config.nameservers:
-        resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers = [
-            dns.nameserver.Do53Nameserver(ns.address, ns.port) for ns in config.nameservers
-        ]
-    else:
-        resolver = dns.resolver.Resolver(configure=True)
-    resolver.timeout = config.timeout
-    resolver.lifetime = config.timeout
-    # EDNS0 with a 1232-byte payload (the DNS flag day 2020 value) so large
-    # TXT answers arrive over UDP; dnspython retries over TCP on truncation.
-    resolver.use_edns(0, 0, 1232)
-    return resolver
+def _answer(reply: dnswire.Reply, name: str, asked: str, qtype: str) -> Answer:
+    """The records of `reply` that answer `name`: its CNAME chain and the
+    records of `qtype` at the chain's end; nothing owned by other names
+    (an answer section may carry records nobody asked for, RFC 2181
+    section 5.4.1, and the SPF evaluator would believe and cache them).
 
-
-def _looping_response(error: dns.resolver.NoNameservers) -> dns.message.Message | None:
-    """The response whose CNAME chain dnspython refused as too long, if any."""
-    for *_, exception, response in error.kwargs.get("errors", ()):
-        if isinstance(exception, dns.message.ChainTooLong) and response is not None:
-            return response  # type: ignore[no-any-return]
-    return None
-
-
-def _negative_ttl(response: dns.message.Message | None) -> int:
-    if response is None:
-        return 0
-    for rrset in response.authority:
-        if rrset.rdtype == dns.rdatatype.SOA:
-            minimum = min(rrset.ttl, rrset[0].minimum)
-            return int(min(minimum, NEGATIVE_TTL_CAP))
-    return 0
-
-
-def _answer_records(response: dns.message.Message, name: str) -> list[Record]:
-    """All records of the answer section, CNAMEs included.
-
-    Records owned by the queried name are keyed by the name as asked: the
-    presentation form would escape characters that macro expansion can put
-    in a name (spaces, RFC 7208 section 7.3), and the evaluator looks its
-    answers up by the name it asked for.
+    Records owned by the queried name are keyed by the name as asked: macro
+    expansion can put characters in a name (spaces, RFC 7208 section 7.3)
+    whose text form differs, and the evaluator looks answers up by the name
+    it asked for.
     """
-    asked = dns.name.from_text(name)
-    return [
-        record
-        for rrset in response.answer
-        for record in _records(
-            rrset, name if rrset.name == asked else rrset.name.to_text(omit_final_dot=True)
+    code = dnswire.QTYPES[qtype]
+
+    def key(owner: str, kind: str) -> tuple[str, str]:
+        return (name if owner == asked else owner, kind)
+
+    records: list[Record] = []
+    ttls: list[int] = []
+    current, seen = asked, {asked}
+    for _ in range(MAX_CHAIN):
+        alias = next((rr for rr in reply.answer if rr.rtype == 5 and rr.owner == current), None)
+        if alias is None:
+            break
+        records.append((key(current, "CNAME"), alias.value))
+        ttls.append(alias.ttl)
+        current = str(alias.value)
+        if current in seen:
+            # A CNAME loop is a fact about the data, not a server failure:
+            # the evaluator sees a name without records (RFC 7208 section
+            # 5.5 skips such PTR names).
+            break
+        seen.add(current)
+    found = [rr for rr in reply.answer if rr.rtype == code and rr.owner == current]
+    if len(found) > MAX_ANSWER_RECORDS:
+        return Answer(
+            [],
+            _negative_ttl(reply) or min(rr.ttl for rr in found),
+            64,
+            f"DNS answer for {name} {qtype} has {len(found)} records; "
+            f"at most {MAX_ANSWER_RECORDS} are accepted",
         )
-    ]
+    records.extend((key(rr.owner, qtype), rr.value) for rr in found)
+    ttls.extend(rr.ttl for rr in found)
+    footprint = 200 + sum(_record_footprint(record) for record in records)
+    if not found:
+        return Answer(records, _negative_ttl(reply), footprint)
+    return Answer(records, min(min(ttls), MAX_TTL), footprint)
 
 
-def _records(rrset: dns.rrset.RRset, owner: str) -> list[Record]:
-    owner = owner.lower()
-    kind = dns.rdatatype.to_text(rrset.rdtype)
-    key = (owner, kind)
-    if kind in ("A", "AAAA"):
-        return [(key, rdata.address) for rdata in rrset]
-    if kind == "MX":
-        return [
-            (key, (rdata.preference, rdata.exchange.to_text(omit_final_dot=True)))
-            for rdata in rrset
-        ]
-    if kind in ("PTR", "CNAME"):
-        return [(key, rdata.target.to_text(omit_final_dot=True)) for rdata in rrset]
-    if kind in ("TXT", "SPF"):
-        return [(key, list(rdata.strings)) for rdata in rrset]
-    return []
+def _record_footprint(record: Record) -> int:
+    # What a record costs in memory, estimated: the two tuples and their
+    # strings (~160 bytes in CPython) plus the data itself.
+    (owner, _), value = record
+    if isinstance(value, tuple):
+        data = sum(len(part) + 40 for part in value if isinstance(part, bytes | str))
+    else:
+        data = len(str(value))
+    return 160 + len(owner) + data
+
+
+def _negative_ttl(reply: dnswire.Reply) -> int:
+    for rr in reply.authority:
+        if rr.rtype == 6 and isinstance(rr.value, int):
+            return min(rr.ttl, rr.value, NEGATIVE_TTL_CAP)
+    return 0
 
 
 def resolves_to(lookup: Lookup, name: str, ip: IPAddress) -> bool:
@@ -267,7 +298,7 @@ def confirmed_ptr_names(lookup: Lookup, ip: IPAddress) -> tuple[str, ...]:
         try:
             if resolves_to(lookup, name, ip):
                 confirmed.append(name.lower())
-        except DnsTempError:
+        except (DnsTempError, DnsLimitError):
             continue
     return tuple(confirmed)
 

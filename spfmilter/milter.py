@@ -27,7 +27,14 @@ import Milter
 
 from spfmilter import policy
 from spfmilter.config import Config
-from spfmilter.dns import DnsTempError, Lookup, Record, confirmed_ptr_names, resolves_to
+from spfmilter.dns import (
+    DnsLimitError,
+    DnsTempError,
+    Lookup,
+    Record,
+    confirmed_ptr_names,
+    resolves_to,
+)
 from spfmilter.headers import (
     AUTHENTICATION_RESULTS,
     RECEIVED_SPF,
@@ -304,7 +311,7 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         try:
             helo_confirmed = helo in skip.helo_names and resolves_to(self._lookup, helo, ip)
             ptr_names = confirmed_ptr_names(self._lookup, ip) if skip.ptr_domains else ()
-        except DnsTempError as error:
+        except (DnsTempError, DnsLimitError) as error:
             log.warning("conn=%s: DNS trouble while checking skips: %s", self.conn_id, error)
             return SkipFacts()
         forwarder = None

@@ -1,0 +1,385 @@
+"""DNS messages on the wire: the stub resolver's codec and transport.
+
+This module owns the bytes spfmilter exchanges with a recursive resolver:
+building a query (RFC 1035 section 4.1, with an EDNS0 OPT record, RFC 6891),
+sending it over UDP and again over TCP when the reply is truncated (RFC 7766
+section 5), and parsing the reply's answer and authority sections for the
+record types SPF needs (A, AAAA, MX, PTR, TXT, SPF, CNAME, SOA).  A reply is
+accepted only if it answers the query that was sent: it comes from the
+server asked (a connected socket), carries the random query ID and echoes
+the question (RFC 5452 section 9).  What is parsed is bounded: name
+compression may only point backwards, and sections hold at most what one
+65535-octet message can.  It imports nothing from spfmilter.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# RFC 1035 section 3.2.2 and RFC 3596 / RFC 7208 section 3.1 type codes.
+QTYPES = {"A": 1, "CNAME": 5, "SOA": 6, "PTR": 12, "MX": 15, "TXT": 16, "AAAA": 28, "SPF": 99}
+TYPE_NAMES = {code: name for name, code in QTYPES.items()}
+CLASS_IN = 1
+OPT = 41
+
+# RFC 1035 section 4.1.1 response codes.
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN = 0, 1, 2, 3
+RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+
+# The EDNS0 payload size of DNS flag day 2020: large enough for most SPF
+# answers over UDP, small enough to avoid IP fragmentation.
+EDNS_PAYLOAD = 1232
+MAX_MESSAGE = 65535
+
+_HEADER = struct.Struct("!HHHHHH")
+_RR_FIXED = struct.Struct("!HHIH")
+_QUESTION_TAIL = struct.Struct("!HH")
+_FLAG_QR = 0x8000
+_FLAG_TC = 0x0200
+_FLAG_RD = 0x0100
+# An OPT pseudo-record: root owner, type 41, class = payload size, no options.
+_OPT_RECORD = b"\x00" + struct.pack("!HHIH", OPT, EDNS_PAYLOAD, 0, 0)
+# Printable ASCII that stands for itself in a name's text form; anything else
+# (dots and backslashes inside a label, controls, 8-bit) is written \DDD.
+_PLAIN = frozenset(range(0x20, 0x7F)) - {ord("."), ord("\\")}
+
+
+class BadName(ValueError):
+    """A name that cannot be put on the wire (RFC 1035 section 2.3.4)."""
+
+
+class WireError(Exception):
+    """A reply that is not a well-formed DNS message."""
+
+
+class Unreachable(Exception):
+    """No reply from the server in time, or the server refused the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class RR:
+    """One resource record: owner name (text, lower-case), type, TTL, value.
+
+    `value` is an address (str) for A and AAAA, a name (str) for CNAME and
+    PTR, (preference, exchange) for MX, the character-strings (tuple of
+    bytes) for TXT and SPF, and the minimum field (int) for SOA.
+    """
+
+    owner: str
+    rtype: int
+    ttl: int
+    value: object
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What a server answered: the response code, the answer and authority
+    sections (other classes and types dropped), the message size, and
+    whether it was truncated."""
+
+    rcode: int
+    answer: tuple[RR, ...]
+    authority: tuple[RR, ...]
+    size: int
+    truncated: bool = False
+
+
+def encode_name(name: str) -> bytes:
+    """A name in wire format (RFC 1035 section 3.1); raises BadName.
+
+    Labels are taken as they are (macro expansion can put spaces or other
+    printable characters in them, RFC 7208 section 7.3); a label with
+    non-ASCII characters is converted to its A-label (IDNA, RFC 3490).
+    """
+    if name.endswith("."):
+        name = name[:-1]
+    if not name:
+        return b"\x00"
+    out = bytearray()
+    for label in name.split("."):
+        try:
+            raw = label.encode("ascii")
+        except UnicodeEncodeError:
+            try:
+                raw = label.encode("idna")
+            except UnicodeError:
+                raise BadName(f"not a valid internationalized label: {label!r}") from None
+        if not 0 < len(raw) <= 63:
+            raise BadName("empty label" if not raw else f"label longer than 63 octets: {label!r}")
+        out.append(len(raw))
+        out += raw
+    out.append(0)
+    if len(out) > 255:
+        raise BadName("name longer than 255 octets")
+    return bytes(out)
+
+
+def name_text(wire: bytes) -> str:
+    """The text form of a wire-format name, lower-cased, without the root dot."""
+    labels = []
+    offset = 0
+    while wire[offset]:
+        length = wire[offset]
+        labels.append(_label_text(wire[offset + 1 : offset + 1 + length]))
+        offset += length + 1
+    return ".".join(labels)
+
+
+def _label_text(label: bytes) -> str:
+    if all(b in _PLAIN for b in label):
+        return label.decode("ascii").lower()
+    return "".join(chr(b) if b in _PLAIN else f"\\{b:03d}" for b in label.lower())
+
+
+def make_query(qid: int, qname: bytes, qtype: int, *, edns: bool = True) -> bytes:
+    """A recursive query for one question (RFC 1035 section 4.1)."""
+    header = _HEADER.pack(qid, _FLAG_RD, 1, 0, 0, 1 if edns else 0)
+    return header + qname + _QUESTION_TAIL.pack(qtype, CLASS_IN) + (_OPT_RECORD if edns else b"")
+
+
+class _Parser:
+    """Reads one message; every read is bounds-checked."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.offset = 0
+
+    def take(self, size: int) -> bytes:
+        end = self.offset + size
+        if end > len(self.data):
+            raise WireError("message ends early")
+        chunk = self.data[self.offset : end]
+        self.offset = end
+        return chunk
+
+    def name(self) -> str:
+        """A possibly compressed name at the current offset (RFC 1035 4.1.4)."""
+        labels: list[str] = []
+        data = self.data
+        position = self.offset
+        end: int | None = None
+        total = 0
+        while True:
+            if position >= len(data):
+                raise WireError("name runs past the message")
+            length = data[position]
+            if length & 0xC0 == 0xC0:
+                if position + 1 >= len(data):
+                    raise WireError("truncated compression pointer")
+                target = ((length & 0x3F) << 8) | data[position + 1]
+                # Only backward pointers: a pointer loop cannot be built.
+                if target >= position:
+                    raise WireError("forward compression pointer")
+                if end is None:
+                    end = position + 2
+                position = target
+                continue
+            if length & 0xC0:
+                raise WireError("unknown label type")
+            if length == 0:
+                break
+            label = data[position + 1 : position + 1 + length]
+            if len(label) != length:
+                raise WireError("label runs past the message")
+            total += length + 1
+            if total > 255:
+                raise WireError("name longer than 255 octets")
+            labels.append(_label_text(label))
+            position += length + 1
+        self.offset = end if end is not None else position + 1
+        return ".".join(labels)
+
+    def skip_name(self) -> None:
+        self.name()
+
+    def record(self) -> RR | None:
+        """One resource record; None for classes and types SPF does not use."""
+        owner = self.name()
+        rtype, rclass, ttl, rdlength = _RR_FIXED.unpack(self.take(_RR_FIXED.size))
+        end = self.offset + rdlength
+        if end > len(self.data):
+            raise WireError("record data runs past the message")
+        # RFC 2181 section 8: a TTL with the top bit set is zero.
+        ttl = 0 if ttl & 0x80000000 else ttl
+        value: object = None
+        if rclass == CLASS_IN and rtype in TYPE_NAMES:
+            value = self._rdata(rtype, rdlength)
+            if self.offset != end:
+                raise WireError(f"malformed {TYPE_NAMES[rtype]} record")
+        self.offset = end
+        return None if value is None else RR(owner, rtype, ttl, value)
+
+    def _rdata(self, rtype: int, rdlength: int) -> object:
+        if rtype in (1, 28):
+            family, size = (socket.AF_INET, 4) if rtype == 1 else (socket.AF_INET6, 16)
+            if rdlength != size:
+                raise WireError(f"malformed {TYPE_NAMES[rtype]} record")
+            return socket.inet_ntop(family, self.take(size))
+        if rtype in (5, 12):
+            return self.name()
+        if rtype == 15:
+            (preference,) = struct.unpack("!H", self.take(2))
+            return preference, self.name()
+        if rtype in (16, 99):
+            end = self.offset + rdlength
+            strings = []
+            while self.offset < end:
+                strings.append(self.take(self.take(1)[0]))
+            return tuple(strings)
+        # SOA (RFC 1035 section 3.3.13): the minimum is the last field.
+        self.skip_name()
+        self.skip_name()
+        return struct.unpack("!5I", self.take(20))[4]
+
+
+def parse_reply(data: bytes, qid: int, qname: bytes, qtype: int) -> Reply | None:
+    """The reply in `data` if it answers (qid, qname, qtype), else None.
+
+    Raises WireError when a message that claims to answer is malformed.
+    """
+    if len(data) < _HEADER.size:
+        return None
+    rid, flags, qdcount, ancount, nscount, _ = _HEADER.unpack_from(data)
+    if rid != qid or not flags & _FLAG_QR or qdcount != 1:
+        return None
+    parser = _Parser(data)
+    parser.offset = _HEADER.size
+    # The question must be echoed, names compared without regard to case
+    # (RFC 4343); an echo that differs is somebody else's reply.
+    echoed = data[parser.offset : parser.offset + len(qname)]
+    if echoed.lower() != qname.lower():
+        return None
+    parser.offset += len(qname)
+    if parser.take(4) != _QUESTION_TAIL.pack(qtype, CLASS_IN):
+        return None
+    answer = tuple(rr for rr in (parser.record() for _ in range(ancount)) if rr is not None)
+    authority = tuple(rr for rr in (parser.record() for _ in range(nscount)) if rr is not None)
+    return Reply(flags & 0x000F, answer, authority, len(data), bool(flags & _FLAG_TC))
+
+
+def exchange(
+    server: tuple[str, int],
+    qname: bytes,
+    qtype: int,
+    deadline: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> Reply:
+    """Ask `server` one question: UDP, then TCP if truncated.
+
+    Raises Unreachable when no acceptable reply arrives before `deadline`
+    (a clock() time) and WireError for a malformed one.
+    """
+    qid = secrets.randbits(16)
+    query = make_query(qid, qname, qtype)
+    reply = _udp(server, query, qid, qname, qtype, deadline, clock)
+    if reply.rcode == FORMERR:
+        # RFC 6891 section 7: a server that does not know EDNS may answer
+        # FORMERR; ask once more without the OPT record.
+        qid = secrets.randbits(16)
+        query = make_query(qid, qname, qtype, edns=False)
+        reply = _udp(server, query, qid, qname, qtype, deadline, clock)
+    if reply.truncated:
+        reply = _tcp(server, query, qid, qname, qtype, deadline, clock)
+    return reply
+
+
+def _family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def _udp(
+    server: tuple[str, int],
+    query: bytes,
+    qid: int,
+    qname: bytes,
+    qtype: int,
+    deadline: float,
+    clock: Callable[[], float],
+) -> Reply:
+    with socket.socket(_family(server[0]), socket.SOCK_DGRAM) as sock:
+        try:
+            # A connected socket only receives datagrams from the server; the
+            # kernel picks a random source port (RFC 5452 section 9.2).
+            sock.connect(server)
+            sock.send(query)
+            while True:
+                remaining = deadline - clock()
+                if remaining <= 0:
+                    raise Unreachable("timeout")
+                sock.settimeout(remaining)
+                data = sock.recv(MAX_MESSAGE)
+                reply = parse_reply(data, qid, qname, qtype)
+                if reply is not None:
+                    return reply
+        except TimeoutError:
+            raise Unreachable("timeout") from None
+        except OSError as error:
+            raise Unreachable(error.strerror or str(error)) from None
+
+
+def _tcp(
+    server: tuple[str, int],
+    query: bytes,
+    qid: int,
+    qname: bytes,
+    qtype: int,
+    deadline: float,
+    clock: Callable[[], float],
+) -> Reply:
+    remaining = deadline - clock()
+    if remaining <= 0:
+        raise Unreachable("timeout")
+    try:
+        with socket.create_connection(server, timeout=remaining) as sock:
+            sock.sendall(struct.pack("!H", len(query)) + query)
+            (size,) = struct.unpack("!H", _read(sock, 2, deadline, clock))
+            data = _read(sock, size, deadline, clock)
+    except TimeoutError:
+        raise Unreachable("timeout") from None
+    except OSError as error:
+        raise Unreachable(error.strerror or str(error)) from None
+    reply = parse_reply(data, qid, qname, qtype)
+    if reply is None:
+        raise WireError("the TCP reply does not answer the query")
+    return reply
+
+
+def _read(sock: socket.socket, size: int, deadline: float, clock: Callable[[], float]) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < size:
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise TimeoutError
+        sock.settimeout(remaining)
+        chunk = sock.recv(size - len(chunks))
+        if not chunk:
+            raise WireError("connection closed mid-message")
+        chunks += chunk
+    return bytes(chunks)
+
+
+def system_nameservers(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], ...]:
+    """The `nameserver` entries of resolv.conf(5); 127.0.0.1 when none.
+
+    glibc's own default applies when the file has none (or is missing).
+    """
+    servers = []
+    try:
+        with open(path, encoding="ascii", errors="replace") as lines:
+            for line in lines:
+                words = line.split()
+                if len(words) >= 2 and words[0] == "nameserver":
+                    address = words[1].split("%", 1)[0]
+                    try:
+                        socket.inet_pton(_family(address), address)
+                    except OSError:
+                        continue
+                    servers.append((address, 53))
+    except OSError:
+        pass
+    return tuple(servers) or (("127.0.0.1", 53),)

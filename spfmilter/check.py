@@ -105,7 +105,9 @@ class Source:
         self.config = config
 
 
-def run(config: Config, lookup: Lookup, tx: Transaction) -> CheckResult:
+def run(
+    config: Config, spf_checker: checker.Checker, lookup: Lookup, tx: Transaction
+) -> CheckResult:
     """Drive one SpfMilter through connect, HELO, MAIL, RCPT... and EOM.
 
     Stops where an MTA would: after a MAIL refusal, or when every recipient
@@ -115,7 +117,9 @@ def run(config: Config, lookup: Lookup, tx: Transaction) -> CheckResult:
     # No macro j: the milter names the receiver as it does for an MTA that
     # sends none (authserv_id, else this host's name).
     ctx = RecordingContext({"i": tx.queue_id})
-    services = Services(checker.check, lookup, Metrics(), Activity(), host_name=socket.getfqdn())
+    services = Services(
+        spf_checker.check, lookup, Metrics(), Activity(), host_name=socket.getfqdn()
+    )
     milter = SpfMilter(Source(config), services)
     milter._setctx(ctx)
     family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
@@ -303,7 +307,12 @@ def policy_action(result: CheckResult) -> str:
 
 
 def serve_policy(
-    config: Config, lookup: Lookup, stream: IO[str], out: IO[str], err: IO[str] = sys.stderr
+    config: Config,
+    spf_checker: checker.Checker,
+    lookup: Lookup,
+    stream: IO[str],
+    out: IO[str],
+    err: IO[str] = sys.stderr,
 ) -> None:
     """Answer every attribute block on `stream` until end of input."""
 
@@ -315,7 +324,7 @@ def serve_policy(
         tx = policy_transaction(block)
         if tx is not None:
             try:
-                answer = policy_action(run(config, lookup, tx))
+                answer = policy_action(run(config, spf_checker, lookup, tx))
             except ValueError as error:
                 warn(f"client_address {tx.client_ip!r}: {error}")
         out.write(f"{answer}\n\n")

@@ -1,15 +1,21 @@
 """Evaluates one SPF identity with pyspf and returns an SpfOutcome value.
 
-This module owns the only ``import spf`` in spfmilter.  pyspf reads two
-module globals (its DNS lookup function and the void lookup limit);
-:func:`install` sets them once at start-up, before any milter thread runs,
-and nothing changes them afterwards (callbacks run in parallel threads).
-It imports model and dns; it must not import Milter or policy.
+This module owns the only ``import spf`` in spfmilter, and the bounds put on
+pyspf: what it reads from DNS passes through :meth:`Checker.lookup`, which
+refuses SPF records it would spend unbounded CPU on (pyspf's domain checks
+take time growing with the square of a label's length), drops explanation
+texts too long to expand cheaply, and stops an evaluation whose CPU time
+exceeds a budget.  pyspf reads two module globals (its DNS lookup function
+and the void lookup limit); :meth:`Checker.install` sets them once at
+start-up, before any milter thread runs, and nothing changes them afterwards
+(callbacks run in parallel threads).  It imports model and dns; it must not
+import Milter or policy.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable
 
@@ -24,80 +30,169 @@ from spfmilter.model import Identity, IPAddress, SpfOutcome, SpfResult
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _FQDN = re.compile(rf"(?=.{{1,253}}\.?$){_LABEL}(?:\.{_LABEL})+\.?")
 
+# Limits on what pyspf is given (README, "Security and reliability").  RFC
+# 7208 section 3.4 asks for records small enough for one UDP datagram; real
+# records stay well below these.
+MAX_RECORD_LENGTH = 4096
+# RFC 1035 section 2.3.4: a label has at most 63 octets.  pyspf's check of a
+# mechanism's domain takes time growing with the square of a label's length
+# (a 62 KB label took 55 s), so longer ones are refused before it looks.
+MAX_LABEL_LENGTH = 63
+# A term: a domain-spec of 253 characters (RFC 7208 section 7.3) with its
+# mechanism name, qualifier, CIDR lengths and some macros.  pyspf's macro
+# check of a term takes time growing with its dots times its length.
+MAX_TERM_LENGTH = 320
+# An exp= text (RFC 7208 section 6.2) is expanded in time growing with its
+# number of dots times its length; a longer one is treated as absent.
+MAX_EXPLANATION_LENGTH = 1024
+# CPU seconds one evaluation may use, checked at each DNS lookup; a normal
+# one takes about a millisecond.
+CPU_BUDGET = 0.1
 
-def install(lookup: Lookup, void_lookup_limit: int) -> None:
-    """Route all of pyspf's DNS lookups through `lookup`.
+_SPF_RECORD = re.compile(rb"v=spf1( |$)", re.IGNORECASE)
+# Mechanisms and modifiers whose argument is a domain-spec (RFC 7208 5, 6).
+_DOMAIN_TERM = re.compile(
+    rb"[-+~?]?(?:(?:a|mx|ptr|include|exists):|(?:redirect|exp)=)(\S*)", re.IGNORECASE
+)
 
-    Called once at start-up before any thread starts (pyspf keeps these as
-    module globals).  pyspf calls its lookup as (name, qtype, strict,
-    timeout), where timeout is what is left of the per-identity budget.
+
+class Checker:
+    """pyspf behind spfmilter's resolver, with the limits above.
+
+    `lookup` is the resolver's lookup; `cpu_clock` measures the calling
+    thread's CPU time.
     """
 
-    def pyspf_lookup(name: str, qtype: str, strict: object, timeout: float) -> list[Record]:
+    def __init__(
+        self,
+        lookup: Lookup,
+        *,
+        cpu_budget: float = CPU_BUDGET,
+        clock: Callable[[], float] = time.monotonic,
+        cpu_clock: Callable[[], float] = time.thread_time,
+    ) -> None:
+        self._lookup = lookup
+        self._cpu_budget = cpu_budget
+        self._clock = clock
+        self._cpu_clock = cpu_clock
+        # The CPU deadline of the evaluation running in each thread.
+        self._local = threading.local()
+
+    def install(self, void_lookup_limit: int) -> None:
+        """Route all of pyspf's DNS lookups through this checker.
+
+        Called once at start-up before any thread starts (pyspf keeps these
+        as module globals).
+        """
+        spf.DNSLookup = self.pyspf_lookup
+        spf.MAX_VOID_LOOKUPS = void_lookup_limit
+
+    def pyspf_lookup(self, name: str, qtype: str, strict: object, timeout: float) -> list[Record]:
+        """pyspf's DNSLookup: (name, qtype, strict, timeout), where timeout is
+        what is left of the evaluation's time budget."""
+        cpu_deadline: float | None = getattr(self._local, "cpu_deadline", None)
+        if cpu_deadline is not None and self._cpu_clock() > cpu_deadline:
+            raise spf.PermError(
+                f"evaluation needed more than {self._cpu_budget:g} s of CPU; stopped"
+            )
         try:
-            return lookup(name, qtype, timeout)
+            records = self._lookup(name, qtype, timeout)
         except DnsTempError as error:
             raise spf.TempError(str(error)) from None
         except DnsLimitError as error:
             raise spf.PermError(str(error)) from None
+        if qtype in ("TXT", "SPF"):
+            return [r for r in records if _acceptable_text(name, r)]
+        return records
 
-    spf.DNSLookup = pyspf_lookup
-    spf.MAX_VOID_LOOKUPS = void_lookup_limit
+    def check(
+        self,
+        identity: Identity,
+        *,
+        client_ip: IPAddress,
+        helo: str,
+        mail_from: str,
+        receiver: str,
+        lookup_time: float,
+    ) -> SpfOutcome:
+        """Run check_host() (RFC 7208 section 4) for one identity.
+
+        For Identity.HELO the sender is postmaster@<helo> (section 2.3); for
+        MAIL_FROM it is `mail_from`.  `lookup_time` bounds the DNS time of
+        the whole evaluation (section 4.6.4); running out yields temperror.
+        """
+        if identity is Identity.HELO:
+            sender = f"postmaster@{helo}"
+            if not is_checkable_helo(helo):
+                return SpfOutcome(identity, SpfResult.NONE, helo, sender)
+        else:
+            sender = mail_from
+        started = self._clock()
+        self._local.cpu_deadline = self._cpu_clock() + self._cpu_budget
+        try:
+            query = spf.query(
+                i=str(client_ip),
+                s="" if identity is Identity.HELO else sender,
+                h=helo,
+                receiver=receiver,
+                querytime=lookup_time,
+            )
+            result, _code, explanation = query.check()
+        finally:
+            self._local.cpu_deadline = None
+        elapsed = self._clock() - started
+        outcome = SpfResult(result)
+        problem = None
+        if outcome in (SpfResult.PERMERROR, SpfResult.TEMPERROR):
+            problem = explanation
+            explanation = None
+        elif explanation == spf.EXPLANATIONS.get(result):
+            # pyspf fills in its stock wording when the domain gave no exp=
+            # (RFC 7208 section 6.2); only the domain's own text is reported.
+            explanation = None
+        return SpfOutcome(
+            identity=identity,
+            result=outcome,
+            domain=query.o,
+            sender=sender,
+            mechanism=query.mechanism,
+            explanation=explanation or None,
+            problem=problem,
+            lookup_seconds=elapsed,
+        )
+
+
+def _acceptable_text(name: str, record: Record) -> bool:
+    """Whether a TXT record may reach pyspf; raises PermError for an SPF
+    record beyond the limits (RFC 7208 section 4.6: a record that cannot
+    be evaluated is a permerror)."""
+    (_, kind), value = record
+    if kind not in ("TXT", "SPF") or not isinstance(value, tuple | list):
+        return True
+    text = b"".join(part for part in value if isinstance(part, bytes))
+    if not _SPF_RECORD.match(text):
+        # An explanation (or any other text): too long means absent.
+        return len(text) <= MAX_EXPLANATION_LENGTH
+    if len(text) > MAX_RECORD_LENGTH:
+        raise spf.PermError(
+            f"SPF record of {name} has {len(text)} characters; "
+            f"at most {MAX_RECORD_LENGTH} are accepted"
+        )
+    for term in text.split():
+        if len(term) > MAX_TERM_LENGTH:
+            raise spf.PermError(
+                f"SPF record of {name} has a term longer than {MAX_TERM_LENGTH} "
+                f"characters: {term[:60].decode('ascii', 'replace')!r}..."
+            )
+        match = _DOMAIN_TERM.fullmatch(term)
+        if match and any(len(label) > MAX_LABEL_LENGTH for label in match.group(1).split(b".")):
+            raise spf.PermError(
+                f"SPF record of {name} has a label longer than {MAX_LABEL_LENGTH} "
+                f"characters in {term[:60].decode('ascii', 'replace')!r}"
+            )
+    return True
 
 
 def is_checkable_helo(helo: str) -> bool:
     """Whether a HELO argument is a domain name SPF can be checked for."""
     return bool(_FQDN.fullmatch(helo))
-
-
-def check(
-    identity: Identity,
-    *,
-    client_ip: IPAddress,
-    helo: str,
-    mail_from: str,
-    receiver: str,
-    lookup_time: float,
-    clock: Callable[[], float] = time.monotonic,
-) -> SpfOutcome:
-    """Run check_host() (RFC 7208 section 4) for one identity.
-
-    For Identity.HELO the sender is postmaster@<helo> (section 2.3); for
-    MAIL_FROM it is `mail_from`.  `lookup_time` bounds the DNS time of the
-    whole evaluation (section 4.6.4); running out yields temperror.
-    """
-    if identity is Identity.HELO:
-        sender = f"postmaster@{helo}"
-        if not is_checkable_helo(helo):
-            return SpfOutcome(identity, SpfResult.NONE, helo, sender)
-    else:
-        sender = mail_from
-    started = clock()
-    query = spf.query(
-        i=str(client_ip),
-        s="" if identity is Identity.HELO else sender,
-        h=helo,
-        receiver=receiver,
-        querytime=lookup_time,
-    )
-    result, _code, explanation = query.check()
-    elapsed = clock() - started
-    outcome = SpfResult(result)
-    problem = None
-    if outcome in (SpfResult.PERMERROR, SpfResult.TEMPERROR):
-        problem = explanation
-        explanation = None
-    elif explanation == spf.EXPLANATIONS.get(result):
-        # pyspf fills in its stock wording when the domain gave no exp=
-        # (RFC 7208 section 6.2); only the domain's own text is reported.
-        explanation = None
-    return SpfOutcome(
-        identity=identity,
-        result=outcome,
-        domain=query.o,
-        sender=sender,
-        mechanism=query.mechanism,
-        explanation=explanation or None,
-        problem=problem,
-        lookup_seconds=elapsed,
-    )

@@ -76,9 +76,10 @@ def check_main(argv: Sequence[str]) -> int:
         print(f"spfmilter: {error}", file=sys.stderr)
         return EX_CONFIG
     resolver = Resolver(config.dns, Metrics())
-    checker.install(resolver.lookup, config.dns.void_lookup_limit)
+    spf_checker = checker.Checker(resolver.lookup)
+    spf_checker.install(config.dns.void_lookup_limit)
     if args.policy_request:
-        check.serve_policy(config, resolver.lookup, sys.stdin, sys.stdout)
+        check.serve_policy(config, spf_checker, resolver.lookup, sys.stdin, sys.stdout)
         return 0
     tx = check.Transaction(
         client_ip=args.client_ip,
@@ -88,7 +89,7 @@ def check_main(argv: Sequence[str]) -> int:
         auth_user=args.sasl_user,
     )
     try:
-        result = check.run(config, resolver.lookup, tx)
+        result = check.run(config, spf_checker, resolver.lookup, tx)
     except ValueError as error:
         parser.error(f"--client-ip: {error}")
     print(check.as_json(result) if args.json else check.as_text(result))

@@ -228,12 +228,13 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     if account is not None:
         drop_privileges(account)
     resolver = Resolver(config.dns, metrics)
-    checker.install(resolver.lookup, config.dns.void_lookup_limit)
+    spf_checker = checker.Checker(resolver.lookup)
+    spf_checker.install(config.dns.void_lookup_limit)
     holder = ConfigHolder(config, path, socket_override, metrics)
     threading.Thread(target=_reload_loop, args=(holder,), name="reload", daemon=True).start()
     activity = milter.Activity()
     services = milter.Services(
-        checker.check, resolver.lookup, metrics, activity, host_name=socket.getfqdn()
+        spf_checker.check, resolver.lookup, metrics, activity, host_name=socket.getfqdn()
     )
     Milter.factory = milter.factory(holder, services)
     spec = config.milter.socket

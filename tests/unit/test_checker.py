@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+import time
 
 import pytest
+import spf
 
-from spfmilter import checker
-from spfmilter.dns import DnsTempError, Record
+from spfmilter.checker import (
+    MAX_EXPLANATION_LENGTH,
+    MAX_RECORD_LENGTH,
+    MAX_TERM_LENGTH,
+    Checker,
+)
+from spfmilter.dns import DnsLimitError, DnsTempError, Record
 from spfmilter.model import Identity, SpfOutcome, SpfResult
 
 ZONE: dict[tuple[str, str], list[Record]] = {
@@ -28,14 +34,33 @@ def fake_lookup(name: str, qtype: str, budget: float | None) -> list[Record]:
     asked.append((name, qtype))
     if name.startswith("slow."):
         raise DnsTempError(f"DNS timeout looking up {name} {qtype}")
+    if name.startswith("huge."):
+        raise DnsLimitError(f"DNS answer for {name} {qtype} has 4000 records")
     return ZONE.get((name, qtype), [])
 
 
+class CpuClock:
+    """A thread CPU clock that advances by `step` at every reading."""
+
+    def __init__(self, step: float) -> None:
+        self.now = 0.0
+        self.step = step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+CHECKER = Checker(fake_lookup)
+
+
 @pytest.fixture(autouse=True)
-def _installed() -> Iterator[None]:
-    checker.install(fake_lookup, 2)
+def _installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # install() sets pyspf's module globals: let monkeypatch restore them.
+    monkeypatch.setattr(spf, "DNSLookup", spf.DNSLookup)
+    monkeypatch.setattr(spf, "MAX_VOID_LOOKUPS", spf.MAX_VOID_LOOKUPS)
+    CHECKER.install(2)
     asked.clear()
-    yield
 
 
 def run(
@@ -44,7 +69,7 @@ def run(
     helo: str = "mail.example.org",
     ip: str = "198.51.100.7",
 ) -> SpfOutcome:
-    return checker.check(
+    return CHECKER.check(
         identity,
         client_ip=ipaddress.ip_address(ip),
         helo=helo,
@@ -100,3 +125,107 @@ def test_dns_trouble_is_temperror_and_syntax_is_permerror() -> None:
 
 def test_no_record_is_none() -> None:
     assert run(Identity.MAIL_FROM, "a@nothing.example").result is SpfResult.NONE
+
+
+def test_answers_refused_by_the_resolver_are_permerror() -> None:
+    out = run(Identity.MAIL_FROM, "a@huge.example.org")
+    assert out.result is SpfResult.PERMERROR
+    assert "4000 records" in (out.problem or "")
+
+
+def txt(name: str, *strings: bytes) -> None:
+    ZONE[name, "TXT"] = [((name, "TXT"), list(strings))]
+
+
+def test_record_length_limit() -> None:
+    # RFC 7208 section 6: unknown modifiers are ignored; they pad the record.
+    longest = b"v=spf1 ip4:198.51.100.0/24 -all"
+    number = 0
+    while len(longest) < MAX_RECORD_LENGTH:
+        pad = b" p%d=" % number
+        longest += pad + b"x" * min(200, MAX_RECORD_LENGTH - len(longest) - len(pad))
+        number += 1
+    assert len(longest) == MAX_RECORD_LENGTH
+    txt("long.example.org", longest[:255], longest[255:])
+    assert run(Identity.MAIL_FROM, "a@long.example.org").result is SpfResult.PASS
+    txt("toolong.example.org", longest + b"x")
+    out = run(Identity.MAIL_FROM, "a@toolong.example.org")
+    assert out.result is SpfResult.PERMERROR
+    assert f"{MAX_RECORD_LENGTH + 1} characters" in (out.problem or "")
+
+
+@pytest.mark.parametrize(
+    "term",
+    [b"a:x.", b"mx:", b"?include:", b"-exists:%{i}.", b"redirect=", b"exp=", b"ptr:"],
+)
+def test_labels_longer_than_63_are_refused_before_pyspf_parses_them(term: bytes) -> None:
+    label = b"a" * 64
+    txt("label.example.org", b"v=spf1 " + term + label + b".example -all")
+    out = run(Identity.MAIL_FROM, "a@label.example.org", ip="203.0.113.5")
+    assert out.result is SpfResult.PERMERROR
+    assert "label longer than 63" in (out.problem or "")
+    txt("label.example.org", b"v=spf1 " + term + label[1:] + b".example -all")
+    out = run(Identity.MAIL_FROM, "a@label.example.org", ip="203.0.113.5")
+    assert "label longer than 63" not in (out.problem or "")
+
+
+def test_term_length_limit() -> None:
+    longest = b"a:%{l}" + b".a" * ((MAX_TERM_LENGTH - 6) // 2)
+    assert len(longest) == MAX_TERM_LENGTH
+    txt("term.example.org", b"v=spf1 " + longest + b" -all")
+    out = run(Identity.MAIL_FROM, "a@term.example.org", ip="203.0.113.5")
+    assert out.result is SpfResult.FAIL
+    txt("term.example.org", b"v=spf1 " + longest + b".a -all")
+    out = run(Identity.MAIL_FROM, "a@term.example.org", ip="203.0.113.5")
+    assert out.result is SpfResult.PERMERROR
+    assert f"term longer than {MAX_TERM_LENGTH}" in (out.problem or "")
+
+
+def test_a_62_kb_label_is_refused_at_once() -> None:
+    # The record that froze the daemon for 55 s (pyspf's quadratic check).
+    record = b"v=spf1 a:x." + b"a" * 62000 + b"_ -all"
+    txt("freeze.example.org", *(record[i : i + 255] for i in range(0, len(record), 255)))
+    started = time.process_time()
+    out = run(Identity.MAIL_FROM, "a@freeze.example.org")
+    assert out.result is SpfResult.PERMERROR
+    assert time.process_time() - started < 1
+
+
+def test_long_explanations_are_dropped() -> None:
+    txt("fails.example.org", b"v=spf1 -all exp=why.fails.example.org")
+    txt("why.fails.example.org", b"x" * MAX_EXPLANATION_LENGTH)
+    out = run(Identity.MAIL_FROM, "a@fails.example.org", ip="203.0.113.5")
+    assert (out.result, out.explanation) == (SpfResult.FAIL, "x" * MAX_EXPLANATION_LENGTH)
+    txt("why.fails.example.org", b"x." * (MAX_EXPLANATION_LENGTH // 2 + 1))
+    out = run(Identity.MAIL_FROM, "a@fails.example.org", ip="203.0.113.5")
+    assert (out.result, out.explanation) == (SpfResult.FAIL, None)
+
+
+def test_non_spf_text_at_the_domain_does_not_matter() -> None:
+    ZONE["mixed.example.org", "TXT"] = [
+        (("mixed.example.org", "TXT"), [b"verification=" + b"z" * 5000]),
+        (("mixed.example.org", "TXT"), [b"v=spf1 ip4:198.51.100.0/24 -all"]),
+    ]
+    assert run(Identity.MAIL_FROM, "a@mixed.example.org").result is SpfResult.PASS
+
+
+def test_cpu_budget_stops_an_evaluation_at_its_next_lookup() -> None:
+    txt("chain.example.org", b"v=spf1 include:example.org include:mail.example.org -all")
+    # Each reading of the CPU clock advances 40 ms: the budget of 100 ms is
+    # gone by the third lookup.
+    slow = Checker(fake_lookup, cpu_clock=CpuClock(0.04))
+    slow.install(2)
+    out = slow.check(
+        Identity.MAIL_FROM,
+        client_ip=ipaddress.ip_address("203.0.113.5"),
+        helo="mail.example.org",
+        mail_from="a@chain.example.org",
+        receiver="mx",
+        lookup_time=5,
+    )
+    assert out.result is SpfResult.PERMERROR
+    assert "more than 0.1 s of CPU" in (out.problem or "")
+    # The same evaluation within its budget passes the deadline check.
+    assert run(Identity.MAIL_FROM, "a@chain.example.org", ip="203.0.113.5").result is (
+        SpfResult.FAIL
+    )

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import Milter
 
-from spfmilter import checker, milter
+from spfmilter import checker, milter, warmup
 from spfmilter.config import (
     EX_CONFIG,
     Config,
@@ -225,11 +225,15 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
             log.error("cannot listen for metrics on %s: %s", config.metrics.listen, error)
             return 1
     prepare_socket(config.milter, account)
-    if account is not None:
-        drop_privileges(account)
+    # Everything a transaction could load lazily is loaded now, while the
+    # installation is still readable (DESIGN: an install under /root is
+    # unreadable to the unprivileged user).
+    warmup.exercise(config.dns.void_lookup_limit)
     resolver = Resolver(config.dns, metrics)
     spf_checker = checker.Checker(resolver.lookup)
     spf_checker.install(config.dns.void_lookup_limit)
+    if account is not None:
+        drop_privileges(account)
     holder = ConfigHolder(config, path, socket_override, metrics)
     threading.Thread(target=_reload_loop, args=(holder,), name="reload", daemon=True).start()
     activity = milter.Activity()
@@ -240,6 +244,7 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     spec = config.milter.socket
     source = path or "built-in defaults"
     log.info("spfmilter starting: socket=%s config=%s uid=%d", spec, source, os.getuid())
+    warmup.ImportWatch().install()
     try:
         Milter.runmilter(MILTER_NAME, spec, MILTER_TIMEOUT)
     except Milter.milter.error as error:

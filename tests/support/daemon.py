@@ -59,6 +59,8 @@ class Daemon:
         self.config_path.write_text(config)
         self.log_path = workdir / "spfmilter.log"
         self.process: subprocess.Popen[bytes] | None = None
+        # How the daemon is started; options follow.
+        self.command = [sys.executable, "-m", "spfmilter"]
 
     @property
     def postfix_socket(self) -> str:
@@ -73,9 +75,7 @@ class Daemon:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [
-                    sys.executable,
-                    "-m",
-                    "spfmilter",
+                    *self.command,
                     "--config",
                     str(self.config_path),
                     "--socket",

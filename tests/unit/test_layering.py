@@ -20,9 +20,10 @@ ALLOWED: dict[str, set[str]] = {
     "dnswire": set(),
     "dns": {"config", "model", "metrics", "dnswire"},
     "checker": {"model", "dns"},
+    "warmup": {"model", "dnswire", "dns", "checker"},
     "policy": {"model", "config", "headers"},
     "milter": {"model", "config", "dns", "headers", "metrics", "policy"},
-    "daemon": {"model", "config", "dns", "checker", "metrics", "milter"},
+    "daemon": {"model", "config", "dns", "checker", "metrics", "milter", "warmup"},
     "check": {"model", "config", "dns", "checker", "metrics", "milter"},
     "cli": {"__init__", "check", "checker", "config", "daemon", "dns", "metrics"},
 }

@@ -22,6 +22,7 @@ import socket
 import sys
 import threading
 from pathlib import Path
+from types import TracebackType
 
 import Milter
 
@@ -188,6 +189,18 @@ def drop_privileges(account: tuple[pwd.struct_passwd, int]) -> None:
     os.setuid(user.pw_uid)
 
 
+def _uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    """sys.excepthook: pymilter reports here what fails in its C module
+    before a callback runs, such as text from the MTA that is not UTF-8."""
+    if isinstance(value, UnicodeDecodeError) and tb is None:
+        log.warning(
+            "the MTA sent text that is not UTF-8 (%r); pymilter skipped that callback",
+            bytes(value.object[:80]),
+        )
+    else:
+        log.error("uncaught exception", exc_info=(kind, value, tb))
+
+
 def _reload_loop(holder: ConfigHolder) -> None:
     while True:
         signal.sigwait({signal.SIGUSR1})
@@ -240,13 +253,14 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     services = milter.Services(
         spf_checker.check, resolver.lookup, metrics, activity, host_name=socket.getfqdn()
     )
-    Milter.factory = milter.factory(holder, services)
+    make = milter.factory(holder, services)
     spec = config.milter.socket
     source = path or "built-in defaults"
     log.info("spfmilter starting: socket=%s config=%s uid=%d", spec, source, os.getuid())
     warmup.ImportWatch().install()
+    sys.excepthook = _uncaught
     try:
-        Milter.runmilter(MILTER_NAME, spec, MILTER_TIMEOUT)
+        milter.serve(MILTER_NAME, spec, MILTER_TIMEOUT, make)
     except Milter.milter.error as error:
         log.error("cannot run the milter on %s: %s", spec, error)
         return 1

@@ -181,19 +181,57 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         self.forged: list[int] = []
         self.ar_seen = 0
         self.deadline = 0.0
+        self.connected = False
 
     # --- libmilter callbacks -------------------------------------------
 
     @_boundary
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         """Record the client address and the MTA's own name (macro j)."""
-        receiver = self.config.headers.authserv_id or self.getsymval("j") or self.services.host_name
         self.conn = Connection(
             client_ip=client_address(family, hostaddr),
             client_name=hostname or "",
-            receiver=clean(receiver, 253),
+            receiver=self._receiver(),
         )
+        self.connected = True
         return CONTINUE
+
+    def _receiver(self) -> str:
+        receiver = self.config.headers.authserv_id or self._macro("j") or self.services.host_name
+        return clean(receiver, 253)
+
+    def _macro(self, name: str) -> str:
+        """A macro's value; text that is not UTF-8 keeps its bytes as
+        surrogate escapes (pymilter would raise)."""
+        try:
+            value: str | None = self.getsymval(name)
+        except UnicodeDecodeError as error:
+            return bytes(error.object).decode("utf-8", "surrogateescape")
+        return value or ""
+
+    def _recover_connection(self) -> bool:
+        """Connection facts from macro {client_addr} when the connect
+        callback never arrived (pymilter could not decode its arguments)."""
+        try:
+            ip = ipaddress.ip_address(self._macro("{client_addr}"))
+        except ValueError:
+            log.error(
+                "conn=%s: the MTA's connect information could not be read and it sent no "
+                "{client_addr}; transaction tempfailed",
+                self.conn_id,
+            )
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        log.warning(
+            "conn=%s: the MTA's connect information could not be read; client %s from "
+            "macro {client_addr}",
+            self.conn_id,
+            ip,
+        )
+        self.conn = dataclasses.replace(self.conn, client_ip=ip, receiver=self._receiver())
+        self.connected = True
+        return True
 
     @_boundary
     def hello(self, heloname: str) -> int:
@@ -205,9 +243,12 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
     @_boundary
     def envfrom(self, mail_from: str, *params: str) -> int:
         """Start a transaction, evaluate it, apply the verdict at MAIL stage."""
+        if not self.connected and not self._recover_connection():
+            self._reply_safely(451, "4.3.0", "Temporary SPF checking problem; try again later")
+            return TEMPFAIL
         self.tx = Transaction(
             mail_from=reverse_path(mail_from),
-            auth_user=self.getsymval("{auth_authen}") or "",
+            auth_user=self._macro("{auth_authen}"),
         )
         self.decision = self.last_decision = self._evaluate(self.tx)
         self.logged = False
@@ -402,7 +443,7 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         fields: dict[str, object] = {
             # MTAs keep a macro until its stage is sent again, so "i" is
             # here whenever the MTA has assigned a queue id by now.
-            "queue_id": self.getsymval("i") or "-",
+            "queue_id": self._macro("i") or "-",
             "conn": self.conn_id,
             "client_ip": self.conn.client_ip,
             "helo": self.conn.helo,
@@ -483,5 +524,64 @@ def reverse_path(argument: str) -> str:
 
 
 def factory(source: ConfigSource, services: Services) -> Callable[[], SpfMilter]:
-    """A zero-argument constructor for Milter.factory."""
+    """A zero-argument constructor of the per-connection object."""
     return functools.partial(SpfMilter, source, services)
+
+
+# The callbacks registered with libmilter: pymilter's C module name, the
+# SpfMilter method it calls.  envfrom, envrcpt and header get bytes from the
+# C module and are decoded by the methods of Milter.Base that end in _bytes.
+_CALLBACKS = {
+    "connect": "connect",
+    "helo": "hello",
+    "envfrom": "envfrom_bytes",
+    "envrcpt": "envrcpt_bytes",
+    "header": "header_bytes",
+    "eoh": "eoh",
+    "body": "body",
+    "eom": "eom",
+    "abort": "abort",
+    "close": "close",
+}
+
+
+def serve(name: str, spec: str, timeout: int, make: Callable[[], SpfMilter]) -> None:
+    """Listen on `spec` and serve connections until libmilter stops.
+
+    Like pymilter's runmilter, with callbacks that cannot raise: each one
+    finds (or makes) the connection's object and calls its guarded method,
+    and any failure on the way is a tempfail.  That makes pymilter's
+    exception policy reach only what fails in its C module before any
+    Python code runs, which is the conversion of a callback's arguments: an
+    8-bit HELO (not UTF-8) fails there.  With the default policy that
+    tempfails the whole connection on every retry; with CONTINUE the HELO
+    callback is skipped and the connection goes on with the HELO it had (none
+    before a first HELO: a HELO that is not a domain, RFC 7208 section 2.3).
+    """
+    lowlevel = Milter.milter
+    lowlevel.set_exception_policy(lowlevel.CONTINUE)
+    for callback, method in _CALLBACKS.items():
+        setter = getattr(lowlevel, f"set_{callback}_callback")
+        setter(functools.partial(_dispatch, make, method))
+    lowlevel.setconn(spec)
+    lowlevel.settimeout(timeout)
+    lowlevel.register(name, negotiate=functools.partial(_dispatch, make, "negotiate"))
+    lowlevel.opensocket(True)  # removes a stale socket left by a crash
+    lowlevel.main()
+
+
+def _dispatch(make: Callable[[], SpfMilter], method: str, ctx: Any, *args: Any) -> int:
+    try:
+        connection = ctx.getpriv()
+        if connection is None:
+            # Made at negotiation; an MTA that does not negotiate starts
+            # with connect.
+            connection = make()
+            connection._setctx(ctx)
+        result: int = getattr(connection, method)(*args)
+        if method == "close":
+            connection._setctx(None)
+        return result
+    except Exception:
+        log.exception("internal error in the %s callback; tempfailed", method)
+        return TEMPFAIL

@@ -13,7 +13,8 @@ mode=${1:-}
 
 case "$mode" in
   run)  packages=(python3 python3-venv python3-dev gcc libmilter-dev) ;;
-  test) packages=(python3 python3-venv python3-dev gcc libmilter-dev postfix m4 systemd procps) ;;
+  test) packages=(python3 python3-venv python3-dev gcc libmilter-dev postfix m4 systemd procps
+                 opendmarc dbconfig-no-thanks spamassassin) ;;
   *) echo "usage: $0 run|test [options]" >&2; exit 2 ;;
 esac
 
@@ -34,6 +35,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   [ -n "${updated:-}" ] || apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  # The tests run their own OpenDMARC. The package starts and enables an
+  # unconfigured system one: stop exactly that one (by its PID file; the init
+  # script's stop would end every opendmarc process) and disable it.
+  if [[ " ${missing[*]} " == *" opendmarc "* ]]; then
+    if [ -d /run/systemd/system ]; then
+      systemctl disable --now --quiet opendmarc.service
+    else
+      update-rc.d opendmarc disable >/dev/null
+      start-stop-daemon --stop --quiet --oknodo --retry 5 \
+        --pidfile /run/opendmarc/opendmarc.pid --exec /usr/sbin/opendmarc
+    fi
+  fi
 fi
 
 stamp="$venv/.installed"
@@ -48,6 +61,12 @@ fi
 
 cd "$here"
 if [ "$mode" = run ]; then
+  # The daemon's own account (as systemd/spfmilter.sysusers makes it): it
+  # switches to it from root.
+  if ! getent passwd spfmilter >/dev/null; then
+    useradd --system --user-group --home-dir /nonexistent --no-create-home \
+      --shell /usr/sbin/nologin spfmilter
+  fi
   exec "$venv/bin/spfmilter" "$@"
 fi
 "$venv/bin/ruff" check .

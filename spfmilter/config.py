@@ -96,7 +96,8 @@ class MilterConfig:
     socket: str = "unix:/run/spfmilter/spfmilter.sock"
     socket_mode: int = 0o660
     socket_group: str = ""
-    user: str = "nobody"
+    # Empty: spfmilter if that account exists, else nobody (spfmilter.runas).
+    user: str = ""
 
 
 @dataclass(frozen=True)
@@ -376,12 +377,24 @@ def parse_nameservers(text: str) -> tuple[Nameserver, ...]:
 
 
 def parse_socket(text: str) -> str:
-    """libmilter socket notation: unix:PATH, inet:PORT@HOST, inet6:PORT@HOST."""
+    """libmilter socket notation: unix:PATH, inet:PORT@HOST, inet6:PORT@HOST.
+
+    An inet socket needs its host: without one libmilter listens on every
+    address, and the milter protocol has no authentication.
+    """
     spec = text.strip()
     if re.fullmatch(r"(unix|local):/\S+", spec):
         return spec
     match = re.fullmatch(r"(inet6?):(\d+)(@\S+)?", spec)
     if match and 0 < int(match.group(2)) < 65536:
+        if match.group(3) is None:
+            kind, port = match.group(1), match.group(2)
+            example = "127.0.0.1" if kind == "inet" else "[::1]"
+            raise ValueError(
+                f"{spec} would listen on every address, and the milter protocol has no "
+                f"authentication: name the address, e.g. {kind}:{port}@{example} "
+                f"({kind}:{port}@{'0.0.0.0' if kind == 'inet' else '[::]'} for all, on purpose)"
+            )
         return spec
     raise ValueError(f"expected unix:/PATH, inet:PORT@HOST or inet6:PORT@HOST; got {text!r}")
 

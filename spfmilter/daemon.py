@@ -11,29 +11,25 @@ milter.py that imports Milter.
 from __future__ import annotations
 
 import dataclasses
-import grp
 import json
 import logging
 import logging.handlers
 import os
-import pwd
 import signal
 import socket
 import sys
 import threading
-from pathlib import Path
 from types import TracebackType
 
 import Milter
 
-from spfmilter import checker, milter, warmup
+from spfmilter import checker, milter, runas, warmup
 from spfmilter.config import (
     EX_CONFIG,
     Config,
     ConfigError,
     LogFormat,
     LogTarget,
-    MilterConfig,
     load_config,
 )
 from spfmilter.dns import Resolver
@@ -142,53 +138,6 @@ def with_socket(config: Config, socket: str) -> Config:
     return dataclasses.replace(config, milter=dataclasses.replace(config.milter, socket=socket))
 
 
-def _account(settings: MilterConfig) -> tuple[pwd.struct_passwd, int] | None:
-    """The account to run as when started as root (None: stay as we are)."""
-    if os.geteuid() != 0 or settings.user == "root":
-        return None
-    try:
-        user = pwd.getpwnam(settings.user)
-    except KeyError:
-        raise ConfigError(f"[milter] user: no such user {settings.user!r}") from None
-    gid = user.pw_gid
-    if settings.socket_group:
-        try:
-            gid = grp.getgrnam(settings.socket_group).gr_gid
-        except KeyError:
-            raise ConfigError(
-                f"[milter] socket_group: no such group {settings.socket_group!r}"
-            ) from None
-    return user, gid
-
-
-def prepare_socket(settings: MilterConfig, account: tuple[pwd.struct_passwd, int] | None) -> None:
-    """Make a unix socket's directory, and set the mode the socket gets.
-
-    libmilter creates the socket itself (removing a stale one first), with
-    the process umask: the umask is what gives it `socket_mode`.  The
-    directory is handed to the account we will run as, with the socket
-    group and the setgid bit, so the socket lands in that group.
-    """
-    kind, _, path = settings.socket.partition(":")
-    if kind not in ("unix", "local"):
-        return
-    directory = Path(path).parent
-    directory.mkdir(parents=True, exist_ok=True)
-    if account is not None:
-        user, gid = account
-        os.chown(directory, user.pw_uid, gid)
-        directory.chmod(0o2750 if settings.socket_mode & 0o007 == 0 else 0o2755)
-    os.umask(0o777 & ~settings.socket_mode)
-
-
-def drop_privileges(account: tuple[pwd.struct_passwd, int]) -> None:
-    """Become the unprivileged account for good (group first, then user)."""
-    user, gid = account
-    os.setgroups([gid])
-    os.setgid(gid)
-    os.setuid(user.pw_uid)
-
-
 def _uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
     """sys.excepthook: pymilter reports here what fails in its C module
     before a callback runs, such as text from the MTA that is not UTF-8."""
@@ -223,13 +172,30 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
         signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
     )
     try:
-        account = _account(config.milter)
+        account, warnings = runas.choose_account(config.milter)
+        if path is not None:
+            runas.check_config_file(path, account)
+        warnings += runas.prepare_socket(config.milter, account)
     except ConfigError as error:
         log.error("%s", error)
         return EX_CONFIG
-    if os.geteuid() == 0 and account is None:
-        log.warning("running as root: [milter] user = root was asked for")
+    except OSError as error:
+        log.error("cannot prepare the socket %s: %s", config.milter.socket, error)
+        return 1
+    for warning in warnings:
+        log.warning("%s", warning)
+    # Everything a transaction could load lazily is loaded now, while the
+    # installation is still readable (DESIGN: an install under /root is
+    # unreadable to the unprivileged user).
+    warmup.exercise(config.dns.void_lookup_limit)
     metrics = Metrics()
+    resolver = Resolver(config.dns, metrics)
+    spf_checker = checker.Checker(resolver.lookup)
+    spf_checker.install(config.dns.void_lookup_limit)
+    if account is not None:
+        runas.drop_privileges(account)
+    # Opened as the unprivileged user: nothing but the milter socket's
+    # directory needs root.
     if config.metrics.address is not None:
         host, port = config.metrics.address
         try:
@@ -237,16 +203,6 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
         except OSError as error:
             log.error("cannot listen for metrics on %s: %s", config.metrics.listen, error)
             return 1
-    prepare_socket(config.milter, account)
-    # Everything a transaction could load lazily is loaded now, while the
-    # installation is still readable (DESIGN: an install under /root is
-    # unreadable to the unprivileged user).
-    warmup.exercise(config.dns.void_lookup_limit)
-    resolver = Resolver(config.dns, metrics)
-    spf_checker = checker.Checker(resolver.lookup)
-    spf_checker.install(config.dns.void_lookup_limit)
-    if account is not None:
-        drop_privileges(account)
     holder = ConfigHolder(config, path, socket_override, metrics)
     threading.Thread(target=_reload_loop, args=(holder,), name="reload", daemon=True).start()
     activity = milter.Activity()

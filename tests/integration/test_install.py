@@ -60,7 +60,10 @@ def open_dir() -> Iterator[Path]:
 
 def sealed_daemon(make_daemon: MakeDaemon, lib: Path, socket_dir: Path, **milter: str) -> Daemon:
     daemon = make_daemon(
-        {"milter": {"user": "nobody", **milter}, "headers": {"authserv_id": "mx.test.example"}},
+        {
+            "milter": {"user": "nobody", "socket_group": "postfix", **milter},
+            "headers": {"authserv_id": "mx.test.example"},
+        },
         socket=f"unix:{socket_dir / 'run' / 'spfmilter.sock'}",
         start=False,
     )
@@ -81,7 +84,7 @@ def transaction(daemon: Daemon, ip: str, helo: str, sender: str) -> TransactionR
 
 def received_spf(result: TransactionResult) -> str:
     assert result.eom is not None, result
-    (header,) = [m.value for m in result.eom.modifications if m.name == "Received-SPF"]
+    (header,) = [m.value or "" for m in result.eom.modifications if m.name == "Received-SPF"]
     return " ".join(header.split())
 
 

@@ -113,6 +113,7 @@ class PrivatePostfix:
         *,
         myhostname: str = "mx.test.example",
         extra: Mapping[str, str] | None = None,
+        chroot_smtpd: bool = False,
     ) -> None:
         # Postfix requires absolute paths, and maillog_file_prefixes is a
         # plain string prefix match, so symlinks must be resolved up front.
@@ -120,6 +121,9 @@ class PrivatePostfix:
         self.milter = milter
         self.myhostname = myhostname
         self.extra: dict[str, str] = dict(extra or {})
+        # smtpd chrooted in the queue directory, as Debian runs it: a unix
+        # milter socket is then named relative to the queue directory.
+        self.chroot_smtpd = chroot_smtpd
         self.smtp_port = _free_port()
         self.config_dir = self.workdir / "etc"
         self.queue_dir = self.workdir / "queue"
@@ -331,7 +335,8 @@ class PrivatePostfix:
         # A chroot would need copies of /etc files inside the queue directory.
         self._postconf("-F", "*/*/chroot=n")
         listener = f"127.0.0.1:{self.smtp_port}"
-        self._postconf("-M", f"{listener}/inet={listener} inet n - n - - smtpd")
+        chroot = "y" if self.chroot_smtpd else "n"
+        self._postconf("-M", f"{listener}/inet={listener} inet n - {chroot} - - smtpd")
         self._postconf("-MX", "smtp/inet")
 
     def _postconf(self, *args: str) -> None:

@@ -23,7 +23,8 @@ ALLOWED: dict[str, set[str]] = {
     "warmup": {"model", "dnswire", "dns", "checker"},
     "policy": {"model", "config", "headers"},
     "milter": {"model", "config", "dns", "headers", "metrics", "policy"},
-    "daemon": {"model", "config", "dns", "checker", "metrics", "milter", "warmup"},
+    "runas": {"config"},
+    "daemon": {"model", "config", "dns", "checker", "metrics", "milter", "runas", "warmup"},
     "check": {"model", "config", "dns", "checker", "metrics", "milter"},
     "cli": {"__init__", "check", "checker", "config", "daemon", "dns", "metrics"},
 }

@@ -152,9 +152,39 @@ def _resinfo(outcome: SpfOutcome, client_ip: IPAddress | None, prop: str, value:
 
 
 def authserv_id_of(value: str) -> str:
-    """The authserv-id of an Authentication-Results value (before ';')."""
-    first = value.split(";", 1)[0].strip()
-    return first.split(None, 1)[0].lower() if first else ""
+    """The authserv-id of an Authentication-Results value, normalised.
+
+    RFC 8601 section 2.2: [CFWS] authserv-id [CFWS authres-version] ";",
+    the id a token or a quoted-string.  Read as leniently as consumers read
+    it (OpenDMARC drops comments, unquotes, and joins labels across spaces
+    around dots), so that no spelling of our id survives the removal of
+    forgeries: comments, quotes, backslash escapes, folding, case and a
+    trailing dot are all taken away.
+    """
+    text: list[str] = []
+    depth = 0
+    quoted = escaped = False
+    for char in value:
+        if escaped:
+            escaped = False
+            if depth == 0:
+                text.append(char)
+        elif char == "\\":
+            escaped = True
+        elif depth:
+            depth += {"(": 1, ")": -1}.get(char, 0)
+        elif char == '"':
+            quoted = not quoted
+        elif quoted:
+            text.append(char)
+        elif char == "(":
+            depth = 1
+        elif char == ";":
+            break
+        else:
+            text.append(char)
+    words = re.sub(r"\s*\.\s*", ".", "".join(text)).split()
+    return words[0].lower().rstrip(".") if words else ""
 
 
 def fold(name: str, value: str) -> str:

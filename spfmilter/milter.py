@@ -275,7 +275,7 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         """
         if name.lower() == AUTHENTICATION_RESULTS.lower():
             self.ar_seen += 1
-            if authserv_id_of(value) == self._authserv_id().lower():
+            if authserv_id_of(value) == authserv_id_of(self._authserv_id()):
                 self.forged.append(self.ar_seen)
         return CONTINUE
 

@@ -88,6 +88,7 @@ class Conclusions:
 
     received_spf: list[str]
     authentication_results: list[str]
+    dmarc_input: list[str]  # every Authentication-Results field, unfolded
     dmarc: DmarcVerdict
     record: DmarcRecord
     spam: SpamReport
@@ -138,15 +139,16 @@ def consumers() -> Iterator[Consumers]:
     shutil.rmtree(work)
 
 
-def deliver(consumers: Consumers, sender: str, from_address: str) -> Delivered:
-    """One message from PASS_IP/HELO with MAIL FROM `sender` and From: `from_address`."""
+def deliver(consumers: Consumers, sender: str, from_address: str, extra: str = "") -> Delivered:
+    """One message from PASS_IP/HELO with MAIL FROM `sender` and From:
+    `from_address`; `extra` is header text put above the others."""
     smtp = consumers.postfix.connect(PASS_IP, HELO)
     marker = f"<{uuid.uuid4()}@test.example>"
     try:
         assert smtp.mail(sender)[0] == 250
         assert smtp.rcpt(RCPT)[0] == 250
         code, reply = smtp.data(
-            f"From: {from_address}\r\nTo: {RCPT}\r\nMessage-ID: {marker}\r\n"
+            f"{extra}From: {from_address}\r\nTo: {RCPT}\r\nMessage-ID: {marker}\r\n"
             "Subject: consumers\r\n\r\nhi\r\n"
         )
     finally:
@@ -159,11 +161,13 @@ def deliver(consumers: Consumers, sender: str, from_address: str) -> Delivered:
     return Delivered(match.group(1).decode(), message, raw)
 
 
-def conclude(consumers: Consumers, header_type: str, sender: str, from_address: str) -> Conclusions:
+def conclude(
+    consumers: Consumers, header_type: str, sender: str, from_address: str, extra: str = ""
+) -> Conclusions:
     """Reload spfmilter with `header_type`, deliver, ask both consumers."""
     consumers.daemon.config_path.write_text(spfmilter_config(consumers.dns, header_type))
     assert "configuration reloaded" in consumers.daemon.reload()
-    delivered = deliver(consumers, sender, from_address)
+    delivered = deliver(consumers, sender, from_address, extra)
     message = delivered.message
     # SpamAssassin must not look anything up: no query reaches the server
     # its namespace's resolver names while it runs.
@@ -177,6 +181,7 @@ def conclude(consumers: Consumers, header_type: str, sender: str, from_address: 
             for v in message.get_all("Authentication-Results") or []
             if v.strip().startswith(f"{AUTHSERV_ID};")
         ],
+        dmarc_input=[" ".join(v.split()) for v in message.get_all("Authentication-Results") or []],
         dmarc=consumers.opendmarc.verdict(message),
         record=consumers.opendmarc.record(delivered.queue_id),
         spam=spam,
@@ -240,3 +245,29 @@ def test_null_sender_reports_the_helo(consumers: Consumers, header_type: str) ->
     assert seen.record.align_spf == "fail"
     assert seen.spam.spf_tests == {"SPF_HELO_PASS"}
     assert seen.sa_results == [("helo", "pass")]
+
+
+FORGED_IDS = [
+    "(fw) mx.test.example",
+    "mx.test.example(fw)",
+    '"mx.test.example"',
+    "mx.test.example.",
+    "MX.Test.Example",
+    "mx . test . example",
+]
+
+
+@pytest.mark.parametrize("forged_id", FORGED_IDS)
+def test_forged_authentication_results_never_reach_opendmarc(
+    consumers: Consumers, forged_id: str
+) -> None:
+    # The client brings an A-R claiming our authserv-id and an SPF pass for
+    # a domain without SPF; spfmilter must delete it (RFC 8601 section 5)
+    # whatever its spelling, so OpenDMARC records spfmilter's none.
+    sender = "ceo@spf-none.example.org"
+    forged = f"Authentication-Results: {forged_id}; spf=pass smtp.mailfrom=spf-none.example.org\r\n"
+    seen = conclude(consumers, "authentication-results", sender, sender, forged)
+    remaining = [v for v in seen.dmarc_input if "spf=pass" in v and "opendmarc" not in v.lower()]
+    assert remaining == []
+    assert (seen.record.spf, seen.record.align_spf) == ("none", "fail")
+    assert seen.dmarc.result == "fail"

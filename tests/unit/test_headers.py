@@ -192,7 +192,40 @@ def test_clean_and_reply_text() -> None:
     assert reply_text("100% sure, l=~jack%26jill") == "100%% sure, l=~jack%%26jill"
 
 
-def test_authserv_id_of() -> None:
-    assert authserv_id_of("MX.example.net; spf=pass smtp.mailfrom=x") == "mx.example.net"
-    assert authserv_id_of("mx.example.net 1; none") == "mx.example.net"
-    assert authserv_id_of("") == ""
+@pytest.mark.parametrize(
+    "value",
+    [
+        "mx.example.net; spf=pass smtp.mailfrom=x",
+        "MX.Example.NET; spf=pass",
+        "mx.example.net 1; none",
+        "(fw) mx.example.net; spf=pass",
+        "mx.example.net(fw); spf=pass",
+        "mx.example.net (a (nested) comment) 1 ; spf=pass",
+        '"mx.example.net"; spf=pass',
+        '"mx.example.net" 1; spf=pass',
+        "mx.example.net.; spf=pass",
+        "mx . example . net ; spf=pass",
+        "\r\n\tmx.example.net\r\n\t; spf=pass",
+        "mx.exa\\mple.net; spf=pass",
+        "(;) mx.example.net; spf=pass",
+        'mx."example".net; spf=pass',
+    ],
+)
+def test_every_spelling_of_an_authserv_id_is_recognised(value: str) -> None:
+    assert authserv_id_of(value) == "mx.example.net"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("", ""),
+        ("; spf=pass", ""),
+        ("(unterminated mx.example.net; spf=pass", ""),
+        ("mx.example.net.evil.example; spf=pass", "mx.example.net.evil.example"),
+        ("evil.example mx.example.net; spf=pass", "evil.example"),
+        ('"mx.example.net; spf=pass', "mx.example.net;"),  # unterminated: not ours
+        ("other.example; spf=pass (mx.example.net)", "other.example"),
+    ],
+)
+def test_other_authserv_ids(value: str, expected: str) -> None:
+    assert authserv_id_of(value) == expected

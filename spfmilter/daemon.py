@@ -11,7 +11,6 @@ milter.py that imports Milter.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import logging.handlers
 import os
@@ -23,13 +22,11 @@ from types import TracebackType
 
 import Milter
 
-from spfmilter import checker, milter, runas, warmup
+from spfmilter import checker, logs, milter, runas, warmup
 from spfmilter.config import (
     EX_CONFIG,
     Config,
     ConfigError,
-    LogFormat,
-    LogTarget,
     load_config,
 )
 from spfmilter.dns import Resolver
@@ -90,49 +87,6 @@ class ConfigHolder:
         return True
 
 
-class TextFormatter(logging.Formatter):
-    """Plain text lines: 'LEVEL logger: message' (journald adds the time)."""
-
-    def __init__(self) -> None:
-        super().__init__("%(levelname)s %(name)s: %(message)s")
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, verdict fields as keys."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, object] = {
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            data.update({k: v if isinstance(v, int | float) else str(v) for k, v in fields.items()})
-        if record.exc_info:
-            data["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(data)
-
-
-def setup_logging(config: Config) -> None:
-    """Install the one handler for the whole process."""
-    settings = config.log
-    handler: logging.Handler
-    if settings.target is LogTarget.SYSLOG:
-        handler = logging.handlers.SysLogHandler(
-            address=settings.syslog_socket, facility=logging.handlers.SysLogHandler.LOG_MAIL
-        )
-        handler.ident = f"{MILTER_NAME}[{os.getpid()}]: "
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if settings.format is LogFormat.JSON else TextFormatter())
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(settings.level.value.upper())
-
-
 def with_socket(config: Config, socket: str) -> Config:
     """`config` listening on `socket` instead (the --socket option)."""
     return dataclasses.replace(config, milter=dataclasses.replace(config.milter, socket=socket))
@@ -160,7 +114,7 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     """Run the milter in the foreground until SIGTERM or SIGINT."""
     if socket_override is not None:
         config = with_socket(config, socket_override)
-    setup_logging(config)
+    logs.setup_logging(config, MILTER_NAME)
     for warning in config.warnings:
         log.warning("%s", warning)
     # Python signal handlers cannot run while runmilter() blocks in C, and

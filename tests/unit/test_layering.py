@@ -24,7 +24,8 @@ ALLOWED: dict[str, set[str]] = {
     "policy": {"model", "config", "headers"},
     "milter": {"model", "config", "dns", "headers", "metrics", "policy"},
     "runas": {"config"},
-    "daemon": {"model", "config", "dns", "checker", "metrics", "milter", "runas", "warmup"},
+    "logs": {"config"},
+    "daemon": {"model", "config", "dns", "checker", "metrics", "milter", "logs", "runas", "warmup"},
     "check": {"model", "config", "dns", "checker", "metrics", "milter"},
     "cli": {"__init__", "check", "checker", "config", "daemon", "dns", "metrics"},
 }

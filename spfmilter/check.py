@@ -242,15 +242,32 @@ def as_text(result: CheckResult) -> str:
 # --- Postfix policy delegation protocol ----------------------------------
 
 
+# Bounds on what one policy request may hold: Postfix's attributes are short
+# (a few hundred characters with a TLS certificate subject), and nothing
+# read from stdin may grow without end.
+MAX_LINE = 16384
+MAX_ATTRIBUTES = 256
+
+
 def read_blocks(stream: IO[str], warn: Callable[[str], None]) -> Iterator[dict[str, str]]:
     """Attribute blocks (name=value lines ended by an empty line).
 
-    A line without '=' is reported through `warn` and its block is marked
-    malformed (key ""), to be answered DUNNO.  End of input ends the blocks;
-    a last block without its empty line is still answered.
+    A line without '=', longer than MAX_LINE characters, or beyond
+    MAX_ATTRIBUTES in its block is reported through `warn` and marks its
+    block malformed (key ""), to be answered DUNNO; a line too long is
+    skipped without being held in memory.  End of input ends the blocks; a
+    last block without its empty line is still answered.
     """
     block: dict[str, str] = {}
-    for number, raw in enumerate(stream, start=1):
+    number = 0
+    while raw := stream.readline(MAX_LINE + 1):
+        number += 1
+        if len(raw) > MAX_LINE and not raw.endswith("\n"):
+            warn(f"line {number}: longer than {MAX_LINE} characters")
+            block[""] = "malformed"
+            while (rest := stream.readline(MAX_LINE)) and not rest.endswith("\n"):
+                pass
+            continue
         line = raw.rstrip("\r\n")
         if not line:
             if block:
@@ -260,6 +277,11 @@ def read_blocks(stream: IO[str], warn: Callable[[str], None]) -> Iterator[dict[s
         name, sep, value = line.partition("=")
         if not sep or not name:
             warn(f"line {number}: expected name=value, got {line[:80]!r}")
+            block[""] = "malformed"
+            continue
+        if len(block) >= MAX_ATTRIBUTES:
+            if "" not in block:
+                warn(f"line {number}: more than {MAX_ATTRIBUTES} attributes in one request")
             block[""] = "malformed"
             continue
         block[name.strip()] = value

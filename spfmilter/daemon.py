@@ -43,6 +43,11 @@ MILTER_TIMEOUT = 600
 STOP_GRACE = 25.0
 
 
+# Sections set up once per process (socket, privileges, resolver, log
+# handler, listener): a reload keeps them.
+RESTART_SECTIONS = ("milter", "dns", "log", "metrics")
+
+
 class ConfigHolder:
     """The current Config, swapped atomically by a reload.
 
@@ -75,10 +80,13 @@ class ConfigHolder:
         old = self._config
         if self.socket_override is not None:
             new = with_socket(new, self.socket_override)
-        fixed = ("milter", "dns", "metrics")
-        if any(getattr(new, name) != getattr(old, name) for name in fixed):
-            log.warning("[milter], [dns] and [metrics] changes take effect at the next restart")
-        new = dataclasses.replace(new, milter=old.milter, dns=old.dns, metrics=old.metrics)
+        changed = [name for name in RESTART_SECTIONS if getattr(new, name) != getattr(old, name)]
+        if changed:
+            log.warning(
+                "changes to %s take effect at the next restart; the running values stay",
+                ", ".join(f"[{name}]" for name in changed),
+            )
+        new = dataclasses.replace(new, **{name: getattr(old, name) for name in RESTART_SECTIONS})
         for warning in new.warnings:
             log.warning("%s", warning)
         self._config = new

@@ -186,6 +186,46 @@ def test_policy_request_answers_every_block(cfg: Path) -> None:
     assert "line 34: expected name=value, got 'this line is not an attribute'" in done.stderr
 
 
+def test_policy_request_lines_are_bounded(cfg: Path) -> None:
+    # A 128 MB line must not be held in memory: the request is malformed
+    # (DUNNO) and the next one is answered normally.
+    huge = "x" * (128 * 1024 * 1024)
+    block = (
+        "request=smtpd_access_policy\nclient_address=198.51.100.7\n"
+        "helo_name=helo-pass.example.org\nsender=a@spf-pass.example.org\n\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "spfmilter", "check", "--config", str(cfg), "--policy-request"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(f"comment={huge}\n\n{block}")
+    process.stdin.flush()
+    answers = [process.stdout.readline(), process.stdout.readline()]
+    answers += [process.stdout.readline(), process.stdout.readline()]
+    # Still running: its peak resident size so far.
+    peak = Path(f"/proc/{process.pid}/status").read_text().split("VmHWM:")[1].split()[0]
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0
+    assert answers[0:2] == ["action=DUNNO\n", "\n"]
+    assert answers[2].startswith("action=PREPEND Received-SPF: pass ")
+    assert "line 1: longer than 16384 characters" in err
+    assert int(peak) < 100 * 1024, f"{peak} KiB"  # far below the line's 128 MiB
+
+
+def test_policy_request_attribute_count_is_bounded(cfg: Path) -> None:
+    many = "".join(f"x{i}=y\n" for i in range(300))
+    done = spfmilter(
+        "check", "--config", str(cfg), "--policy-request", stdin=f"{many}client_address=1.2.3.4\n\n"
+    )
+    assert done.stdout == "action=DUNNO\n\n"
+    assert "line 257: more than 256 attributes in one request" in done.stderr
+
+
 def test_bad_arguments_and_bad_config(tmp_path: Path) -> None:
     assert spfmilter("check", "--client-ip", "1.2.3.4").returncode == 2
     done = spfmilter("check", "--client-ip", "not-an-ip", "--sender", "a@b.example")

@@ -94,6 +94,17 @@ def test_connection_in_progress_keeps_its_config(
     assert spf_result(result) == "fail"
 
 
+def test_reload_says_which_sections_need_a_restart(
+    make_daemon: MakeDaemon, dns_server: DNSTestServer
+) -> None:
+    daemon = make_daemon(allowed=(r"take effect at the next restart",))
+    changed = {"log": {"level": "debug"}, "dns": {"timeout": "0.4"}, "policy": {"dry_run": "yes"}}
+    daemon.config_path.write_text(config_text(dns_server, changed))
+    assert "configuration reloaded" in daemon.reload()
+    (warning,) = [line for line in daemon.log_text().splitlines() if "next restart" in line]
+    assert "changes to [dns], [log] take effect at the next restart" in warning
+
+
 def spfmilter(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "spfmilter", *args],

@@ -30,7 +30,7 @@ from spfmilter.config import (
     load_config,
 )
 from spfmilter.dns import Resolver
-from spfmilter.metrics import Metrics
+from spfmilter.metrics import Listener, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     if config.metrics.address is not None:
         host, port = config.metrics.address
         try:
-            metrics.serve(host, port)
+            Listener(metrics, host, port).start()
         except OSError as error:
             log.error("cannot listen for metrics on %s: %s", config.metrics.listen, error)
             return 1

@@ -85,8 +85,7 @@ def reply(*answer: RR, authority: tuple[RR, ...] = (), rcode: int = 0) -> Reply:
 
 
 def value(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float:
-    sample = metrics.registry.get_sample_value(name, labels or {})
-    return sample or 0.0
+    return metrics.value(name, **(labels or {}))
 
 
 def test_answer_is_keyed_by_the_name_as_asked() -> None:

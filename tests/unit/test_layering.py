@@ -16,7 +16,7 @@ ALLOWED: dict[str, set[str]] = {
     "model": set(),
     "config": {"model"},
     "headers": {"model"},
-    "metrics": {"__init__"},
+    "metrics": {"__init__", "model"},
     "dnswire": set(),
     "dns": {"config", "model", "metrics", "dnswire"},
     "checker": {"model", "dns"},

@@ -1,12 +1,12 @@
-"""``spfmilter check``: one transaction through the real SpfMilter, no MTA.
+"""``spfmilter check``: one transaction through the milter's own Session, no MTA.
 
 This module owns the check command's engine and its two front ends: a
 command line (client IP, HELO, sender, recipients) and the Postfix policy
 delegation protocol (attribute blocks on stdin, ``action=`` answers).  It
-does not evaluate anything itself: it drives an SpfMilter through a
-recording stand-in for libmilter's context, so the checker, the policy and
-the header builder are exactly the milter's.  It imports milter, config,
-dns, checker and model; only cli imports it.
+evaluates nothing itself: it drives a Session (the class the milter's
+adapter drives) with the services the daemon would build, so the checker,
+the policy and the header builder are exactly the milter's.  It imports
+config, model, services and session; only cli imports it.
 """
 
 from __future__ import annotations
@@ -14,51 +14,19 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
-import socket
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from spfmilter import checker
 from spfmilter.config import Config
-from spfmilter.dns import Lookup
-from spfmilter.metrics import Metrics
-from spfmilter.milter import CONTINUE, REJECT, Activity, Services, SpfMilter
-from spfmilter.model import Decision, SpfOutcome
+from spfmilter.model import Action, Decision, SpfOutcome
+from spfmilter.services import Services
+from spfmilter.session import Session
 
 # The recipient used when none is given.  Not postmaster@: that is the usual
 # exempt recipient, and would hide a reject.
 DEFAULT_RECIPIENT = "user@example.invalid"
-
-
-class RecordingContext:
-    """Stands in for libmilter's per-connection context; records calls."""
-
-    def __init__(self, macros: Mapping[str, str]) -> None:
-        self.macros = dict(macros)
-        self.priv: object = None
-        self.reply: tuple[str, str | None, str] | None = None
-        self.added: list[tuple[str, str, int]] = []
-        self.changed: list[tuple[str, int, str]] = []
-
-    def getpriv(self) -> object:
-        return self.priv
-
-    def setpriv(self, priv: object) -> None:
-        self.priv = priv
-
-    def getsymval(self, name: str) -> str | None:
-        return self.macros.get(name)
-
-    def setreply(self, code: str, status: str | None, text: str, *more: str) -> None:
-        self.reply = (code, status, text)
-
-    def addheader(self, name: str, value: str, index: int) -> None:
-        self.added.append((name, value, index))
-
-    def chgheader(self, name: str, index: int, value: str) -> None:
-        self.changed.append((name, index, value))
 
 
 @dataclass
@@ -66,7 +34,7 @@ class RecipientResult:
     """What the MTA is told for one RCPT."""
 
     address: str
-    action: str
+    action: Action
     reply: str | None = None
 
 
@@ -77,12 +45,11 @@ class CheckResult:
     client_ip: str
     helo: str
     sender: str
-    decision: Decision | None
-    mail_action: str
+    decision: Decision
+    mail_action: Action
     mail_reply: str | None
     recipients: list[RecipientResult] = field(default_factory=list)
     headers: list[tuple[str, str]] = field(default_factory=list)
-    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,69 +65,41 @@ class Transaction:
     client_name: str = ""
 
 
-class Source:
-    """A fixed configuration, in the shape SpfMilter reads it."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-
-
-def run(
-    config: Config, spf_checker: checker.Checker, lookup: Lookup, tx: Transaction
-) -> CheckResult:
-    """Drive one SpfMilter through connect, HELO, MAIL, RCPT... and EOM.
+def run(config: Config, services: Services, tx: Transaction) -> CheckResult:
+    """Drive one Session through connect, HELO, MAIL, RCPT... and end of message.
 
     Stops where an MTA would: after a MAIL refusal, or when every recipient
     was refused.  Raises ValueError for a client IP that is not one.
     """
     ip = ipaddress.ip_address(tx.client_ip)
-    # No macro j: the milter names the receiver as it does for an MTA that
-    # sends none (authserv_id, else this host's name).
-    ctx = RecordingContext({"i": tx.queue_id})
-    services = Services(
-        spf_checker.check, lookup, Metrics(), Activity(), host_name=socket.getfqdn()
-    )
-    milter = SpfMilter(Source(config), services)
-    milter._setctx(ctx)
-    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    milter.connect(tx.client_name or f"[{ip}]", family, (str(ip), 0))
-    milter.hello(tx.helo)
-    if tx.auth_user:
-        ctx.macros["{auth_authen}"] = tx.auth_user
-    code = milter.envfrom(f"<{tx.sender}>")
-    result = CheckResult(
-        client_ip=str(ip),
-        helo=tx.helo,
-        sender=tx.sender,
-        decision=milter.last_decision,
-        mail_action=_action(code),
-        mail_reply=_take_reply(ctx, code),
-    )
-    if code != CONTINUE:
-        result.error = None if milter.last_decision else "internal error (see log)"
+    session = Session(config, services)
+    try:
+        # No MTA name (macro j): the receiver is named as for an MTA that
+        # sends none (authserv_id, else this host's name).
+        session.connect(ip, tx.client_name or f"[{ip}]", "")
+        session.hello(tx.helo)
+        step = session.mail(tx.sender, tx.auth_user)
+        assert session.transaction is not None
+        result = CheckResult(
+            client_ip=str(ip),
+            helo=tx.helo,
+            sender=tx.sender,
+            decision=session.transaction.decision,
+            mail_action=step.action,
+            mail_reply=str(step.reply) if step.reply else None,
+        )
+        if step.action is not Action.ACCEPT:
+            return result
+        for address in tx.recipients:
+            step = session.rcpt(f"<{address}>")
+            reply = str(step.reply) if step.reply else None
+            result.recipients.append(RecipientResult(address, step.action, reply))
+        if any(r.action is Action.ACCEPT for r in result.recipients):
+            result.headers = list(session.end_of_message(tx.queue_id).insert)
         return result
-    for address in tx.recipients:
-        code = milter.envrcpt(f"<{address}>")
-        result.recipients.append(RecipientResult(address, _action(code), _take_reply(ctx, code)))
-    if any(r.action == "accept" for r in result.recipients):
-        milter.eom()
-        result.headers = [(name, value) for name, value, _ in ctx.added]
-    return result
-
-
-def _action(code: int) -> str:
-    if code == CONTINUE:
-        return "accept"
-    return "reject" if code == REJECT else "defer"
-
-
-def _take_reply(ctx: RecordingContext, code: int) -> str | None:
-    reply, ctx.reply = ctx.reply, None
-    if code == CONTINUE or reply is None:
-        return None
-    rcode, status, text = reply
-    # setreply text has '%' doubled for libmilter; the MTA shows one.
-    return " ".join(p for p in (rcode, status, text.replace("%%", "%")) if p)
+    finally:
+        session.abort(tx.queue_id)
+        session.close(tx.queue_id)
 
 
 # --- command line output -------------------------------------------------
@@ -189,16 +128,15 @@ def as_json(result: CheckResult) -> str:
         "client_ip": result.client_ip,
         "helo": result.helo,
         "sender": result.sender,
-        "helo_result": outcome_dict(decision.helo if decision else None),
-        "mail_from_result": outcome_dict(decision.mail_from if decision else None),
-        "skip_reason": decision.skip_reason if decision else None,
-        "decision": decision.action.value if decision else None,
-        "intended": decision.intended.value if decision else None,
-        "stage": decision.stage.value if decision else None,
-        "mail": {"action": result.mail_action, "reply": result.mail_reply},
+        "helo_result": outcome_dict(decision.helo),
+        "mail_from_result": outcome_dict(decision.mail_from),
+        "skip_reason": decision.skip.text if decision.skip else None,
+        "decision": decision.action.value,
+        "intended": decision.intended.value,
+        "stage": decision.stage.value,
+        "mail": {"action": result.mail_action.value, "reply": result.mail_reply},
         "recipients": [dataclasses.asdict(r) for r in result.recipients],
         "headers": [{"name": n, "value": v} for n, v in result.headers],
-        "error": result.error,
     }
     return json.dumps(data, indent=2)
 
@@ -209,12 +147,9 @@ def as_text(result: CheckResult) -> str:
     lines = [
         f"client {result.client_ip}  HELO {result.helo or '(none)'}  MAIL FROM <{result.sender}>"
     ]
-    if decision is not None and decision.skip_reason:
-        lines.append(f"skipped:    {decision.skip_reason}")
-    for label, outcome in (
-        ("HELO", decision.helo if decision else None),
-        ("MAIL FROM", decision.mail_from if decision else None),
-    ):
+    if decision.skip is not None:
+        lines.append(f"skipped:    {decision.skip.text}")
+    for label, outcome in (("HELO", decision.helo), ("MAIL FROM", decision.mail_from)):
         if outcome is not None:
             detail = f"mechanism {outcome.mechanism}" if outcome.mechanism else "no mechanism"
             if outcome.problem:
@@ -223,19 +158,16 @@ def as_text(result: CheckResult) -> str:
                 f"{label + ':':<11} {outcome.result.value} ({detail}; "
                 f"{outcome.lookup_seconds * 1000:.0f} ms)"
             )
-    if decision is not None:
-        verdict = decision.action.value
-        if decision.intended is not decision.action:
-            verdict += f" (dry run; would {decision.intended.value})"
-        lines.append(f"decision:   {verdict} at {decision.stage.value}")
+    verdict = decision.action.value
+    if decision.intended is not decision.action:
+        verdict += f" (dry run; would {decision.intended.value})"
+    lines.append(f"decision:   {verdict} at {decision.stage.value}")
     if result.mail_reply:
         lines.append(f"MAIL reply: {result.mail_reply}")
     for rcpt in result.recipients:
-        lines.append(f"RCPT <{rcpt.address}>: {rcpt.reply or rcpt.action}")
+        lines.append(f"RCPT <{rcpt.address}>: {rcpt.reply or rcpt.action.value}")
     for name, value in result.headers:
         lines.append(f"{name}: {value}")
-    if result.error:
-        lines.append(f"error:      {result.error}")
     return "\n".join(lines)
 
 
@@ -312,11 +244,11 @@ def policy_action(result: CheckResult) -> str:
     """The policy servers' answer for a checked transaction."""
     reply = result.mail_reply
     action = result.mail_action
-    if action == "accept" and result.recipients:
+    if action is Action.ACCEPT and result.recipients:
         reply, action = result.recipients[0].reply, result.recipients[0].action
-    if action == "reject" and reply:
+    if action is Action.REJECT and reply:
         return f"action={reply}"
-    if action == "defer" and reply:
+    if action is Action.DEFER and reply:
         # The policy servers' temperror answer: defer only if the rest of
         # the restrictions would have accepted (RFC 7372 text kept).
         return f"action=DEFER_IF_PERMIT {reply}"
@@ -329,12 +261,7 @@ def policy_action(result: CheckResult) -> str:
 
 
 def serve_policy(
-    config: Config,
-    spf_checker: checker.Checker,
-    lookup: Lookup,
-    stream: IO[str],
-    out: IO[str],
-    err: IO[str] = sys.stderr,
+    config: Config, services: Services, stream: IO[str], out: IO[str], err: IO[str] = sys.stderr
 ) -> None:
     """Answer every attribute block on `stream` until end of input."""
 
@@ -346,7 +273,7 @@ def serve_policy(
         tx = policy_transaction(block)
         if tx is not None:
             try:
-                answer = policy_action(run(config, spf_checker, lookup, tx))
+                answer = policy_action(run(config, services, tx))
             except ValueError as error:
                 warn(f"client_address {tx.client_ip!r}: {error}")
         out.write(f"{answer}\n\n")

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import spf
 
 from spfmilter.dns import DnsLimitError, DnsTempError, Lookup, Record
-from spfmilter.model import Identity, IPAddress, SpfOutcome, SpfResult
+from spfmilter.model import Identity, SpfOutcome, SpfQuery, SpfResult
 
 # RFC 7208 section 4.3 / RFC 1035 section 2.3.1: a domain the HELO identity
 # can be checked for.  Address literals ("[192.0.2.1]") and bare words are
@@ -105,39 +105,32 @@ class Checker:
             return [r for r in records if _acceptable_text(name, r)]
         return records
 
-    def check(
-        self,
-        identity: Identity,
-        *,
-        client_ip: IPAddress,
-        helo: str,
-        mail_from: str,
-        receiver: str,
-        lookup_time: float,
-    ) -> SpfOutcome:
+    def check(self, query: SpfQuery, lookup_time: float) -> SpfOutcome:
         """Run check_host() (RFC 7208 section 4) for one identity.
 
         For Identity.HELO the sender is postmaster@<helo> (section 2.3); for
-        MAIL_FROM it is `mail_from`.  `lookup_time` bounds the DNS time of
-        the whole evaluation (section 4.6.4); running out yields temperror.
+        MAIL_FROM it is the query's MAIL FROM.  `lookup_time` bounds the DNS
+        time of the whole evaluation (section 4.6.4); running out yields
+        temperror.
         """
+        identity, helo = query.identity, query.helo
         if identity is Identity.HELO:
             sender = f"postmaster@{helo}"
             if not is_checkable_helo(helo):
                 return SpfOutcome(identity, SpfResult.NONE, helo, sender)
         else:
-            sender = mail_from
+            sender = query.mail_from
         started = self._clock()
         self._local.cpu_deadline = self._cpu_clock() + self._cpu_budget
         try:
-            query = spf.query(
-                i=str(client_ip),
+            evaluation = spf.query(
+                i=str(query.client_ip),
                 s="" if identity is Identity.HELO else sender,
                 h=helo,
-                receiver=receiver,
+                receiver=query.receiver,
                 querytime=lookup_time,
             )
-            result, _code, explanation = query.check()
+            result, _code, explanation = evaluation.check()
         finally:
             self._local.cpu_deadline = None
         elapsed = self._clock() - started
@@ -153,9 +146,9 @@ class Checker:
         return SpfOutcome(
             identity=identity,
             result=outcome,
-            domain=query.o,
+            domain=evaluation.o,
             sender=sender,
-            mechanism=query.mechanism,
+            mechanism=evaluation.mechanism,
             explanation=explanation or None,
             problem=problem,
             lookup_seconds=elapsed,

@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from spfmilter import __version__, check, checker, daemon
-from spfmilter.config import EX_CONFIG, ConfigError, load_config, parse_socket, render
-from spfmilter.dns import Resolver
+from spfmilter import __version__, check, configdoc, daemon, services
+from spfmilter.config import EX_CONFIG, ConfigError, load_config, render
 from spfmilter.metrics import Metrics
+from spfmilter.values import parse_socket
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
         "--check-config",
         action="store_true",
         help="validate the configuration, print the effective settings and exit",
+    )
+    parser.add_argument(
+        "--example-config",
+        action="store_true",
+        help="print a commented configuration file with every key at its default",
     )
     parser.add_argument("--version", action="version", version=f"spfmilter {__version__}")
     return parser
@@ -75,11 +80,9 @@ def check_main(argv: Sequence[str]) -> int:
     except ConfigError as error:
         print(f"spfmilter: {error}", file=sys.stderr)
         return EX_CONFIG
-    resolver = Resolver(config.dns, Metrics())
-    spf_checker = checker.Checker(resolver.lookup)
-    spf_checker.install(config.dns.void_lookup_limit)
+    shared = services.build(config, Metrics())
     if args.policy_request:
-        check.serve_policy(config, spf_checker, resolver.lookup, sys.stdin, sys.stdout)
+        check.serve_policy(config, shared, sys.stdin, sys.stdout)
         return 0
     tx = check.Transaction(
         client_ip=args.client_ip,
@@ -89,7 +92,7 @@ def check_main(argv: Sequence[str]) -> int:
         auth_user=args.sasl_user,
     )
     try:
-        result = check.run(config, spf_checker, resolver.lookup, tx)
+        result = check.run(config, shared, tx)
     except ValueError as error:
         parser.error(f"--client-ip: {error}")
     print(check.as_json(result) if args.json else check.as_text(result))
@@ -102,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["check"]:
         return check_main(argv[1:])
     args = _parser().parse_args(argv)
+    if args.example_config:
+        sys.stdout.write(configdoc.example())
+        return 0
     try:
         config = load_config(args.config)
         socket = parse_socket(args.socket) if args.socket else None

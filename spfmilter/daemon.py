@@ -15,21 +15,19 @@ import logging
 import logging.handlers
 import os
 import signal
-import socket
 import sys
 import threading
 from types import TracebackType
 
 import Milter
 
-from spfmilter import checker, logs, milter, runas, warmup
+from spfmilter import logs, milter, runas, services, warmup
 from spfmilter.config import (
     EX_CONFIG,
     Config,
     ConfigError,
     load_config,
 )
-from spfmilter.dns import Resolver
 from spfmilter.metrics import Listener, Metrics
 
 log = logging.getLogger(__name__)
@@ -151,9 +149,7 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     # unreadable to the unprivileged user).
     warmup.exercise(config.dns.void_lookup_limit)
     metrics = Metrics()
-    resolver = Resolver(config.dns, metrics)
-    spf_checker = checker.Checker(resolver.lookup)
-    spf_checker.install(config.dns.void_lookup_limit)
+    shared = services.build(config, metrics)
     if account is not None:
         runas.drop_privileges(account)
     # Opened as the unprivileged user: nothing but the milter socket's
@@ -168,10 +164,7 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     holder = ConfigHolder(config, path, socket_override, metrics)
     threading.Thread(target=_reload_loop, args=(holder,), name="reload", daemon=True).start()
     activity = milter.Activity()
-    services = milter.Services(
-        spf_checker.check, resolver.lookup, metrics, activity, host_name=socket.getfqdn()
-    )
-    make = milter.factory(holder, services)
+    make = milter.factory(holder, shared, activity)
     spec = config.milter.socket
     source = path or "built-in defaults"
     log.info("spfmilter starting: socket=%s config=%s uid=%d", spec, source, os.getuid())

@@ -23,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from spfmilter import dnswire
-from spfmilter.config import DnsConfig
 from spfmilter.metrics import Metrics
 from spfmilter.model import IPAddress
+from spfmilter.schema import DnsConfig
 
 log = logging.getLogger(__name__)
 

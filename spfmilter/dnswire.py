@@ -262,6 +262,23 @@ def parse_reply(data: bytes, qid: int, qname: bytes, qtype: int) -> Reply | None
     return Reply(flags & 0x000F, answer, authority, len(data), bool(flags & _FLAG_TC))
 
 
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """One question to one server, until a deadline (a clock() time)."""
+
+    server: tuple[str, int]
+    qname: bytes
+    qtype: int
+    deadline: float
+    clock: Callable[[], float]
+
+    def remaining(self) -> float:
+        left = self.deadline - self.clock()
+        if left <= 0:
+            raise Unreachable("timeout")
+        return left
+
+
 def exchange(
     server: tuple[str, int],
     qname: bytes,
@@ -274,17 +291,18 @@ def exchange(
     Raises Unreachable when no acceptable reply arrives before `deadline`
     (a clock() time) and WireError for a malformed one.
     """
+    ask = _Ask(server, qname, qtype, deadline, clock)
     qid = secrets.randbits(16)
     query = make_query(qid, qname, qtype)
-    reply = _udp(server, query, qid, qname, qtype, deadline, clock)
+    reply = _udp(ask, query, qid)
     if reply.rcode == FORMERR:
         # RFC 6891 section 7: a server that does not know EDNS may answer
         # FORMERR; ask once more without the OPT record.
         qid = secrets.randbits(16)
         query = make_query(qid, qname, qtype, edns=False)
-        reply = _udp(server, query, qid, qname, qtype, deadline, clock)
+        reply = _udp(ask, query, qid)
     if reply.truncated:
-        reply = _tcp(server, query, qid, qname, qtype, deadline, clock)
+        reply = _tcp(ask, query, qid)
     return reply
 
 
@@ -292,28 +310,16 @@ def _family(address: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
-def _udp(
-    server: tuple[str, int],
-    query: bytes,
-    qid: int,
-    qname: bytes,
-    qtype: int,
-    deadline: float,
-    clock: Callable[[], float],
-) -> Reply:
-    with socket.socket(_family(server[0]), socket.SOCK_DGRAM) as sock:
+def _udp(ask: _Ask, query: bytes, qid: int) -> Reply:
+    with socket.socket(_family(ask.server[0]), socket.SOCK_DGRAM) as sock:
         try:
             # A connected socket only receives datagrams from the server; the
             # kernel picks a random source port (RFC 5452 section 9.2).
-            sock.connect(server)
+            sock.connect(ask.server)
             sock.send(query)
             while True:
-                remaining = deadline - clock()
-                if remaining <= 0:
-                    raise Unreachable("timeout")
-                sock.settimeout(remaining)
-                data = sock.recv(MAX_MESSAGE)
-                reply = parse_reply(data, qid, qname, qtype)
+                sock.settimeout(ask.remaining())
+                reply = parse_reply(sock.recv(MAX_MESSAGE), qid, ask.qname, ask.qtype)
                 if reply is not None:
                     return reply
         except TimeoutError:
@@ -322,40 +328,26 @@ def _udp(
             raise Unreachable(error.strerror or str(error)) from None
 
 
-def _tcp(
-    server: tuple[str, int],
-    query: bytes,
-    qid: int,
-    qname: bytes,
-    qtype: int,
-    deadline: float,
-    clock: Callable[[], float],
-) -> Reply:
-    remaining = deadline - clock()
-    if remaining <= 0:
-        raise Unreachable("timeout")
+def _tcp(ask: _Ask, query: bytes, qid: int) -> Reply:
     try:
-        with socket.create_connection(server, timeout=remaining) as sock:
+        with socket.create_connection(ask.server, timeout=ask.remaining()) as sock:
             sock.sendall(struct.pack("!H", len(query)) + query)
-            (size,) = struct.unpack("!H", _read(sock, 2, deadline, clock))
-            data = _read(sock, size, deadline, clock)
+            (size,) = struct.unpack("!H", _read(sock, 2, ask))
+            data = _read(sock, size, ask)
     except TimeoutError:
         raise Unreachable("timeout") from None
     except OSError as error:
         raise Unreachable(error.strerror or str(error)) from None
-    reply = parse_reply(data, qid, qname, qtype)
+    reply = parse_reply(data, qid, ask.qname, ask.qtype)
     if reply is None:
         raise WireError("the TCP reply does not answer the query")
     return reply
 
 
-def _read(sock: socket.socket, size: int, deadline: float, clock: Callable[[], float]) -> bytes:
+def _read(sock: socket.socket, size: int, ask: _Ask) -> bytes:
     chunks = bytearray()
     while len(chunks) < size:
-        remaining = deadline - clock()
-        if remaining <= 0:
-            raise TimeoutError
-        sock.settimeout(remaining)
+        sock.settimeout(ask.remaining())
         chunk = sock.recv(size - len(chunks))
         if not chunk:
             raise WireError("connection closed mid-message")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from spfmilter.model import Identity, IPAddress, SpfOutcome, SpfResult
+from spfmilter.model import Identity, IPAddress, Skip, SpfOutcome, SpfResult
 
 RECEIVED_SPF = "Received-SPF"
 AUTHENTICATION_RESULTS = "Authentication-Results"
@@ -43,12 +43,10 @@ def clean(text: str, limit: int = FIELD_LIMIT) -> str:
 
 
 def reply_text(text: str) -> str:
-    """Sanitise SMTP reply text for libmilter's smfi_setreply.
-
-    smfi_setreply treats the text as a format string: a lone '%' makes it
-    refuse the reply, so every '%' is doubled (the MTA prints one).
-    """
-    return clean(text, REPLY_TEXT_LIMIT).replace("%", "%%")
+    """Reply text (made safe where the reply was built) for libmilter's
+    smfi_setreply, which treats it as a format string: a lone '%' makes it
+    refuse the reply, so every '%' is doubled (the MTA prints one)."""
+    return text.replace("%", "%%")
 
 
 def quote_value(value: str) -> str:
@@ -60,9 +58,13 @@ def quote_value(value: str) -> str:
 
 
 def _comment_text(text: str) -> str:
+    return _comment_syntax(clean(text))
+
+
+def _comment_syntax(text: str) -> str:
     # RFC 5322 section 3.2.2: parentheses and backslashes inside a comment
     # must be quoted-pairs or they would end or nest the comment.
-    return re.sub(r"([()\\])", r"\\\1", clean(text))
+    return re.sub(r"([()\\])", r"\\\1", text)
 
 
 def result_comment(outcome: SpfOutcome, client_ip: IPAddress | None) -> str:
@@ -125,7 +127,7 @@ def authentication_results(
     report: SpfOutcome | None,
     *,
     client_ip: IPAddress | None,
-    skip_reason: str | None = None,
+    skip: Skip | None = None,
 ) -> str:
     """The Authentication-Results field value (RFC 8601).
 
@@ -138,8 +140,8 @@ def authentication_results(
     verifiers such as OpenDMARC credit an SPF pass only for a bare domain.
     """
     parts = [clean(authserv_id)]
-    if skip_reason is not None:
-        parts.append(f"none ({_comment_text('SPF not checked: ' + skip_reason)})")
+    if skip is not None:
+        parts.append(f"none ({_comment_syntax('SPF not checked: ' + skip.text)})")
     elif report is not None:
         prop = "smtp.mailfrom" if report.identity is Identity.MAIL_FROM else "smtp.helo"
         parts.append(_resinfo(report, client_ip, prop, report.domain))

@@ -20,7 +20,8 @@ import logging.handlers
 import os
 import sys
 
-from spfmilter.config import Config, LogFormat, LogTarget
+from spfmilter.config import Config
+from spfmilter.values import LogFormat, LogTarget
 
 # Escapes for the characters str.isprintable() refuses that are common
 # enough to deserve a short form; the rest become \xNN or \uNNNN.

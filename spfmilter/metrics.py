@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 from spfmilter import __version__
-from spfmilter.model import Action, Identity, SpfResult
+from spfmilter.model import Action, Identity, SkipReason, SpfResult
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,12 @@ class Metrics:
             "Verdicts, by the identity that decided, its SPF result and the action",
             [("identity", [i.value for i in Identity]), ("result", results), ("action", actions)],
         )
-        self.skips = Metric("spfmilter_skips", "counter", "Transactions SPF was not applied to")
+        self.skips = Metric(
+            "spfmilter_skips",
+            "counter",
+            "Transactions SPF was not applied to, by reason",
+            [("reason", [r.value for r in SkipReason])],
+        )
         self.dns_queries = Metric(
             "spfmilter_dns_queries",
             "counter",

@@ -1,62 +1,32 @@
-"""The milter adapter: one SpfMilter per SMTP connection.
+"""The milter adapter: libmilter's callbacks in, a Session's values out.
 
-This module owns the translation between libmilter callbacks and
-spfmilter's values: it gathers the Connection and Transaction facts, asks
-the checker for outcomes and the policy for a Decision, and is the only
-place that turns a Decision into setreply / REJECT / TEMPFAIL / header
-changes.  It also holds the one error boundary: an unexpected exception in
-a callback is logged with a traceback and the transaction is tempfailed.
-It may import everything below it; only it and daemon import Milter.
+This module owns the translation between libmilter and spfmilter: it
+registers its own callbacks with pymilter's C module (serve), unpacks their
+arguments (client address, reverse-path, macros that may not be UTF-8),
+calls the connection's Session, and turns the Steps and HeaderChanges it
+returns into setreply / REJECT / TEMPFAIL and header changes.  It holds the
+one error boundary: an unexpected exception in a callback is logged with a
+traceback and the transaction is tempfailed.  Only it and daemon import
+Milter.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import ipaddress
-import itertools
 import logging
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import Milter
 
-from spfmilter import policy
 from spfmilter.config import Config
-from spfmilter.dns import (
-    DnsLimitError,
-    DnsTempError,
-    Lookup,
-    Record,
-    confirmed_ptr_names,
-    resolves_to,
-)
-from spfmilter.headers import (
-    AUTHENTICATION_RESULTS,
-    RECEIVED_SPF,
-    authentication_results,
-    authserv_id_of,
-    clean,
-    received_spf,
-    reply_text,
-)
-from spfmilter.metrics import Metrics
-from spfmilter.model import (
-    Action,
-    Connection,
-    Decision,
-    Identity,
-    IPAddress,
-    SkipFacts,
-    SpfOutcome,
-    SpfResult,
-    Stage,
-    Transaction,
-)
+from spfmilter.headers import reply_text
+from spfmilter.model import Action, IPAddress, Step
+from spfmilter.services import Services
+from spfmilter.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -65,27 +35,14 @@ CONTINUE: int = Milter.CONTINUE
 REJECT: int = Milter.REJECT
 TEMPFAIL: int = Milter.TEMPFAIL
 
+_TROUBLE = Step(Action.DEFER)  # the fail-safe: tempfail, with the reply below
+
 
 class ConfigSource(Protocol):
     """Anything that hands out the current configuration (a snapshot)."""
 
     @property
     def config(self) -> Config: ...
-
-
-class Check(Protocol):
-    """The checker's evaluate function (spfmilter.checker.check)."""
-
-    def __call__(
-        self,
-        identity: Identity,
-        *,
-        client_ip: IPAddress,
-        helo: str,
-        mail_from: str,
-        receiver: str,
-        lookup_time: float,
-    ) -> SpfOutcome: ...
 
 
 class Activity:
@@ -111,22 +68,6 @@ class Activity:
             return self._idle.wait_for(lambda: self._busy == 0, timeout)
 
 
-@dataclass(frozen=True)
-class Services:
-    """The collaborators every SpfMilter shares, made once per process."""
-
-    check: Check
-    lookup: Lookup
-    metrics: Metrics
-    activity: Activity
-    clock: Callable[[], float] = time.monotonic
-    # The receiver name when neither [headers] authserv_id nor the MTA's
-    # macro j gives one: looked up once per process, not per connection.
-    host_name: str = "localhost"
-    # Numbers connections in log lines (next() on a count is atomic).
-    connection_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
-
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -140,65 +81,108 @@ def _boundary(callback: F) -> F:
     @functools.wraps(callback)
     def guarded(self: SpfMilter, *args: Any) -> Any:
         try:
-            with self.services.activity:
+            with self.activity:
                 return callback(self, *args)
         except Exception:
+            conn = self.session.conn
             log.exception(
                 "internal error in %s: conn=%s client_ip=%s; transaction tempfailed",
                 callback.__name__,
-                self.conn_id,
-                self.conn.client_ip,
+                self.session.id,
+                conn.client_ip if conn else None,
             )
-            self.services.metrics.errors.inc()
-            self._reply_safely(451, "4.3.0", "Temporary SPF checking problem; try again later")
-            return TEMPFAIL
+            self.session.services.metrics.errors.inc()
+            return self._answer(_TROUBLE)
 
     return guarded  # type: ignore[return-value]
 
 
 class SpfMilter(Milter.Base):  # type: ignore[misc]
-    """SPF enforcement for one SMTP connection.
+    """libmilter's side of one SMTP connection: its Session does the work."""
 
-    Connection state lives in attributes of this object; a Transaction is
-    made in envfrom and dropped in eom/abort.  The configuration is the
-    snapshot taken when the connection opened.
-    """
-
-    def __init__(self, source: ConfigSource, services: Services) -> None:
-        self.conn_id = next(services.connection_ids)
-        self.config = source.config
-        self.services = services
-        services.metrics.connections.inc()
-        self.conn = Connection(client_ip=None, client_name="", receiver="")
-        self.helo_outcome: SpfOutcome | None = None
-        self.tx: Transaction | None = None
-        self.decision: Decision | None = None
-        # The verdict of the latest transaction, kept past its end for the
-        # check command to report.
-        self.last_decision: Decision | None = None
-        self.logged = False
-        self.exempt_recipients: list[str] = []
-        self.forged: list[int] = []
-        self.ar_seen = 0
-        self.deadline = 0.0
-        self.connected = False
-
-    # --- libmilter callbacks -------------------------------------------
+    def __init__(self, source: ConfigSource, services: Services, activity: Activity) -> None:
+        self.session = Session(source.config, services)
+        self.activity = activity
 
     @_boundary
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
-        """Record the client address and the MTA's own name (macro j)."""
-        self.conn = Connection(
-            client_ip=client_address(family, hostaddr),
-            client_name=hostname or "",
-            receiver=self._receiver(),
-        )
-        self.connected = True
+        """The client's address, and the MTA's name for itself (macro j)."""
+        self.session.connect(client_address(family, hostaddr), hostname or "", self._macro("j"))
         return CONTINUE
 
-    def _receiver(self) -> str:
-        receiver = self.config.headers.authserv_id or self._macro("j") or self.services.host_name
-        return clean(receiver, 253)
+    @_boundary
+    def hello(self, heloname: str) -> int:
+        """HELO/EHLO."""
+        if self.session.conn is not None or self._recover_connection():
+            self.session.hello(heloname or "")
+        # Without connection facts MAIL FROM tempfails: nothing to keep here.
+        return CONTINUE
+
+    @_boundary
+    def envfrom(self, mail_from: str, *params: str) -> int:
+        """MAIL FROM: the transaction is evaluated here."""
+        if self.session.conn is None and not self._recover_connection():
+            return self._answer(_TROUBLE)
+        step = self.session.mail(reverse_path(mail_from), self._macro("{auth_authen}"))
+        return self._answer(step)
+
+    @_boundary
+    def envrcpt(self, recipient: str, *params: str) -> int:
+        """RCPT TO."""
+        return self._answer(self.session.rcpt(recipient))
+
+    @Milter.noreply  # type: ignore[untyped-decorator]
+    def header(self, name: str, value: str) -> int:
+        """A header: no reply is sent for it (a round trip saved per header)."""
+        self.session.header(name, value)
+        return CONTINUE
+
+    @_boundary
+    def eom(self) -> int:
+        """End of message: the header changes (RFC 8601 section 5 deletions,
+        then the result header at the top)."""
+        changes = self.session.end_of_message(self._macro("i"))
+        for name, index in changes.delete:
+            self.chgheader(name, index, "")
+        for name, value in changes.insert:
+            self.addheader(name, value, 0)
+        return CONTINUE
+
+    @_boundary
+    def abort(self) -> int:
+        """The client gave up on the transaction (RSET, QUIT, error)."""
+        self.session.abort(self._macro("i"))
+        return CONTINUE
+
+    def close(self) -> int:
+        """The SMTP connection ended."""
+        try:
+            self.session.close(self._macro("i"))
+        except Exception:  # the connection is gone either way; say why
+            log.exception("conn=%s: cannot log the verdict at close", self.session.id)
+        return CONTINUE
+
+    @Milter.nocallback  # type: ignore[untyped-decorator]
+    def body(self, chunk: bytes) -> int:
+        """Not needed: SPF is decided by the envelope."""
+        return CONTINUE
+
+    # --- translation ------------------------------------------------------
+
+    def _answer(self, step: Step) -> int:
+        if step.action is Action.ACCEPT:
+            return CONTINUE
+        reply = step.reply
+        code, status, text = (
+            (reply.code, reply.status, reply.text)
+            if reply is not None
+            else (451, "4.3.0", "Temporary SPF checking problem; try again later")
+        )
+        try:
+            self.setreply(str(code), status, reply_text(text))
+        except Exception:  # the reply text is best effort; the verdict stands
+            log.warning("conn=%s: MTA refused the reply text %r", self.session.id, text)
+        return REJECT if step.action is Action.REJECT else TEMPFAIL
 
     def _macro(self, name: str) -> str:
         """A macro's value; text that is not UTF-8 keeps its bytes as
@@ -213,301 +197,39 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         """Connection facts from macro {client_addr} when the connect
         callback never arrived (pymilter could not decode its arguments)."""
         try:
-            ip = ipaddress.ip_address(self._macro("{client_addr}"))
+            ip = mapped(ipaddress.ip_address(self._macro("{client_addr}")))
         except ValueError:
             log.error(
                 "conn=%s: the MTA's connect information could not be read and it sent no "
                 "{client_addr}; transaction tempfailed",
-                self.conn_id,
+                self.session.id,
             )
             return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         log.warning(
             "conn=%s: the MTA's connect information could not be read; client %s from "
             "macro {client_addr}",
-            self.conn_id,
+            self.session.id,
             ip,
         )
-        self.conn = dataclasses.replace(self.conn, client_ip=ip, receiver=self._receiver())
-        self.connected = True
+        self.session.connect(ip, "", self._macro("j"))
         return True
 
-    @_boundary
-    def hello(self, heloname: str) -> int:
-        """A new HELO/EHLO: its SPF result is computed afresh when needed."""
-        self.conn = dataclasses.replace(self.conn, helo=heloname or "")
-        self.helo_outcome = None
-        return CONTINUE
 
-    @_boundary
-    def envfrom(self, mail_from: str, *params: str) -> int:
-        """Start a transaction, evaluate it, apply the verdict at MAIL stage."""
-        if not self.connected and not self._recover_connection():
-            self._reply_safely(451, "4.3.0", "Temporary SPF checking problem; try again later")
-            return TEMPFAIL
-        self.tx = Transaction(
-            mail_from=reverse_path(mail_from),
-            auth_user=self._macro("{auth_authen}"),
-        )
-        self.decision = self.last_decision = self._evaluate(self.tx)
-        self.logged = False
-        self.exempt_recipients = []
-        self.forged = []
-        self.ar_seen = 0
-        if self.decision.stage is Stage.MAIL or self.decision.action is Action.SKIP:
-            return self._apply(None)
-        return CONTINUE
-
-    @_boundary
-    def envrcpt(self, recipient: str, *params: str) -> int:
-        """Apply a RCPT-stage verdict to this recipient."""
-        if self.decision is None or self.decision.stage is not Stage.RCPT:
-            return CONTINUE
-        return self._apply(recipient)
-
-    @Milter.noreply  # type: ignore[untyped-decorator]
-    def header(self, name: str, value: str) -> int:
-        """Note incoming Authentication-Results that claim to be ours.
-
-        No reply is sent for headers (a round trip saved per header), so
-        this callback cannot tempfail: it only counts, which cannot fail.
-        """
-        if name.lower() == AUTHENTICATION_RESULTS.lower():
-            self.ar_seen += 1
-            if authserv_id_of(value) == authserv_id_of(self._authserv_id()):
-                self.forged.append(self.ar_seen)
-        return CONTINUE
-
-    @_boundary
-    def eom(self) -> int:
-        """Add the one result header, remove forged A-R (RFC 8601 section 5)."""
-        decision = self.decision
-        if decision is None:
-            return CONTINUE
-        # An accepted message is logged here, where the MTA has given it a
-        # queue id (Postfix assigns one only once DATA starts).
-        self._log_verdict_once()
-        self.decision = self.tx = None
-        # A rejected or deferred transaction reaches end of message only
-        # through exempt recipients, and those still get the header.
-        headers = self.config.headers
-        if headers.type.authentication_results and headers.remove_forged:
-            # Highest index first: deleting one must not shift the others.
-            for index in sorted(self.forged, reverse=True):
-                self.chgheader(AUTHENTICATION_RESULTS, index, "")
-        for name, value in self.result_headers(decision):
-            self.addheader(name, value, 0)
-        return CONTINUE
-
-    @_boundary
-    def abort(self) -> int:
-        """The client gave up on the transaction (RSET, QUIT, error)."""
-        self._log_verdict_once()
-        self.tx = None
-        self.decision = None
-        return CONTINUE
-
-    def close(self) -> int:
-        """The SMTP connection ended."""
-        try:
-            self._log_verdict_once()
-        except Exception:  # the connection count below must still drop
-            log.exception("conn=%s: cannot log the verdict at close", self.conn_id)
-        self.services.metrics.connections.dec()
-        return CONTINUE
-
-    @Milter.nocallback  # type: ignore[untyped-decorator]
-    def body(self, chunk: bytes) -> int:
-        """Not needed: SPF is decided by the envelope."""
-        return CONTINUE
-
-    # --- evaluation ------------------------------------------------------
-
-    def _evaluate(self, tx: Transaction) -> Decision:
-        config = self.config
-        # One DNS budget for the whole callback (skip facts, HELO, MAIL
-        # FROM): the MTA times out a milter command as a whole (Postfix's
-        # milter_command_timeout, 30 s), so identities evaluated one after
-        # the other must share it.  RFC 7208 section 4.6.4 asks for at least
-        # 20 s per evaluation; HELO results are reused across transactions.
-        self.deadline = self.services.clock() + config.dns.lookup_time
-        reason = policy.skip_reason(config, self.conn, tx, None)
-        if reason is None and config.skip.needs_dns:
-            reason = policy.skip_reason(config, self.conn, tx, self._skip_facts(tx))
-        if reason is not None:
-            return policy.skipped(config.policy, reason)
-        helo = self._helo_outcome() if policy.helo_identity_checked(config.policy, tx) else None
-        mail_from = None
-        if policy.mail_from_needed(config, tx, helo):
-            mail_from = self._check(Identity.MAIL_FROM, tx.mail_from)
-        return policy.decide(config, tx, helo, mail_from)
-
-    def _skip_facts(self, tx: Transaction) -> SkipFacts:
-        """Ask DNS what the configured DNS-based skips need to know."""
-        skip = self.config.skip
-        ip = self.conn.client_ip
-        assert ip is not None  # skip_reason() skipped clients without one
-        helo = self.conn.helo.lower().rstrip(".")
-        try:
-            helo_confirmed = helo in skip.helo_names and resolves_to(self._lookup, helo, ip)
-            ptr_names = confirmed_ptr_names(self._lookup, ip) if skip.ptr_domains else ()
-        except (DnsTempError, DnsLimitError) as error:
-            log.warning("conn=%s: DNS trouble while checking skips: %s", self.conn_id, error)
-            return SkipFacts()
-        forwarder = None
-        for domain in skip.forwarder_domains:
-            outcome = self._check(Identity.MAIL_FROM, f"postmaster@{domain}")
-            if outcome.result is SpfResult.PASS:
-                forwarder = domain
-                break
-        return SkipFacts(helo_confirmed=helo_confirmed, ptr_names=ptr_names, forwarder=forwarder)
-
-    def _helo_outcome(self) -> SpfOutcome:
-        # Computed once per HELO/EHLO and reused by every transaction on
-        # the connection; hello() clears it.
-        if self.helo_outcome is None:
-            self.helo_outcome = self._check(Identity.HELO, "")
-        return self.helo_outcome
-
-    def _remaining(self) -> float:
-        # pyspf reads a budget of 0 as "no limit": never hand it one.
-        return max(0.001, self.deadline - self.services.clock())
-
-    def _lookup(self, name: str, qtype: str, budget: float | None) -> list[Record]:
-        return self.services.lookup(name, qtype, self._remaining())
-
-    def _check(self, identity: Identity, mail_from: str) -> SpfOutcome:
-        assert self.conn.client_ip is not None  # skip_reason() skips clients without one
-        return self.services.check(
-            identity,
-            client_ip=self.conn.client_ip,
-            helo=self.conn.helo,
-            mail_from=mail_from,
-            receiver=self.conn.receiver,
-            lookup_time=self._remaining(),
-        )
-
-    def _apply(self, recipient: str | None) -> int:
-        decision = self.decision
-        assert decision is not None
-        if decision.action in (Action.ACCEPT, Action.SKIP):
-            # Logged at end of message (or abort), where the queue id is known.
-            return CONTINUE
-        if recipient is not None and policy.recipient_exempt(self.config.policy, recipient):
-            self.exempt_recipients.append(recipient)
-            return CONTINUE
-        self._log_verdict_once()
-        reply = decision.reply
-        assert reply is not None
-        self._reply_safely(reply.code, reply.status, reply.text)
-        return REJECT if decision.action is Action.REJECT else TEMPFAIL
-
-    def result_headers(self, decision: Decision) -> list[tuple[str, str]]:
-        """The header(s) to insert for an accepted transaction, in order."""
-        headers = self.config.headers
-        out: list[tuple[str, str]] = []
-        report = decision.report
-        if headers.type.received_spf and report is not None:
-            receiver = None if headers.hide_receiver else self.conn.receiver
-            value = received_spf(
-                report, client_ip=self.conn.client_ip, helo=self.conn.helo, receiver=receiver
-            )
-            out.append((RECEIVED_SPF, value))
-        if headers.type.authentication_results:
-            value = authentication_results(
-                self._authserv_id(),
-                report,
-                client_ip=self.conn.client_ip,
-                skip_reason=decision.skip_reason,
-            )
-            out.append((AUTHENTICATION_RESULTS, value))
-        return out
-
-    def _authserv_id(self) -> str:
-        return self.config.headers.authserv_id or self.conn.receiver
-
-    def _reply_safely(self, code: int, status: str | None, text: str) -> None:
-        try:
-            self.setreply(str(code), status, reply_text(text))
-        except Exception:  # the reply text is best effort; the verdict stands
-            log.warning("conn=%s: MTA refused the reply text %r", self.conn_id, text)
-
-    def _log_verdict_once(self) -> None:
-        """The one INFO line of a transaction's verdict (if not logged yet)."""
-        decision = self.decision
-        if decision is None or self.logged:
-            return
-        self.logged = True
-        tx = self.tx
-        fields: dict[str, object] = {
-            # MTAs keep a macro until its stage is sent again, so "i" is
-            # here whenever the MTA has assigned a queue id by now.
-            "queue_id": self._macro("i") or "-",
-            "conn": self.conn_id,
-            "client_ip": self.conn.client_ip,
-            "helo": self.conn.helo,
-            "sender": tx.mail_from if tx else "",
-        }
-        if decision.action is Action.SKIP:
-            self.services.metrics.skips.inc()
-            fields.update(action="skip", reason=decision.skip_reason)
-            log.info("SPF skipped - %s %s", decision.skip_reason, format_fields(fields))
-            return
-        outcome = _deciding_outcome(decision)
-        assert outcome is not None
-        fields.update(
-            identity=outcome.identity.value,
-            result=outcome.result.value,
-            mechanism=outcome.mechanism or "-",
-            action=decision.intended.value,
-            stage=decision.stage.value,
-        )
-        if decision.reply is not None:
-            fields["reply"] = str(decision.reply)
-        if decision.action is not decision.intended:
-            fields["dry_run"] = "yes"
-        if self.exempt_recipients:
-            fields["exempt_recipients"] = ",".join(self.exempt_recipients)
-        lookup = sum(o.lookup_seconds for o in (decision.helo, decision.mail_from) if o)
-        fields["lookup_ms"] = round(lookup * 1000)
-        self.services.metrics.verdicts.labels(
-            outcome.identity.value, outcome.result.value, decision.intended.value
-        ).inc()
-        log.info("verdict %s", format_fields(fields), extra={"fields": fields})
-
-
-def _deciding_outcome(decision: Decision) -> SpfOutcome | None:
-    if decision.decided_by is Identity.HELO:
-        return decision.helo
-    return decision.report
-
-
-def format_fields(fields: dict[str, object]) -> str:
-    """key=value pairs; values with spaces or quotes are double-quoted."""
-    parts = []
-    for key, value in fields.items():
-        text = clean(str(value if value is not None else "-"), 400)
-        if not text or any(c in text for c in ' "='):
-            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
+def mapped(address: IPAddress) -> IPAddress:
+    """An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is the IPv4 client it
+    maps (RFC 4291 section 2.5.5.2) and is evaluated as such."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def client_address(family: int, hostaddr: Any) -> IPAddress | None:
-    """The client IP from libmilter's connect arguments.
-
-    An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is the IPv4 client it
-    maps (RFC 4291 section 2.5.5.2) and is evaluated as such.
-    """
+    """The client IP from libmilter's connect arguments."""
     if family not in (socket.AF_INET, socket.AF_INET6) or not hostaddr:
         return None
     # libmilter passes (address, port, ...); some drivers pass the bare text.
     text = hostaddr if isinstance(hostaddr, str) else hostaddr[0]
-    address = ipaddress.ip_address(str(text).split("%", 1)[0])
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+    return mapped(ipaddress.ip_address(str(text).split("%", 1)[0]))
 
 
 def reverse_path(argument: str) -> str:
@@ -523,9 +245,11 @@ def reverse_path(argument: str) -> str:
     return address.strip()
 
 
-def factory(source: ConfigSource, services: Services) -> Callable[[], SpfMilter]:
+def factory(
+    source: ConfigSource, services: Services, activity: Activity
+) -> Callable[[], SpfMilter]:
     """A zero-argument constructor of the per-connection object."""
-    return functools.partial(SpfMilter, source, services)
+    return functools.partial(SpfMilter, source, services, activity)
 
 
 # The callbacks registered with libmilter: pymilter's C module name, the

@@ -60,6 +60,19 @@ class Stage(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class SpfQuery:
+    """Everything one check_host() evaluation depends on besides DNS
+    (RFC 7208 section 4.1): the identity, the client, the HELO, the sender
+    (MAIL FROM, or "" for the HELO identity) and the receiver's name."""
+
+    identity: Identity
+    client_ip: IPAddress
+    helo: str
+    mail_from: str
+    receiver: str
+
+
+@dataclass(frozen=True)
 class SpfOutcome:
     """The result of evaluating one identity.
 
@@ -118,6 +131,54 @@ class Transaction:
         return domain.lower().rstrip(".")
 
 
+class SkipReason(enum.StrEnum):
+    """Why SPF is not applied to a transaction; the value labels the skip
+    metric, the template (filled with a detail) is the logged reason."""
+
+    LOCAL_SUBMISSION = "local_submission"
+    LOCALHOST = "localhost"
+    NETWORK = "network"
+    AUTHENTICATED = "authenticated"
+    TRUSTED_RELAY = "trusted_relay"
+    HELO_NAME = "helo_name"
+    FORWARDER = "forwarder"
+    PTR_DOMAIN = "ptr_domain"
+    SENDER_DOMAIN = "sender_domain"
+
+    @property
+    def template(self) -> str:
+        """The reason's wording, "{}" standing for its detail."""
+        return _SKIP_TEMPLATES[self]
+
+
+_SKIP_TEMPLATES = {
+    SkipReason.LOCAL_SUBMISSION: "no client IP address (local submission)",
+    # The classic policy servers' wording (DESIGN section 1).
+    SkipReason.LOCALHOST: "localhost is always allowed",
+    SkipReason.NETWORK: "client {} in skip networks",
+    SkipReason.AUTHENTICATED: "SASL authenticated as {}",
+    SkipReason.TRUSTED_RELAY: "client {} is a trusted relay",
+    SkipReason.HELO_NAME: "HELO {} resolves to the client",
+    SkipReason.FORWARDER: "client passes SPF of forwarder {}",
+    SkipReason.PTR_DOMAIN: "client's confirmed PTR name {}",
+    SkipReason.SENDER_DOMAIN: "sender domain {} is exempt",
+}
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A transaction SPF is not applied to: the reason and its detail (a
+    client address, a name), already made safe for headers and logs."""
+
+    reason: SkipReason
+    detail: str = ""
+
+    @property
+    def text(self) -> str:
+        """The reason in words, e.g. "SASL authenticated as bob"."""
+        return self.reason.template.format(self.detail)
+
+
 @dataclass(frozen=True)
 class SkipFacts:
     """What DNS said about the client, for the skips that need it.
@@ -149,6 +210,42 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class Plan:
+    """What the policy needs evaluated before it can decide.
+
+    `skip`: SPF is not applied at all.  `facts`: DNS facts about the client
+    (SkipFacts) are needed first, then the policy plans again with them.
+    `helo` and `mail_from`: the identities to evaluate, HELO first; MAIL FROM
+    is not evaluated after a HELO result in `final_helo_results` (the HELO
+    result rejects or defers already).
+    """
+
+    skip: Skip | None = None
+    facts: bool = False
+    helo: bool = False
+    mail_from: bool = False
+    final_helo_results: frozenset[SpfResult] = frozenset()
+
+
+@dataclass(frozen=True)
+class Step:
+    """The answer to one SMTP command: go on, or refuse it with a reply."""
+
+    action: Action = Action.ACCEPT
+    reply: Reply | None = None
+
+
+@dataclass(frozen=True)
+class HeaderChanges:
+    """What end of message changes in the header: occurrences of a field to
+    delete (name, index counted from 1), then fields to insert at the top,
+    in order."""
+
+    delete: tuple[tuple[str, int], ...] = ()
+    insert: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Decision:
     """The policy engine's verdict on one transaction.
 
@@ -158,7 +255,7 @@ class Decision:
     or defer.  `helo` and `mail_from` are the outcomes available for
     headers; `report` is the one that Received-SPF reports (RFC 7208
     section 9.1: the MAIL FROM result whenever the sender is not null).
-    `skip_reason` is set when SPF was not evaluated at all.
+    `skip` is set when SPF was not evaluated at all.
     """
 
     action: Action
@@ -168,7 +265,7 @@ class Decision:
     decided_by: Identity | None = None
     helo: SpfOutcome | None = None
     mail_from: SpfOutcome | None = None
-    skip_reason: str | None = None
+    skip: Skip | None = None
 
     @property
     def report(self) -> SpfOutcome | None:

@@ -1,16 +1,18 @@
-"""The policy engine: a pure function from facts to a Decision.
+"""The policy engine: pure functions from facts to a Plan, and from outcomes
+to a Decision.
 
 This module owns what spfmilter does with SPF results: which clients and
 transactions are skipped, which identities are evaluated and in which
 order, which results reject or defer, the SMTP replies, and which recipients
-are exempt.  It performs no I/O and must not import Milter, spf or anything
-that does (it may import model, config and headers).
+are exempt.  A session asks it twice: plan() says what to evaluate, decide()
+judges the outcomes.  It performs no I/O and must not import Milter, spf or
+anything that does (it may import model, config and headers).
 """
 
 from __future__ import annotations
 
-from spfmilter.config import Config, PolicyConfig
-from spfmilter.headers import clean
+from spfmilter.config import Config
+from spfmilter.headers import REPLY_TEXT_LIMIT, clean
 from spfmilter.model import (
     Action,
     Connection,
@@ -18,14 +20,16 @@ from spfmilter.model import (
     Identity,
     IPAddress,
     IPNetwork,
+    Plan,
     Reply,
+    Skip,
     SkipFacts,
+    SkipReason,
     SpfOutcome,
     SpfResult,
     Transaction,
 )
-
-LOCALHOST_REASON = "localhost is always allowed"
+from spfmilter.schema import PolicyConfig
 
 # RFC 7372 section 3.2 (5.7.23 SPF validation failed, 5.7.24 SPF validation
 # error) and RFC 3463 for the reply classes.
@@ -34,41 +38,67 @@ _PERMERROR = (550, "5.7.24")
 _DEFER = (451, "4.7.24")
 
 
-def skip_reason(
-    config: Config, conn: Connection, tx: Transaction, facts: SkipFacts | None
-) -> str | None:
-    """Why SPF is not applied to this transaction, or None to apply it.
+def plan(config: Config, conn: Connection, tx: Transaction, facts: SkipFacts | None = None) -> Plan:
+    """What to evaluate for this transaction, HELO first (RFC 7208 2.3).
 
-    Checked in a fixed order so that the logged reason is predictable: skip
-    networks, SASL authentication, trusted relays, HELO names that resolve to
-    the client, forwarder domains whose SPF the client passes, forward-
-    confirmed PTR names, sender domains.  With `facts` None (DNS not asked
-    yet) the skips that need DNS are left out.
+    Skips are checked in a fixed order, so that the logged reason is
+    predictable: skip networks, SASL authentication, trusted relays, sender
+    domains, then (once `facts` are known) HELO names that resolve to the
+    client, forwarder domains whose SPF the client passes, forward-confirmed
+    PTR names.  For the null sender the HELO identity is always evaluated:
+    RFC 7208 section 2.4 makes postmaster@<helo> its MAIL FROM identity.
     """
+    skip = _skip(config, conn, tx)
+    if skip is None and facts is None and config.skip.needs_dns:
+        return Plan(facts=True)
+    if skip is None and facts is not None:
+        skip = _dns_skip(config, conn, facts)
+    if skip is not None:
+        return Plan(skip=skip)
+    policy = config.policy
+    final = frozenset(
+        result
+        for result in SpfResult
+        if not policy.dry_run and _action(config, tx, Identity.HELO, result) is not Action.ACCEPT
+    )
+    return Plan(
+        helo=policy.helo_check or tx.null_sender,
+        mail_from=not tx.null_sender,
+        final_helo_results=final,
+    )
+
+
+def _skip(config: Config, conn: Connection, tx: Transaction) -> Skip | None:
     skip = config.skip
     ip = conn.client_ip
     if ip is None:
         # Mail submitted on the MTA host itself (Postfix non_smtpd_milters,
         # sendmail -bs) has no SMTP client whose address SPF could check.
-        return "no client IP address (local submission)"
+        return Skip(SkipReason.LOCAL_SUBMISSION)
     if _in(ip, skip.networks):
-        return LOCALHOST_REASON if ip.is_loopback else f"client {ip} in skip networks"
+        if ip.is_loopback:
+            return Skip(SkipReason.LOCALHOST)
+        return Skip(SkipReason.NETWORK, str(ip))
     if skip.authenticated and tx.auth_user:
-        return f"SASL authenticated as {clean(tx.auth_user, 64)}"
+        return Skip(SkipReason.AUTHENTICATED, clean(tx.auth_user, 64))
     if _in(ip, skip.trusted_relays):
-        return f"client {ip} is a trusted relay"
-    if facts is not None:
-        helo = conn.helo.lower().rstrip(".")
-        if facts.helo_confirmed and helo in skip.helo_names:
-            return f"HELO {clean(helo, 253)} resolves to the client"
-        if facts.forwarder is not None:
-            return f"client passes SPF of forwarder {facts.forwarder}"
-        for name in facts.ptr_names:
-            domain = in_domains(name, skip.ptr_domains)
-            if domain is not None:
-                return f"client's confirmed PTR name {clean(name, 253)} is in {domain}"
+        return Skip(SkipReason.TRUSTED_RELAY, str(ip))
     if tx.sender_domain and tx.sender_domain in skip.sender_domains:
-        return f"sender domain {clean(tx.sender_domain, 253)} is exempt"
+        return Skip(SkipReason.SENDER_DOMAIN, clean(tx.sender_domain, 253))
+    return None
+
+
+def _dns_skip(config: Config, conn: Connection, facts: SkipFacts) -> Skip | None:
+    skip = config.skip
+    helo = conn.helo.lower().rstrip(".")
+    if facts.helo_confirmed and helo in skip.helo_names:
+        return Skip(SkipReason.HELO_NAME, clean(helo, 253))
+    if facts.forwarder is not None:
+        return Skip(SkipReason.FORWARDER, facts.forwarder)
+    for name in facts.ptr_names:
+        domain = in_domains(name, skip.ptr_domains)
+        if domain is not None:
+            return Skip(SkipReason.PTR_DOMAIN, f"{clean(name, 253)} is in {domain}")
     return None
 
 
@@ -88,29 +118,6 @@ def _in(ip: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
     return any(ip in net for net in networks if net.version == ip.version)
 
 
-def helo_identity_checked(policy: PolicyConfig, tx: Transaction) -> bool:
-    """Whether the HELO identity is evaluated for this transaction.
-
-    For the null sender it always is: RFC 7208 section 2.4 makes
-    postmaster@<helo> the MAIL FROM identity of a bounce.
-    """
-    return policy.helo_check or tx.null_sender
-
-
-def mail_from_needed(config: Config, tx: Transaction, helo: SpfOutcome | None) -> bool:
-    """Whether MAIL FROM must be evaluated after the HELO outcome is known.
-
-    Not for the null sender (the HELO result is final), and not when the
-    HELO result already rejects or defers, unless dry-run wants the full
-    picture.
-    """
-    if tx.null_sender:
-        return False
-    if config.policy.dry_run or helo is None:
-        return True
-    return _verdict(config, tx, helo)[0] is Action.ACCEPT
-
-
 def decide(
     config: Config,
     tx: Transaction,
@@ -128,8 +135,9 @@ def decide(
     for outcome in (helo, mail_from):
         if outcome is None:
             continue
-        action, reply = _verdict(config, tx, outcome)
+        action = _action(config, tx, outcome.identity, outcome.result)
         if action is not Action.ACCEPT:
+            reply = _reply(config, outcome)
             decided_by = outcome.identity
             break
     return Decision(
@@ -143,11 +151,9 @@ def decide(
     )
 
 
-def skipped(policy: PolicyConfig, reason: str) -> Decision:
+def skipped(policy: PolicyConfig, skip: Skip) -> Decision:
     """The Decision for a transaction SPF is not applied to."""
-    return Decision(
-        action=Action.SKIP, intended=Action.SKIP, stage=policy.reject_stage, skip_reason=reason
-    )
+    return Decision(action=Action.SKIP, intended=Action.SKIP, stage=policy.reject_stage, skip=skip)
 
 
 def recipient_exempt(policy: PolicyConfig, recipient: str) -> bool:
@@ -161,10 +167,9 @@ def recipient_exempt(policy: PolicyConfig, recipient: str) -> bool:
     return any(entry in (address, local) for entry in policy.exempt_recipients)
 
 
-def _verdict(config: Config, tx: Transaction, outcome: SpfOutcome) -> tuple[Action, Reply | None]:
+def _action(config: Config, tx: Transaction, identity: Identity, result: SpfResult) -> Action:
     policy = config.policy
-    result = outcome.result
-    if outcome.identity is Identity.HELO and policy.helo_check:
+    if identity is Identity.HELO and policy.helo_check:
         rejects = policy.helo_reject
         if policy.helo_reject_null_sender_only and not tx.null_sender:
             rejects = frozenset()
@@ -173,17 +178,21 @@ def _verdict(config: Config, tx: Transaction, outcome: SpfOutcome) -> tuple[Acti
         # identity (helo_check = no) is judged by the MAIL FROM rules.
         rejects = policy.mailfrom_reject
     if result is SpfResult.TEMPERROR:
-        if policy.temperror_defer:
-            return Action.DEFER, _reply(config, _DEFER, outcome)
-        return Action.ACCEPT, None
-    if result is SpfResult.PERMERROR and (policy.permerror_reject or result in rejects):
-        return Action.REJECT, _reply(config, _PERMERROR, outcome)
-    if result in rejects:
-        return Action.REJECT, _reply(config, _REJECT, outcome)
-    return Action.ACCEPT, None
+        return Action.DEFER if policy.temperror_defer else Action.ACCEPT
+    if result is SpfResult.PERMERROR and policy.permerror_reject:
+        return Action.REJECT
+    return Action.REJECT if result in rejects else Action.ACCEPT
 
 
-def _reply(config: Config, code: tuple[int, str], outcome: SpfOutcome) -> Reply:
+def _reply(config: Config, outcome: SpfOutcome) -> Reply:
+    """The reply to a refused transaction; the text is made safe here
+    (explanations and errors come from DNS)."""
+    if outcome.result is SpfResult.TEMPERROR:
+        code = _DEFER
+    elif outcome.result is SpfResult.PERMERROR:
+        code = _PERMERROR
+    else:
+        code = _REJECT
     who = "HELO" if outcome.identity is Identity.HELO else "MAIL FROM"
     text = f"SPF {who} check for {outcome.sender}: {outcome.result.value}"
     detail = outcome.explanation or outcome.problem
@@ -192,4 +201,4 @@ def _reply(config: Config, code: tuple[int, str], outcome: SpfOutcome) -> Reply:
     if outcome.result is SpfResult.TEMPERROR:
         text += "; try again later"
     status = code[1] if config.reply.enhanced_status_codes else None
-    return Reply(code[0], status, text)
+    return Reply(code[0], status, clean(text, REPLY_TEXT_LIMIT))

@@ -27,7 +27,7 @@ from types import ModuleType
 from spfmilter import dnswire
 from spfmilter.checker import Checker
 from spfmilter.dns import Record
-from spfmilter.model import Identity
+from spfmilter.model import Identity, SpfQuery
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +78,10 @@ def exercise(void_lookup_limit: int) -> None:
         ("192.0.2.1", "carol@bücher.example", "helo.bücher.example"),
     ):
         for identity in Identity:
-            checker.check(
-                identity,
-                client_ip=ipaddress.ip_address(client),
-                helo=helo,
-                mail_from=sender,
-                receiver="mx.warmup.example",
-                lookup_time=1.0,
+            query = SpfQuery(
+                identity, ipaddress.ip_address(client), helo, sender, "mx.warmup.example"
             )
+            checker.check(query, 1.0)
     _parse_every_type()
 
 

@@ -15,7 +15,7 @@ from spfmilter.checker import (
     Checker,
 )
 from spfmilter.dns import DnsLimitError, DnsTempError, Record
-from spfmilter.model import Identity, SpfOutcome, SpfResult
+from spfmilter.model import Identity, SpfOutcome, SpfQuery, SpfResult
 
 ZONE: dict[tuple[str, str], list[Record]] = {
     ("example.org", "TXT"): [(("example.org", "TXT"), [b"v=spf1 ip4:198.51.100.0/24 -all"])],
@@ -69,14 +69,8 @@ def run(
     helo: str = "mail.example.org",
     ip: str = "198.51.100.7",
 ) -> SpfOutcome:
-    return CHECKER.check(
-        identity,
-        client_ip=ipaddress.ip_address(ip),
-        helo=helo,
-        mail_from=mail_from,
-        receiver="mx.test.example",
-        lookup_time=5,
-    )
+    query = SpfQuery(identity, ipaddress.ip_address(ip), helo, mail_from, "mx.test.example")
+    return CHECKER.check(query, 5)
 
 
 def test_pass_with_mechanism_and_domain() -> None:
@@ -215,14 +209,14 @@ def test_cpu_budget_stops_an_evaluation_at_its_next_lookup() -> None:
     # gone by the third lookup.
     slow = Checker(fake_lookup, cpu_clock=CpuClock(0.04))
     slow.install(2)
-    out = slow.check(
+    query = SpfQuery(
         Identity.MAIL_FROM,
-        client_ip=ipaddress.ip_address("203.0.113.5"),
-        helo="mail.example.org",
-        mail_from="a@chain.example.org",
-        receiver="mx",
-        lookup_time=5,
+        ipaddress.ip_address("203.0.113.5"),
+        "mail.example.org",
+        "a@chain.example.org",
+        "mx",
     )
+    out = slow.check(query, 5)
     assert out.result is SpfResult.PERMERROR
     assert "more than 0.1 s of CPU" in (out.problem or "")
     # The same evaluation within its budget passes the deadline check.

@@ -7,16 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from spfmilter.config import (
-    Config,
-    ConfigError,
-    HeaderType,
-    Nameserver,
-    load_config,
-    parse_config,
-    render,
-)
+from spfmilter import configdoc
+from spfmilter.config import SECTIONS, Config, ConfigError, keys, load_config, parse_config, render
 from spfmilter.model import SpfResult, Stage
+from spfmilter.values import HeaderType, Nameserver
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,7 +76,11 @@ timeout = 0.5
         ("[polcy]\n", "x.cfg:1: [polcy]: unknown section; expected one of milter, policy"),
         (
             "[policy]\ndry_run = maybe\n",
-            "x.cfg:2: [policy] dry_run: expected yes or no, got 'maybe'",
+            "x.cfg:2: [policy] dry_run: expected yes or no (or true, false), got 'maybe'",
+        ),
+        (
+            "[policy]\ndry_run = on\n",
+            "x.cfg:2: [policy] dry_run: expected yes or no (or true, false), got 'on'",
         ),
         (
             "[policy]\nhelo_reject = pass\n",
@@ -169,12 +167,48 @@ def test_long_lookup_time_is_accepted_with_a_warning() -> None:
     assert "milter_command_timeout" in config.warnings[0]
 
 
-def test_every_key_is_documented_in_the_shipped_example() -> None:
-    from spfmilter.config import PARSERS, line_numbers
+def test_shipped_example_is_generated_from_the_declarations() -> None:
+    # Regenerate with: python -m spfmilter.configdoc example > spfmilter.cfg
+    assert (REPO / "spfmilter.cfg").read_text() == configdoc.example()
 
-    documented = line_numbers((REPO / "spfmilter.cfg").read_text())
-    missing = [f"[{s}] {k}" for s, k in PARSERS if (s, k) not in documented]
-    assert missing == []
+
+def test_readme_reference_table_is_generated_from_the_declarations() -> None:
+    readme = (REPO / "README.md").read_text()
+    start = "<!-- generated from spfmilter/schema.py: python -m spfmilter.configdoc table -->\n"
+    end = "<!-- end of generated table -->\n"
+    assert readme[readme.index(start) + len(start) : readme.index(end)] == configdoc.table()
+
+
+@pytest.mark.parametrize(
+    ("section", "name"),
+    [(section, f.name) for section, schema in SECTIONS.items() for f in keys(schema)],
+)
+def test_every_key_is_declared_whole(section: str, name: str) -> None:
+    (declaration,) = [f for f in keys(SECTIONS[section]) if f.name == name]
+    for item in ("parse", "render", "summary", "doc"):
+        assert declaration.metadata[item], item
+    # The default written out reads back as itself.
+    default = getattr(SECTIONS[section](), name)
+    written = declaration.metadata["render"](default)
+    config = parse_config(f"[{section}]\n{name} = {written}\n")
+    assert getattr(getattr(config, section), name) == default
+    assert f"\n{name} =" in configdoc.example()
+    assert f"| `{name}` |" in configdoc.table()
+    assert f".BR {name} " in configdoc.man_keys()
+
+
+def test_man_page_markup_is_escaped() -> None:
+    text = configdoc.man_keys()
+    assert ".SS [milter]\nWhere the daemon listens and as whom it runs." in text
+    assert "\\-" in text  # hyphens are escaped
+    requests = {line.split()[0] for line in text.splitlines() if line.startswith(".")}
+    assert requests == {".SS", ".TP", ".BR"}
+
+
+def test_configdoc_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert configdoc.main(["table"]) == 0
+    assert capsys.readouterr().out == configdoc.table()
+    assert configdoc.main(["nonsense"]) == 2
 
 
 def test_exempt_recipients_need_the_rcpt_stage() -> None:

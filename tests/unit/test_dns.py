@@ -8,7 +8,6 @@ from collections.abc import Callable
 import pytest
 
 from spfmilter import dnswire
-from spfmilter.config import DnsConfig, Nameserver
 from spfmilter.dns import (
     MAX_ANSWER_RECORDS,
     NEGATIVE_TTL_CAP,
@@ -22,6 +21,8 @@ from spfmilter.dns import (
 )
 from spfmilter.dnswire import RR, Reply
 from spfmilter.metrics import Metrics
+from spfmilter.schema import DnsConfig
+from spfmilter.values import Nameserver
 
 SOA_300 = RR("example.org", 6, 600, 300)
 

@@ -14,7 +14,7 @@ from spfmilter.headers import (
     received_spf,
     reply_text,
 )
-from spfmilter.model import Identity, SpfOutcome, SpfResult
+from spfmilter.model import Identity, Skip, SkipReason, SpfOutcome, SpfResult
 
 IP = ipaddress.ip_address("192.0.2.10")
 
@@ -165,10 +165,10 @@ def test_authentication_results_for_a_skip() -> None:
             "mx.example.net",
             None,
             client_ip=IP,
-            skip_reason="SASL authenticated as bob",
+            skip=Skip(SkipReason.AUTHENTICATED, "b(o)b"),
         )
     )
-    assert value == "mx.example.net; none (SPF not checked: SASL authenticated as bob)"
+    assert value == "mx.example.net; none (SPF not checked: SASL authenticated as b\\(o\\)b)"
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 
 from spfmilter.logs import JsonFormatter, TextFormatter, escape
 
-FORGED = "x\nINFO spfmilter.milter: verdict queue_id=- result=pass action=accept"
+FORGED = "x\nINFO spfmilter.verdicts: verdict queue_id=- result=pass action=accept"
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ def test_tracebacks_are_indented_and_escaped() -> None:
     # The exception's text brought a line feed: that line too is marked as
     # part of the traceback.
     assert rest and all(line.startswith("  | ") for line in rest)
-    assert "  | INFO spfmilter.milter: verdict queue_id=- result=pass action=accept" in rest
+    assert "  | INFO spfmilter.verdicts: verdict queue_id=- result=pass action=accept" in rest
 
 
 def test_json_format_is_one_line() -> None:

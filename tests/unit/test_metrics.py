@@ -27,7 +27,7 @@ def test_exposition_counters_gauges_and_labels() -> None:
     )
     assert 'spfmilter_verdicts_total{action="defer",identity="helo",result="fail"} 0.0\n' in text
     assert "spfmilter_connections_in_flight 1.0\n" in text
-    assert "spfmilter_skips_total 0.0\n" in text
+    assert 'spfmilter_skips_total{reason="localhost"} 0.0\n' in text
     assert f'spfmilter_build_info{{version="{__version__}"}} 1.0\n' in text
     assert metrics.value("spfmilter_connections_in_flight") == 1.0
     with pytest.raises(KeyError):
@@ -51,20 +51,20 @@ def test_histogram_buckets_are_cumulative() -> None:
 def test_slots_of_forked_workers_add_up() -> None:
     metrics = Metrics(slots=3)
     metrics.use_slot(1)
-    metrics.skips.inc()
+    metrics.errors.inc()
     metrics.connections.inc()
     pid = os.fork()
     if pid == 0:  # a worker counting in its own slot of the shared memory
         metrics.use_slot(2)
-        metrics.skips.inc(5)
+        metrics.errors.inc(5)
         metrics.connections.inc()
         os._exit(0)
     os.waitpid(pid, 0)
-    assert metrics.value("spfmilter_skips_total") == 6
+    assert metrics.value("spfmilter_internal_errors_total") == 6
     assert metrics.value("spfmilter_connections_in_flight") == 2
     metrics.clear_gauges(2)  # that worker is gone: its connections too
     assert metrics.value("spfmilter_connections_in_flight") == 1
-    assert metrics.value("spfmilter_skips_total") == 6
+    assert metrics.value("spfmilter_internal_errors_total") == 6
 
 
 def fds() -> int:
@@ -73,13 +73,13 @@ def fds() -> int:
 
 def test_listener_serves_and_bounds_its_connections() -> None:
     metrics = Metrics()
-    metrics.skips.inc()
+    metrics.errors.inc()
     listener = Listener(metrics, "127.0.0.1", 0, max_clients=4, client_seconds=0.5)
     listener.start()
     url = f"http://127.0.0.1:{listener.port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-        assert "spfmilter_skips_total 1.0" in response.read().decode()
+        assert "spfmilter_internal_errors_total 1.0" in response.read().decode()
     before = fds()
     # 40 clients that send half a request and wait: 4 are held, the rest
     # closed at once, and the held ones time out.

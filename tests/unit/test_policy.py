@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import itertools
 from typing import Any
 
 import pytest
 
 from spfmilter import policy
-from spfmilter.config import Config, PolicyConfig, ReplyConfig, SkipConfig, parse_networks
+from spfmilter.config import Config
 from spfmilter.model import (
     Action,
     Connection,
     Identity,
+    Plan,
     Reply,
+    Skip,
     SkipFacts,
+    SkipReason,
     SpfOutcome,
     SpfResult,
     Stage,
     Transaction,
 )
+from spfmilter.schema import PolicyConfig, ReplyConfig, SkipConfig
+from spfmilter.values import parse_networks
 
 ALL = list(SpfResult)
 DEFAULT = Config()
@@ -34,6 +40,22 @@ def outcome(identity: Identity, result: SpfResult, sender: str = "a@example.org"
 
 def with_policy(**changes: Any) -> Config:
     return dataclasses.replace(DEFAULT, policy=dataclasses.replace(PolicyConfig(), **changes))
+
+
+CONN = Connection(ipaddress.ip_address("198.51.100.7"), "", "mx.test.example", "mail.example.org")
+
+
+def mail_from_needed(config: Config, tx: Transaction, helo: SpfOutcome | None) -> bool:
+    """What the plan says about evaluating MAIL FROM after `helo`."""
+    plan = policy.plan(config, CONN, tx)
+    return plan.mail_from and (helo is None or helo.result not in plan.final_helo_results)
+
+
+def skip_text(
+    config: Config, connection: Connection, tx: Transaction, facts: SkipFacts | None
+) -> str | None:
+    skip = policy.plan(config, connection, tx, facts).skip
+    return skip.text if skip else None
 
 
 def expected_default(helo: SpfResult, mail_from: SpfResult | None) -> tuple[Action, str | None]:
@@ -58,7 +80,7 @@ def expected_default(helo: SpfResult, mail_from: SpfResult | None) -> tuple[Acti
 def test_default_table(helo_result: SpfResult, mail_result: SpfResult | None, null: bool) -> None:
     tx = Transaction(mail_from="" if null else "a@example.org")
     helo = outcome(Identity.HELO, helo_result)
-    needed = policy.mail_from_needed(DEFAULT, tx, helo)
+    needed = mail_from_needed(DEFAULT, tx, helo)
     mail_from = outcome(Identity.MAIL_FROM, mail_result) if needed and mail_result else None
     decision = policy.decide(DEFAULT, tx, helo, mail_from)
     action, by = expected_default(helo_result, mail_result)
@@ -105,7 +127,7 @@ def test_dry_run_accepts_but_remembers_and_still_checks_mail_from() -> None:
     config = with_policy(dry_run=True)
     tx = Transaction("a@example.org")
     helo = outcome(Identity.HELO, SpfResult.FAIL)
-    assert policy.mail_from_needed(config, tx, helo)
+    assert mail_from_needed(config, tx, helo)
     mf = outcome(Identity.MAIL_FROM, SpfResult.PASS)
     decision = policy.decide(config, tx, helo, mf)
     assert decision.action is Action.ACCEPT
@@ -193,7 +215,7 @@ def test_policy_knobs(
     config = with_policy(**changes)
     tx = Transaction("" if null else "a@example.org")
     helo_outcome = outcome(Identity.HELO, helo) if helo else None
-    assert (helo is not None) == policy.helo_identity_checked(config.policy, tx)
+    assert (helo is not None) == policy.plan(config, CONN, tx).helo
     mf = outcome(Identity.MAIL_FROM, mail) if mail else None
     decision = policy.decide(config, tx, helo_outcome, mf)
     assert decision.action is Action(action)
@@ -219,8 +241,6 @@ def test_reject_stage_mail() -> None:
 
 
 def conn(ip: str) -> Connection:
-    import ipaddress
-
     return Connection(ipaddress.ip_address(ip), "", "mx.test.example", "mail.example.org")
 
 
@@ -276,12 +296,14 @@ def conn(ip: str) -> Connection:
 )
 def test_skip_reasons(ip: str, tx: Transaction, skip: SkipConfig, reason: str | None) -> None:
     config = dataclasses.replace(DEFAULT, skip=skip)
-    assert policy.skip_reason(config, conn(ip), tx, None) == reason
+    assert skip_text(config, conn(ip), tx, None) == reason
 
 
 def test_no_client_ip_is_skipped() -> None:
     no_ip = Connection(None, "localhost", "mx")
-    assert policy.skip_reason(DEFAULT, no_ip, Transaction("a@b.example"), None) is not None
+    assert skip_text(DEFAULT, no_ip, Transaction("a@b.example"), None) == (
+        "no client IP address (local submission)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -332,14 +354,71 @@ def test_dns_based_skips(facts: SkipFacts, reason: str | None) -> None:
         forwarder_domains=("fwd.example",),
     )
     config = dataclasses.replace(DEFAULT, skip=skip)
-    assert policy.skip_reason(config, conn("198.51.100.7"), Transaction("a@b.example"), facts) == (
-        reason
-    )
+    assert skip_text(config, conn("198.51.100.7"), Transaction("a@b.example"), facts) == reason
 
 
 def test_helo_fact_needs_a_listed_helo() -> None:
     config = dataclasses.replace(DEFAULT, skip=SkipConfig(helo_names=("other.example",)))
     facts = SkipFacts(helo_confirmed=True)
-    assert (
-        policy.skip_reason(config, conn("198.51.100.7"), Transaction("a@b.example"), facts) is None
+    assert skip_text(config, conn("198.51.100.7"), Transaction("a@b.example"), facts) is None
+
+
+def test_plan_for_the_defaults() -> None:
+    plan = policy.plan(DEFAULT, CONN, Transaction("a@example.org"))
+    assert plan == Plan(
+        helo=True,
+        mail_from=True,
+        final_helo_results=frozenset({SpfResult.FAIL, SpfResult.TEMPERROR}),
     )
+
+
+@pytest.mark.parametrize(
+    ("changes", "null", "helo", "mail_from", "final"),
+    [
+        ({"dry_run": True}, False, True, True, set()),
+        # Without helo_check a bounce's HELO is judged by the MAIL FROM rules.
+        ({"helo_check": False}, False, False, True, {"fail", "temperror"}),
+        ({"helo_check": False, "mailfrom_reject": frozenset()}, True, True, False, {"temperror"}),
+        ({"temperror_defer": False}, False, True, True, {SpfResult.FAIL}),
+        ({"permerror_reject": True}, False, True, True, {"fail", "temperror", "permerror"}),
+        ({"helo_reject_null_sender_only": True}, False, True, True, {SpfResult.TEMPERROR}),
+        ({"helo_reject_null_sender_only": True}, True, True, False, {"fail", "temperror"}),
+        ({"helo_reject": frozenset()}, False, True, True, {SpfResult.TEMPERROR}),
+    ],
+)
+def test_plan_follows_the_policy(
+    changes: dict[str, Any], null: bool, helo: bool, mail_from: bool, final: set[str]
+) -> None:
+    tx = Transaction("" if null else "a@example.org")
+    plan = policy.plan(with_policy(**changes), CONN, tx)
+    assert (plan.helo, plan.mail_from) == (helo, mail_from)
+    assert plan.final_helo_results == {SpfResult(r) for r in final}
+    assert plan.skip is None and not plan.facts
+
+
+def test_plan_asks_for_dns_facts_only_when_a_skip_needs_them() -> None:
+    config = dataclasses.replace(DEFAULT, skip=SkipConfig(ptr_domains=("relay.example",)))
+    tx = Transaction("a@example.org")
+    assert policy.plan(config, CONN, tx) == Plan(facts=True)
+    with_facts = policy.plan(config, CONN, tx, SkipFacts(ptr_names=("mx.relay.example",)))
+    assert with_facts.skip == Skip(SkipReason.PTR_DOMAIN, "mx.relay.example is in relay.example")
+    assert policy.plan(config, CONN, tx, SkipFacts()).helo
+    # A skip that needs no DNS comes first.
+    local = conn("127.0.0.1")
+    assert policy.plan(config, local, tx) == Plan(skip=Skip(SkipReason.LOCALHOST))
+
+
+def test_replies_are_made_safe_where_they_are_built() -> None:
+    fail = SpfOutcome(
+        Identity.MAIL_FROM,
+        SpfResult.FAIL,
+        "example.org",
+        "a@example.org",
+        explanation="line one\r\nX-Injected: yes " + "x" * 600,
+    )
+    decision = policy.decide(DEFAULT, Transaction("a@example.org"), None, fail)
+    assert decision.reply is not None
+    text = decision.reply.text
+    assert "\r" not in text and "\n" not in text
+    assert text.startswith("SPF MAIL FROM check for a@example.org: fail: line one X-Injected")
+    assert len(text) == 400 and text.endswith("...")

@@ -1,0 +1,390 @@
+"""Every configuration key, declared once.
+
+This module owns the schema: each section is a frozen dataclass, and each
+key a field whose metadata gives its parser, its renderer, a one-line
+summary and the text that documents it.  Parsing (spfmilter.config), the
+example file spfmilter.cfg, README's reference table and the man page
+(spfmilter.configdoc) all read these declarations, so a key cannot be
+half-added.  It imports model and values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from spfmilter.model import IPNetwork, SpfResult, Stage
+from spfmilter.values import (
+    HeaderType,
+    LogFormat,
+    LogLevel,
+    LogTarget,
+    Nameserver,
+    Parser,
+    Renderer,
+    choice,
+    int_in,
+    networks,
+    parse_authserv_id,
+    parse_bool,
+    parse_domains,
+    parse_listen,
+    parse_mode,
+    parse_name,
+    parse_nameservers,
+    parse_networks,
+    parse_path,
+    parse_recipients,
+    parse_results,
+    parse_seconds,
+    parse_size,
+    parse_socket,
+    render_mode,
+    render_size,
+    render_value,
+)
+
+T = TypeVar("T")
+
+
+def key(
+    default: T,
+    parse: Parser,
+    summary: str,
+    doc: str,
+    *,
+    example: str = "",
+    render: Renderer = render_value,
+) -> T:
+    """Declare a key: its default, how it is read and written, and what it
+    does (a summary line for tables, the text for the example file)."""
+    metadata = {
+        "parse": parse,
+        "render": render,
+        "summary": summary,
+        "doc": doc,
+        "example": example,
+    }
+    return field(default=default, metadata=metadata)
+
+
+_RESULTS = "fail, softfail, neutral, none, permerror"
+
+
+@dataclass(frozen=True)
+class MilterConfig:
+    """Where the daemon listens and as whom it runs."""
+
+    socket: str = key(
+        "unix:/run/spfmilter/spfmilter.sock",
+        parse_socket,
+        "where the MTA connects",
+        "Where the MTA connects (libmilter notation): unix:/PATH, inet:PORT@HOST, "
+        "inet6:PORT@HOST; an inet socket must name its address (the milter protocol "
+        "has no authentication).  Postfix writes the same sockets as unix:/PATH and "
+        "inet:HOST:PORT.",
+        example="inet:8891@127.0.0.1",
+    )
+    socket_mode: int = key(
+        0o660,
+        parse_mode,
+        "permissions of a unix socket (octal)",
+        "Permissions of a unix socket (octal).  Postfix's smtpd runs as user postfix: "
+        "give the socket a group postfix belongs to (socket_group = postfix).",
+        render=render_mode,
+    )
+    socket_group: str = key(
+        "",
+        parse_name,
+        "group of a unix socket (empty: the user's)",
+        "Group of a unix socket.  When the socket's directory does not exist, the daemon "
+        "makes it, owned by `user` and this group, setgid, so the socket gets the group; "
+        "an existing directory is never changed.  Empty: the primary group of `user`.  "
+        "The daemon warns at start when Postfix will not be able to connect.",
+        example="postfix",
+    )
+    user: str = key(
+        "",
+        parse_name,
+        "account to switch to from root (empty: spfmilter, else nobody)",
+        "When started as root: the account to switch to once the socket's directory is "
+        "ready.  Empty: spfmilter if that account exists (systemd/spfmilter.sysusers "
+        "makes it), else nobody, with a warning.  Running on as root needs the explicit "
+        '"user = root".  Under the systemd unit the daemon starts as its own user and '
+        "this is not used.",
+    )
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Which results reject or defer, and where."""
+
+    helo_check: bool = key(
+        True,
+        parse_bool,
+        "check HELO before MAIL FROM",
+        "Check the HELO/EHLO identity before MAIL FROM (RFC 7208 section 2.3).  For the "
+        "null sender <> the HELO identity is always checked: RFC 7208 section 2.4 makes "
+        "postmaster@<helo> its MAIL FROM identity.",
+    )
+    helo_reject: frozenset[SpfResult] = key(
+        frozenset({SpfResult.FAIL}),
+        parse_results,
+        f"HELO results that reject (from {_RESULTS})",
+        f"HELO results that reject (550 5.7.23), from: {_RESULTS}.  Empty: none reject.",
+        example="fail, softfail",
+    )
+    helo_reject_null_sender_only: bool = key(
+        False,
+        parse_bool,
+        "HELO results reject only `<>`",
+        "yes: HELO results reject only bounces (null sender <>).",
+    )
+    mailfrom_reject: frozenset[SpfResult] = key(
+        frozenset({SpfResult.FAIL}),
+        parse_results,
+        "MAIL FROM results that reject",
+        "MAIL FROM results that reject (550 5.7.23); same choices as helo_reject.",
+    )
+    permerror_reject: bool = key(
+        False,
+        parse_bool,
+        "permerror of either identity rejects (550 5.7.24)",
+        "yes: a permerror of either identity rejects with 550 5.7.24.",
+    )
+    temperror_defer: bool = key(
+        True,
+        parse_bool,
+        "temperror defers (451 4.7.24); `no` accepts with the header",
+        "yes: a temperror of either identity defers with 451 4.7.24.  no: the message is "
+        "accepted with a temperror header.",
+    )
+    reject_stage: Stage = key(
+        Stage.RCPT,
+        choice(Stage),
+        "`rcpt` or `mail`",
+        "Where a reject or defer is given: rcpt (after Postfix's own recipient "
+        "restrictions, like a policy server after reject_unauth_destination) or mail.  "
+        "exempt_recipients needs rcpt.",
+    )
+    dry_run: bool = key(
+        False,
+        parse_bool,
+        "log what would be done, never reject or defer",
+        "yes: never reject or defer; log what would have been done, evaluate both "
+        "identities and still add the header.",
+    )
+    exempt_recipients: tuple[str, ...] = key(
+        (),
+        parse_recipients,
+        "`postmaster@`, `abuse@example.net`: never rejected, still get the header",
+        "Recipients never rejected for SPF (they still get the header): full addresses, "
+        "or local parts ending in @ that match any domain.",
+        example="postmaster@, abuse@example.net",
+    )
+
+
+@dataclass(frozen=True)
+class SkipConfig:
+    """Clients and senders that SPF is not applied to."""
+
+    networks: tuple[IPNetwork, ...] = key(
+        networks("127.0.0.0/8", "::1/128"),
+        parse_networks,
+        "clients not checked",
+        'Clients SPF is not applied to (no header is added).  Loopback is logged as "SPF '
+        'skipped - localhost is always allowed".',
+    )
+    authenticated: bool = key(
+        True,
+        parse_bool,
+        "skip SASL-authenticated clients (`{auth_authen}`)",
+        "Skip clients that authenticated with SASL (macro {auth_authen}).",
+    )
+    trusted_relays: tuple[IPNetwork, ...] = key(
+        (),
+        parse_networks,
+        "CIDRs of relays that forward to you",
+        "Relays that forward mail to you (CIDR, IPv4 and IPv6).",
+        example="192.0.2.0/24, 2001:db8:1::/48",
+    )
+    helo_names: tuple[str, ...] = key(
+        (),
+        parse_domains,
+        "skip when the HELO is listed and resolves to the client",
+        "Skip a client whose HELO name is listed here AND resolves (A/AAAA) to the client's IP.",
+        example="backup-mx.example.net",
+    )
+    ptr_domains: tuple[str, ...] = key(
+        (),
+        parse_domains,
+        "skip forward-confirmed PTR names in these domains (label boundaries)",
+        "Skip a client whose forward-confirmed PTR name (PTR -> name -> A/AAAA back to "
+        "the client) is one of these domains or below it, on label boundaries "
+        '("mx.example.com" is in example.com, "evilexample.com" is not).',
+        example="example.com",
+    )
+    forwarder_domains: tuple[str, ...] = key(
+        (),
+        parse_domains,
+        "skip clients that pass these domains' SPF",
+        "Skip a client that passes the SPF policy of one of these domains (checked as "
+        "postmaster@<domain>), e.g. forwarding services that publish SPF.",
+        example="forwarder.example.net",
+    )
+    sender_domains: tuple[str, ...] = key(
+        (),
+        parse_domains,
+        "MAIL FROM domains not checked (exact match)",
+        "MAIL FROM domains never checked (exact match, subdomains not included).",
+        example="example.com",
+    )
+
+    @property
+    def needs_dns(self) -> bool:
+        """Whether a skip needs DNS facts about the client."""
+        return bool(self.helo_names or self.ptr_domains or self.forwarder_domains)
+
+
+@dataclass(frozen=True)
+class HeadersConfig:
+    """The result header(s) and the receiver's name in them."""
+
+    type: HeaderType = key(
+        HeaderType.RECEIVED_SPF,
+        choice(HeaderType),
+        "`received-spf`, `authentication-results`, `both`, `none`",
+        "Which result header to add to each accepted message (one per message): "
+        "received-spf, authentication-results, both or none.",
+    )
+    authserv_id: str = key(
+        "",
+        parse_authserv_id,
+        "authserv-id and `receiver=` (empty: macro `j`, else the host's name)",
+        "The authserv-id of Authentication-Results and the receiver= of Received-SPF.  "
+        "Empty: the MTA's name for itself (macro j), else this host's FQDN.",
+        example="mx.example.net",
+    )
+    hide_receiver: bool = key(
+        False,
+        parse_bool,
+        "leave `receiver=` out",
+        "yes: leave receiver= out of Received-SPF.",
+    )
+    remove_forged: bool = key(
+        True,
+        parse_bool,
+        "delete incoming A-R with our authserv-id",
+        "yes: when Authentication-Results is added, delete incoming ones that carry our "
+        "authserv-id, however it is spelled (RFC 8601 section 5: they are forgeries).",
+    )
+
+
+@dataclass(frozen=True)
+class ReplyConfig:
+    """SMTP reply details."""
+
+    enhanced_status_codes: bool = key(
+        True,
+        parse_bool,
+        "RFC 7372 codes; `no`: plain 550/451",
+        "yes: replies carry RFC 7372 codes (550 5.7.23, 550 5.7.24, 451 4.7.24); no: "
+        "plain 550 / 451.",
+    )
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """The resolver pyspf's lookups go through (all times seconds)."""
+
+    nameservers: tuple[Nameserver, ...] = key(
+        (),
+        parse_nameservers,
+        "`IP`, `IP:PORT`, `[IPv6]:PORT` (empty: `/etc/resolv.conf`)",
+        "Nameservers to query, in turn: IP, IP:PORT or [IPv6]:PORT.  Empty: those of "
+        "/etc/resolv.conf.  A local caching resolver is recommended.",
+        example="127.0.0.1, [::1]:53",
+    )
+    timeout: float = key(
+        5.0,
+        parse_seconds,
+        "seconds per query to one server",
+        "Time for one DNS query to one server, seconds (capped by lookup_time).",
+    )
+    lookup_time: float = key(
+        20.0,
+        parse_seconds,
+        "seconds for all lookups of one milter command",
+        "Time budget for the DNS lookups of one milter command, seconds: the skips that "
+        "need DNS, the HELO and the MAIL FROM evaluation share it, because the MTA times "
+        "the command as a whole (RFC 7208 section 4.6.4 suggests at least 20 s per "
+        "evaluation).  Keep it under Postfix's milter_command_timeout (30 s); above 25 s "
+        "is accepted with a warning.  Running out is temperror.",
+    )
+    void_lookup_limit: int = key(
+        2,
+        int_in(0, 100),
+        "RFC 7208 section 4.6.4",
+        "DNS lookups that may return nothing before permerror (RFC 7208 section 4.6.4).",
+    )
+    cache_size: int = key(
+        16 * 1024 * 1024,
+        parse_size,
+        "memory for the shared TTL cache (K, M, G); 0 disables",
+        "Memory for the shared DNS cache, with its unit (K, M or G); records are kept for "
+        "their TTL and the least recently used go first when it is full.  One answer may "
+        "take at most an eighth of it.  0 disables the cache.",
+        render=render_size,
+    )
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Level, destination and format of log lines."""
+
+    level: LogLevel = key(
+        LogLevel.INFO,
+        choice(LogLevel),
+        "`debug`, `info`, `warning`, `error`",
+        "debug, info, warning or error.  info logs one line per verdict.",
+    )
+    target: LogTarget = key(
+        LogTarget.STDERR,
+        choice(LogTarget),
+        "`stderr` (journald) or `syslog` (facility mail)",
+        "stderr (journald under systemd) or syslog (facility mail, via syslog_socket).",
+    )
+    format: LogFormat = key(
+        LogFormat.TEXT,
+        choice(LogFormat),
+        "`text` (key=value) or `json`",
+        "text (key=value) or json (one object per line).",
+    )
+    syslog_socket: str = key(
+        "/dev/log",
+        parse_path,
+        "the syslog socket for `target = syslog`",
+        "The syslog socket for target = syslog.",
+    )
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The optional Prometheus listener."""
+
+    listen: str = key(
+        "",
+        parse_listen,
+        "`HOST:PORT` of the `/metrics` listener (empty: off)",
+        "HOST:PORT for a Prometheus /metrics endpoint (port 1024 or above: it is opened "
+        "after the daemon drops root).  Empty: off.",
+        example="127.0.0.1:9101",
+    )
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to listen on, or None when off."""
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)

@@ -1,0 +1,86 @@
+"""The one log line of a transaction's verdict, and its metrics.
+
+This module owns what an administrator reads per transaction: one INFO line
+in key=value form (queue id first, then the connection, the client, the
+identity that decided, its result, the action), "SPF skipped - <reason>" for
+a skipped one, the same fields as JSON keys, and the verdict and skip
+counters.  Values are quoted here; making them safe for a log line is the
+formatters' job (spfmilter.logs).  It imports model and metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from spfmilter.metrics import Metrics
+from spfmilter.model import Connection, Decision, Identity, SpfOutcome, Transaction
+
+log = logging.getLogger(__name__)
+
+FIELD_LIMIT = 400
+
+
+def record(
+    metrics: Metrics,
+    decision: Decision,
+    *,
+    queue_id: str,
+    conn_id: int,
+    conn: Connection,
+    tx: Transaction,
+    exempt: list[str],
+) -> None:
+    """Log the verdict line of one transaction and count it."""
+    fields: dict[str, object] = {
+        "queue_id": queue_id or "-",
+        "conn": conn_id,
+        "client_ip": conn.client_ip,
+        "helo": conn.helo,
+        "sender": tx.mail_from,
+    }
+    if decision.skip is not None:
+        metrics.skips.labels(decision.skip.reason.value).inc()
+        fields.update(action="skip", reason=decision.skip.text)
+        log.info("SPF skipped - %s %s", decision.skip.text, format_fields(fields))
+        return
+    outcome = _deciding(decision)
+    assert outcome is not None  # a decision that is no skip has an outcome
+    fields.update(
+        identity=outcome.identity.value,
+        result=outcome.result.value,
+        mechanism=outcome.mechanism or "-",
+        action=decision.intended.value,
+        stage=decision.stage.value,
+    )
+    if decision.reply is not None:
+        fields["reply"] = str(decision.reply)
+    if decision.action is not decision.intended:
+        fields["dry_run"] = "yes"
+    if exempt:
+        fields["exempt_recipients"] = ",".join(exempt)
+    lookup = sum(o.lookup_seconds for o in (decision.helo, decision.mail_from) if o)
+    fields["lookup_ms"] = round(lookup * 1000)
+    metrics.verdicts.labels(
+        outcome.identity.value, outcome.result.value, decision.intended.value
+    ).inc()
+    log.info("verdict %s", format_fields(fields), extra={"fields": fields})
+
+
+def _deciding(decision: Decision) -> SpfOutcome | None:
+    if decision.decided_by is Identity.HELO:
+        return decision.helo
+    return decision.report
+
+
+def format_fields(fields: dict[str, object]) -> str:
+    """key=value pairs; values with spaces, quotes or '=' are double-quoted,
+    and each is capped at FIELD_LIMIT characters."""
+    parts = []
+    for key, value in fields.items():
+        text = str(value if value is not None else "-")
+        if len(text) > FIELD_LIMIT:
+            text = text[: FIELD_LIMIT - 3] + "..."
+        if not text or any(c in text for c in ' "=\\'):
+            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        parts.append(f"{key}={text}")
+    return " ".join(parts)

@@ -1,0 +1,379 @@
+"""The Session driven with plain values: a recording checker, no libmilter, no DNS."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from spfmilter.config import Config
+from spfmilter.dns import DnsTempError, Record
+from spfmilter.metrics import Metrics
+from spfmilter.model import (
+    Action,
+    HeaderChanges,
+    Identity,
+    Reply,
+    SpfOutcome,
+    SpfQuery,
+    SpfResult,
+    Stage,
+    Step,
+)
+from spfmilter.schema import HeadersConfig, PolicyConfig, SkipConfig
+from spfmilter.services import Services
+from spfmilter.session import GO_ON, Session
+from spfmilter.values import HeaderType
+
+Results = dict[tuple[Identity, str], SpfResult]
+
+PASSING: Results = {
+    (Identity.HELO, "mail.example.org"): SpfResult.PASS,
+    (Identity.MAIL_FROM, "good@example.org"): SpfResult.PASS,
+    (Identity.MAIL_FROM, "bad@example.org"): SpfResult.FAIL,
+    (Identity.MAIL_FROM, "tmp@example.org"): SpfResult.TEMPERROR,
+}
+
+
+class Recorder:
+    """A checker that answers from a table and records every call."""
+
+    def __init__(self, results: Results) -> None:
+        self.results = results
+        self.calls: list[tuple[Identity, str, str, str, float]] = []
+        self.before: Callable[[], None] = lambda: None  # runs at each call
+
+    def __call__(self, query: SpfQuery, lookup_time: float) -> SpfOutcome:
+        identity, helo, mail_from = query.identity, query.helo, query.mail_from
+        self.calls.append((identity, str(query.client_ip), helo, mail_from, lookup_time))
+        self.before()
+        subject = helo if identity is Identity.HELO else mail_from
+        result = self.results.get((identity, subject), SpfResult.NONE)
+        sender = f"postmaster@{helo}" if identity is Identity.HELO else mail_from
+        return SpfOutcome(identity, result, sender.rpartition("@")[2], sender, "-all")
+
+    def identities(self) -> list[Identity]:
+        return [call[0] for call in self.calls]
+
+
+def no_dns(name: str, qtype: str, budget: float | None) -> list[Record]:
+    raise AssertionError(f"unexpected DNS lookup {name} {qtype}")
+
+
+def make(
+    config: Config | None = None,
+    results: Results | None = None,
+    lookup: Callable[[str, str, float | None], list[Record]] = no_dns,
+    clock: Callable[[], float] | None = None,
+) -> tuple[Session, Recorder, Metrics]:
+    recorder = Recorder(PASSING if results is None else results)
+    metrics = Metrics()
+    services = Services(recorder, lookup, metrics, host_name="host.example")
+    if clock is not None:
+        services = dataclasses.replace(services, clock=clock)
+    return Session(config or Config(), services), recorder, metrics
+
+
+def start(
+    session: Session, ip: str = "198.51.100.7", helo: str = "mail.example.org", j: str = "mx"
+) -> None:
+    session.connect(ipaddress.ip_address(ip), "ptr.example.net", j)
+    session.hello(helo)
+
+
+def with_policy(**changes: Any) -> Config:
+    return dataclasses.replace(Config(), policy=dataclasses.replace(PolicyConfig(), **changes))
+
+
+def verdict_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+
+
+def test_pass_gives_one_received_spf_for_three_recipients() -> None:
+    session, rec, metrics = make()
+    start(session)
+    assert session.mail("good@example.org", "") == GO_ON
+    for rcpt in ("<a@example.net>", "<b@example.net>", "<c@example.net>"):
+        assert session.rcpt(rcpt) == GO_ON
+    changes = session.end_of_message("Q1")
+    assert changes.delete == ()
+    ((name, value),) = changes.insert
+    assert name == "Received-SPF"
+    assert " ".join(value.split()).startswith("pass (example.org: 198.51.100.7 is authorized")
+    assert "receiver=mx;" in value
+    assert rec.identities() == [Identity.HELO, Identity.MAIL_FROM]
+    assert session.transaction is None
+    labels = {"identity": "mailfrom", "result": "pass", "action": "accept"}
+    assert metrics.value("spfmilter_verdicts_total", **labels) == 1
+
+
+def test_fail_is_refused_at_rcpt_with_rfc7372_code() -> None:
+    session, _, _ = make()
+    start(session)
+    assert session.mail("bad@example.org", "") == GO_ON
+    reply = Reply(550, "5.7.23", "SPF MAIL FROM check for bad@example.org: fail")
+    assert session.rcpt("<a@example.net>") == Step(Action.REJECT, reply)
+
+
+def test_temperror_is_deferred() -> None:
+    session, _, _ = make()
+    start(session)
+    session.mail("tmp@example.org", "")
+    step = session.rcpt("<a@example.net>")
+    assert step.action is Action.DEFER and step.reply is not None
+    assert (step.reply.code, step.reply.status) == (451, "4.7.24")
+
+
+def test_reject_stage_mail() -> None:
+    session, _, _ = make(with_policy(reject_stage=Stage.MAIL))
+    start(session)
+    assert session.mail("bad@example.org", "").action is Action.REJECT
+    assert session.mail("good@example.org", "") == GO_ON
+
+
+def test_helo_fail_refuses_without_checking_mail_from() -> None:
+    session, rec, _ = make(results={(Identity.HELO, "evil.example"): SpfResult.FAIL})
+    start(session, helo="evil.example")
+    session.mail("good@example.org", "")
+    step = session.rcpt("<a@example.net>")
+    assert step.action is Action.REJECT and step.reply is not None
+    assert step.reply.text == "SPF HELO check for postmaster@evil.example: fail"
+    assert rec.identities() == [Identity.HELO]
+
+
+def test_helo_evaluated_once_per_helo_and_again_after_a_new_ehlo() -> None:
+    session, rec, _ = make()
+    start(session)
+    for _ in range(2):
+        session.mail("good@example.org", "")
+        session.end_of_message("")
+    assert rec.identities().count(Identity.HELO) == 1
+    session.hello("other.example.org")
+    session.mail("good@example.org", "")
+    assert [c[2] for c in rec.calls if c[0] is Identity.HELO] == [
+        "mail.example.org",
+        "other.example.org",
+    ]
+
+
+def test_null_sender_reports_the_helo_identity() -> None:
+    session, rec, _ = make()
+    start(session)
+    session.mail("", "")
+    ((_, value),) = session.end_of_message("").insert
+    value = " ".join(value.split())
+    assert value.startswith("pass (mail.example.org:")
+    assert "identity=helo;" in value and "envelope-from" not in value
+    assert rec.identities() == [Identity.HELO]
+
+
+def test_loopback_is_skipped_without_header(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    session, rec, metrics = make()
+    start(session, ip="127.0.0.1")
+    assert session.mail("bad@example.org", "") == GO_ON
+    assert session.rcpt("<a@example.net>") == GO_ON
+    assert session.end_of_message("Q2") == HeaderChanges()
+    assert rec.calls == []
+    (line,) = verdict_lines(caplog)
+    assert line.startswith("SPF skipped - localhost is always allowed queue_id=Q2 conn=")
+    assert metrics.value("spfmilter_skips_total", reason="localhost") == 1
+
+
+def test_skip_gets_an_authentication_results_none_when_asked() -> None:
+    config = dataclasses.replace(
+        Config(), headers=HeadersConfig(type=HeaderType.AUTHENTICATION_RESULTS)
+    )
+    session, _, _ = make(config)
+    start(session)
+    session.mail("a@example.org", "bob")
+    ((name, value),) = session.end_of_message("").insert
+    assert (name, value) == (
+        "Authentication-Results",
+        "mx; none (SPF not checked: SASL authenticated as bob)",
+    )
+
+
+def test_exempt_recipient_is_accepted_and_gets_the_header(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    session, _, _ = make(with_policy(exempt_recipients=("postmaster@",)))
+    start(session)
+    session.mail("bad@example.org", "")
+    assert session.rcpt("<postmaster@example.net>") == GO_ON
+    assert session.rcpt("<user@example.net>").action is Action.REJECT
+    ((_, value),) = session.end_of_message("Q3").insert
+    assert value.startswith("fail ")
+    (line,) = verdict_lines(caplog)  # logged at the refusal, not again at the end
+    assert "queue_id=- " in line and "exempt_recipients=<postmaster@example.net>" in line
+
+
+def test_dry_run_accepts_and_logs_what_it_would_do(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    results = {**PASSING, (Identity.HELO, "x.example"): SpfResult.FAIL}
+    session, rec, _ = make(with_policy(dry_run=True), results)
+    start(session, helo="x.example")
+    session.mail("bad@example.org", "")
+    assert session.rcpt("<a@example.net>") == GO_ON
+    ((_, value),) = session.end_of_message("").insert
+    assert value.startswith("fail ")  # the MAIL FROM result, evaluated although HELO failed
+    assert rec.identities() == [Identity.HELO, Identity.MAIL_FROM]
+    (line,) = verdict_lines(caplog)
+    assert "identity=helo result=fail" in line
+    assert "action=reject" in line and "dry_run=yes" in line
+
+
+def test_one_verdict_line_per_transaction(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    session, _, _ = make()
+    start(session)
+    session.mail("good@example.org", "")
+    session.rcpt("<a@example.net>")
+    session.rcpt("<b@example.net>")
+    session.end_of_message("4XyZ1")
+    session.abort("4XyZ1")
+    session.close("4XyZ1")
+    (line,) = verdict_lines(caplog)
+    assert line.startswith("verdict queue_id=4XyZ1 conn=")
+    for field in (
+        "client_ip=198.51.100.7",
+        "helo=mail.example.org",
+        "sender=good@example.org",
+        "identity=mailfrom",
+        "result=pass",
+        "mechanism=-all",
+        "action=accept",
+        "stage=rcpt",
+        "lookup_ms=0",
+    ):
+        assert field in line
+
+
+def test_abort_and_close_log_a_pending_verdict_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    session, _, metrics = make()
+    start(session)
+    assert metrics.value("spfmilter_connections_in_flight") == 1
+    session.mail("good@example.org", "")
+    session.abort("")
+    session.mail("bad@example.org", "")
+    session.close("")
+    session.close("")
+    assert len(verdict_lines(caplog)) == 2
+    assert metrics.value("spfmilter_connections_in_flight") == 0
+
+
+def test_forged_authentication_results_are_deleted_highest_first() -> None:
+    config = dataclasses.replace(Config(), headers=HeadersConfig(type=HeaderType.BOTH))
+    session, _, _ = make(config)
+    start(session, j="mx.test.example")
+    session.mail("good@example.org", "")
+    session.header("Subject", "mx.test.example; spf=pass")
+    session.header("Authentication-Results", "other.example; spf=pass")
+    session.header("authentication-results", "MX.test.example; spf=pass smtp.mailfrom=x")
+    session.header("Authentication-Results", "(c) MX.Test.Example.; spf=pass")
+    changes = session.end_of_message("")
+    assert changes.delete == (("Authentication-Results", 3), ("Authentication-Results", 2))
+    assert [name for name, _ in changes.insert] == ["Received-SPF", "Authentication-Results"]
+    ar = " ".join(changes.insert[1][1].split())
+    assert ar.startswith("mx.test.example; spf=pass (example.org:")
+    assert ar.endswith("smtp.mailfrom=example.org")
+
+
+def test_forged_authentication_results_kept_when_asked() -> None:
+    config = dataclasses.replace(
+        Config(),
+        headers=HeadersConfig(type=HeaderType.AUTHENTICATION_RESULTS, remove_forged=False),
+    )
+    session, _, _ = make(config)
+    start(session)
+    session.mail("good@example.org", "")
+    session.header("Authentication-Results", "mx; spf=pass")
+    assert session.end_of_message("").delete == ()
+
+
+def test_receiver_is_authserv_id_else_mta_name_else_host() -> None:
+    named = dataclasses.replace(Config(), headers=HeadersConfig(authserv_id="mx.example.net"))
+    for config, j, receiver in (
+        (named, "ignored.example", "mx.example.net"),
+        (Config(), "mx.mta.example", "mx.mta.example"),
+        (Config(), "", "host.example"),
+    ):
+        session, _, _ = make(config)
+        start(session, j=j)
+        assert session.conn is not None and session.conn.receiver == receiver
+
+
+def test_identities_of_one_command_share_the_lookup_budget() -> None:
+    # The MTA times out the MAIL FROM command as a whole: what the HELO
+    # evaluation spent is not available to MAIL FROM any more.
+    now = [1000.0]
+
+    def clock() -> float:
+        return now[0]
+
+    session, rec, _ = make(clock=clock)
+    rec.before = lambda: now.__setitem__(0, now[0] + 15.0)
+    start(session)
+    session.mail("good@example.org", "")
+    assert [c[4] for c in rec.calls] == [20.0, 5.0]
+
+
+def table_lookup(table: dict[tuple[str, str], list[Record]]) -> Callable[..., list[Record]]:
+    def lookup(name: str, qtype: str, budget: float | None) -> list[Record]:
+        if name == "broken.example":
+            raise DnsTempError("DNS timeout looking up broken.example A")
+        return table.get((name, qtype), [])
+
+    return lookup
+
+
+def test_dns_based_skip_uses_the_session_budget() -> None:
+    table: dict[tuple[str, str], list[Record]] = {
+        ("7.100.51.198.in-addr.arpa", "PTR"): [
+            (("7.100.51.198.in-addr.arpa", "PTR"), "mx.relay.example")
+        ],
+        ("mx.relay.example", "A"): [(("mx.relay.example", "A"), "198.51.100.7")],
+    }
+    config = dataclasses.replace(Config(), skip=SkipConfig(ptr_domains=("relay.example",)))
+    session, rec, metrics = make(config, lookup=table_lookup(table))
+    start(session)
+    session.mail("bad@example.org", "")
+    assert session.rcpt("<a@example.net>") == GO_ON
+    session.end_of_message("")
+    assert rec.calls == []
+    assert metrics.value("spfmilter_skips_total", reason="ptr_domain") == 1
+
+
+def test_dns_trouble_while_checking_skips_is_no_skip(caplog: pytest.LogCaptureFixture) -> None:
+    config = dataclasses.replace(
+        Config(), skip=SkipConfig(helo_names=("broken.example",), ptr_domains=("x.example",))
+    )
+    session, _, _ = make(config, lookup=table_lookup({}))
+    start(session, helo="broken.example")
+    session.mail("bad@example.org", "")
+    assert session.rcpt("<a@example.net>").action is Action.REJECT
+    assert "DNS trouble while checking skips: DNS timeout looking up broken.example" in caplog.text
+
+
+def test_forwarder_domains_pass_as_postmaster() -> None:
+    config = dataclasses.replace(Config(), skip=SkipConfig(forwarder_domains=("fwd.example",)))
+    results = {**PASSING, (Identity.MAIL_FROM, "postmaster@fwd.example"): SpfResult.PASS}
+    session, rec, _ = make(config, results, lookup=table_lookup({}))
+    start(session)
+    session.mail("bad@example.org", "")
+    assert session.rcpt("<a@example.net>") == GO_ON
+    assert [c[3] for c in rec.calls] == ["postmaster@fwd.example"]
+
+
+def test_no_transaction_means_nothing_to_do() -> None:
+    session, _, _ = make()
+    start(session)
+    assert session.rcpt("<a@example.net>") == GO_ON
+    session.header("Authentication-Results", "mx; spf=pass")
+    assert session.end_of_message("") == HeaderChanges()

@@ -19,8 +19,8 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from spfmilter import dnswire
 from spfmilter.metrics import Metrics
@@ -51,7 +51,7 @@ MAX_ANSWER_RECORDS = 256
 
 # The lookup function handed to the checker and the milter: (name, type,
 # time budget or None) -> records.
-Lookup = Callable[[str, str, float | None], list[Record]]
+Lookup = Callable[[str, str, float | None], Sequence[Record]]
 
 # How a question reaches a server: (server, name in wire format, type code,
 # deadline, clock) -> reply (dnswire.exchange; tests inject their own).
@@ -73,15 +73,24 @@ class DnsLimitError(Exception):
     """An answer larger than spfmilter accepts (a permanent condition)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
     """What one query yielded: records, how long to keep them, their memory
-    footprint, and the error to raise instead when the answer was refused."""
+    footprint, and the error to raise instead when the answer was refused.
 
-    records: list[Record]
+    Kept in the cache as a plain tuple of plain tuples and strings: the
+    garbage collector stops tracking such tuples, so a full cache costs a
+    collection nothing (a collection is charged to whichever thread runs
+    it, an SPF evaluation's CPU budget among them).
+    """
+
+    records: tuple[Record, ...]
     ttl: int
     footprint: int
     refused: str | None = None
+
+
+# A cache entry: (expiry, records, footprint, refused).
+_Entry = tuple[float, tuple[Record, ...], int, str | None]
 
 
 class Resolver:
@@ -102,14 +111,12 @@ class Resolver:
         self._timeout = config.timeout
         self._clock = clock
         self._cache_bytes = config.cache_size
-        self._cache: collections.OrderedDict[tuple[str, str], tuple[float, Answer]] = (
-            collections.OrderedDict()
-        )
+        self._cache: collections.OrderedDict[tuple[str, str], _Entry] = collections.OrderedDict()
         self._cached_bytes = 0
         self._lock = threading.Lock()
         self._metrics = metrics
 
-    def lookup(self, name: str, qtype: str, budget: float | None = None) -> list[Record]:
+    def lookup(self, name: str, qtype: str, budget: float | None = None) -> Sequence[Record]:
         """Records of `qtype` at `name`, the CNAMEs on the way included.
 
         `budget` bounds this lookup's time (the caller's remaining lookup
@@ -118,47 +125,48 @@ class Resolver:
         an answer larger than accepted.
         """
         key = (name.lower().rstrip("."), qtype.upper())
-        answer = self._cached(key)
-        if answer is None:
-            answer = self._query(key[0], key[1], budget)
-            self._store(key, answer)
-        if answer.refused is not None:
-            raise DnsLimitError(answer.refused)
-        return answer.records
+        entry = self._cached(key)
+        if entry is None:
+            entry = self._store(key, self._query(key[0], key[1], budget))
+        records, refused = entry[1], entry[3]
+        if refused is not None:
+            raise DnsLimitError(refused)
+        return records
 
     @property
     def cached_bytes(self) -> int:
         """The estimated memory held by the cache now."""
         return self._cached_bytes
 
-    def _cached(self, key: tuple[str, str]) -> Answer | None:
+    def _cached(self, key: tuple[str, str]) -> _Entry | None:
         with self._lock:
             entry = self._cache.get(key)
             if entry is not None and entry[0] > self._clock():
                 self._cache.move_to_end(key)
                 self._metrics.cache_hits.inc()
-                return entry[1]
+                return entry
             if entry is not None:
                 self._evict(key)
         self._metrics.cache_misses.inc()
         return None
 
-    def _store(self, key: tuple[str, str], answer: Answer) -> None:
+    def _store(self, key: tuple[str, str], answer: Answer) -> _Entry:
+        entry = (self._clock() + answer.ttl, answer.records, answer.footprint, answer.refused)
         # One entry may take at most an eighth of the cache, so that a few
         # huge answers cannot flush everything else.
         if answer.ttl <= 0 or answer.footprint * 8 > self._cache_bytes:
-            return
+            return entry
         with self._lock:
             if key in self._cache:
                 self._evict(key)
-            self._cache[key] = (self._clock() + answer.ttl, answer)
+            self._cache[key] = entry
             self._cached_bytes += answer.footprint
             while self._cached_bytes > self._cache_bytes:
                 self._evict(next(iter(self._cache)))
+        return entry
 
     def _evict(self, key: tuple[str, str]) -> None:
-        _, answer = self._cache.pop(key)
-        self._cached_bytes -= answer.footprint
+        self._cached_bytes -= self._cache.pop(key)[2]
 
     def _query(self, name: str, qtype: str, budget: float | None) -> Answer:
         started = self._clock()
@@ -182,7 +190,7 @@ class Resolver:
             # A name that cannot be put on the wire (from a hostile MAIL FROM
             # or macro expansion) has no records (RFC 7208 section 4.3); it
             # must not become a temperror that defers the mail forever.
-            return Answer([], 0, 0)
+            return Answer((), 0, 0)
         code = dnswire.QTYPES[qtype]
         now = self._clock()
         deadline = now + (budget if budget is not None else self._timeout * len(self._servers))
@@ -243,30 +251,45 @@ def _answer(reply: dnswire.Reply, name: str, asked: str, qtype: str) -> Answer:
         seen.add(current)
     found = [rr for rr in reply.answer if rr.rtype == code and rr.owner == current]
     if len(found) > MAX_ANSWER_RECORDS:
-        return Answer(
-            [],
-            _negative_ttl(reply) or min(rr.ttl for rr in found),
-            64,
+        refused = (
             f"DNS answer for {name} {qtype} has {len(found)} records; "
-            f"at most {MAX_ANSWER_RECORDS} are accepted",
+            f"at most {MAX_ANSWER_RECORDS} are accepted"
         )
+        ttl = _negative_ttl(reply) or min(rr.ttl for rr in found)
+        return Answer((), ttl, footprint(name, ()) + len(refused), refused)
     records.extend((key(rr.owner, qtype), rr.value) for rr in found)
     ttls.extend(rr.ttl for rr in found)
-    footprint = 200 + sum(_record_footprint(record) for record in records)
-    if not found:
-        return Answer(records, _negative_ttl(reply), footprint)
-    return Answer(records, min(min(ttls), MAX_TTL), footprint)
+    ttl = min(min(ttls), MAX_TTL) if found else _negative_ttl(reply)
+    return Answer(tuple(records), ttl, footprint(name, records))
 
 
-def _record_footprint(record: Record) -> int:
-    # What a record costs in memory, estimated: the two tuples and their
-    # strings (~160 bytes in CPython) plus the data itself.
-    (owner, _), value = record
-    if isinstance(value, tuple):
-        data = sum(len(part) + 40 for part in value if isinstance(part, bytes | str))
-    else:
-        data = len(str(value))
-    return 160 + len(owner) + data
+# What CPython (64-bit) spends, measured with tracemalloc: a cache entry's
+# ordered-dict slot, key, expiry and tuples; per record its two tuples and
+# its place in the entry; a str 49 bytes and a bytes 33 plus their length,
+# a tuple 40 plus 8 per item.
+_ENTRY_BYTES = 290
+_RECORD_BYTES = 120
+_TUPLE_BYTES = 40
+_STR_BYTES = 49
+_BYTES_BYTES = 33
+
+
+def footprint(name: str, records: Sequence[Record]) -> int:
+    """The memory a cache entry for `name` holding `records` takes, so that
+    [dns] cache_size bounds the process's memory, not a count.  Owners
+    equal to `name` share its string."""
+    total = _ENTRY_BYTES + _STR_BYTES + len(name)
+    for (owner, _), value in records:
+        total += _RECORD_BYTES + (0 if owner == name else _STR_BYTES + len(owner))
+        parts = value if isinstance(value, tuple) else (value,)
+        if isinstance(value, tuple):
+            total += _TUPLE_BYTES + 8 * len(value)
+        for part in parts:
+            if isinstance(part, bytes):
+                total += _BYTES_BYTES + len(part)
+            elif isinstance(part, str):
+                total += _STR_BYTES + len(part)
+    return total
 
 
 def _negative_ttl(reply: dnswire.Reply) -> int:

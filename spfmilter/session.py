@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from spfmilter import policy, verdicts
@@ -199,7 +200,7 @@ class Session:
         # pyspf reads a budget of 0 as "no limit": never hand it one.
         return max(0.001, self._deadline - self.services.clock())
 
-    def _lookup(self, name: str, qtype: str, budget: float | None) -> list[Record]:
+    def _lookup(self, name: str, qtype: str, budget: float | None) -> Sequence[Record]:
         return self.services.lookup(name, qtype, self._remaining())
 
     def _check(self, conn: Connection, identity: Identity, mail_from: str) -> SpfOutcome:

@@ -89,7 +89,9 @@ def test_listener_serves_and_bounds_its_connections() -> None:
     closed = 0
     for sock in idle:
         sock.settimeout(3)
-        if sock.recv(1) == b"":
+        try:
+            closed += sock.recv(1) == b""
+        except ConnectionResetError:  # closed with our request unread
             closed += 1
     assert closed == 40  # 36 at once, 4 after their half second
     for sock in idle:

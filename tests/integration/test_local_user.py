@@ -161,3 +161,42 @@ def test_config_of_the_daemons_own_user_is_accepted(make_daemon: MakeDaemon) -> 
     os.chown(daemon.config_path, OTHER.pw_uid, OTHER.pw_gid)
     daemon.start()
     assert f"uid={OTHER.pw_uid}" in daemon.log_text()
+
+
+def test_other_users_cannot_reach_the_default_socket(make_daemon: MakeDaemon, base: Path) -> None:
+    # Whoever can connect may hold libmilter's workers (a packet left
+    # unfinished) or pose as the MTA: the socket made the default way is
+    # reachable by its user and group only.
+    sock = base / "run" / "spfmilter.sock"
+    make_daemon(
+        {"milter": {"user": "nobody", "socket_group": "postfix"}},
+        socket=f"unix:{sock}",
+    )
+    # Debian's own interpreter: the test's may live where those users cannot
+    # read (a virtual environment under /root).
+    attempt = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "try:\n    s.connect(sys.argv[1])\nexcept OSError as e:\n    print(e.errno)\n"
+        "else:\n    print('connected')\n"
+    )
+    other = subprocess.run(
+        ["/usr/bin/python3", "-S", "-c", attempt, str(sock)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        user=OTHER.pw_uid,
+        group=OTHER.pw_gid,
+        extra_groups=[],
+    )
+    assert other.stdout.strip() == "13", other  # EACCES
+    postfix = subprocess.run(
+        ["/usr/bin/python3", "-S", "-c", attempt, str(sock)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        user="postfix",
+        group="postfix",
+        extra_groups=[],
+    )
+    assert postfix.stdout.strip() == "connected", postfix

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MakeDaemon, config_text
-from tests.support.daemon import REPO, free_port, wait_for
+from tests.support.daemon import REPO, free_port, process_stats, wait_for
 from tests.support.dnsserver import DNSTestServer
 from tests.support.milterclient import MilterClient, Response, TransactionResult
 
@@ -179,6 +179,37 @@ def test_metrics_endpoint_counts_real_transactions(make_daemon: MakeDaemon) -> N
     assert sample(text, "spfmilter_dns_queries_total", '{outcome="answer",qtype="TXT"}') >= 2
     assert sample(text, "spfmilter_dns_query_seconds_count", '{qtype="TXT"}') >= 2
     assert 'spfmilter_build_info{version="' in text
+
+
+def test_metrics_clients_cannot_starve_the_milter(make_daemon: MakeDaemon) -> None:
+    # 80 scrapers that send half a request and wait used to hold 80 threads
+    # and descriptors until the milter could not accept its MTA.
+    port = free_port()
+    daemon = make_daemon({"metrics": {"listen": f"127.0.0.1:{port}"}})
+    scrape(port)
+    before = process_stats(daemon.pid)
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(80)]
+    try:
+        for sock in idle:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        during = process_stats(daemon.pid)
+        result = transaction(
+            daemon.socket, "198.51.100.7", "helo-pass.example.org", "a@spf-pass.example.org"
+        )
+        assert result.eom is not None and result.eom.modifications[0].name == "Received-SPF"
+    finally:
+        for sock in idle:
+            sock.close()
+    assert during.threads == before.threads
+    assert during.fds <= before.fds + 8  # the listener's bound, whatever came
+    wait_for(lambda: scrape_ok(port), 15, "the metrics listener to answer again")
+
+
+def scrape_ok(port: int) -> bool:
+    try:
+        return "spfmilter_verdicts_total" in scrape(port)
+    except OSError:
+        return False
 
 
 def test_syslog_target(make_daemon: MakeDaemon, tmp_path: Path) -> None:

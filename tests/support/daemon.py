@@ -1,8 +1,9 @@
 """The real spfmilter daemon as a subprocess on a real socket, for tests.
 
 Owns starting it with a config file in a temp dir, waiting for readiness
-(the socket accepts connections; no fixed sleeps), signalling it, reading
-its log, and stopping exactly the process it started, by PID.
+(the socket accepts connections; no fixed sleeps), signalling it (a crash
+too: SIGKILL), reading its log and what /proc says it holds (descriptors,
+threads, RSS), and stopping exactly the process it started, by PID.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -39,6 +41,28 @@ def wait_for(predicate: object, timeout: float, what: str) -> None:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.2)
+
+
+@dataclass(frozen=True)
+class ProcessStats:
+    """What the kernel says one process holds right now."""
+
+    fds: int  # entries in /proc/PID/fd
+    threads: int  # "Threads:" of /proc/PID/status
+    rss_kib: int  # "VmRSS:" of /proc/PID/status, in KiB
+
+
+def process_stats(pid: int) -> ProcessStats:
+    """Read a process's open descriptors, threads and resident memory."""
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return ProcessStats(
+        fds=fds,
+        threads=int(fields["Threads"]),
+        rss_kib=int(fields["VmRSS"].split()[0]),
+    )
 
 
 class Daemon:
@@ -124,6 +148,47 @@ class Daemon:
         """Send a signal to the daemon (only to the process we started)."""
         assert self.process is not None
         self.process.send_signal(signum)
+
+    def stats(self) -> ProcessStats:
+        """Descriptors, threads and RSS of the running daemon."""
+        return process_stats(self.pid)
+
+    def steady_stats(self, timeout: float = 10) -> ProcessStats:
+        """Stats once three reads in a row agree on descriptors and threads
+        (a connection just closed may still be being torn down)."""
+        reads: list[ProcessStats] = []
+
+        def steady() -> bool:
+            reads.append(self.stats())
+            return len(reads) >= 3 and len({(r.fds, r.threads) for r in reads[-3:]}) == 1
+
+        wait_for(steady, timeout, "the daemon's descriptors and threads to be steady")
+        return reads[-1]
+
+    def stats_back_to(
+        self, baseline: ProcessStats, fd_slack: int, thread_slack: int, timeout: float = 10
+    ) -> ProcessStats:
+        """Poll until descriptors and threads are back within the slack of
+        `baseline`; return the last read either way (the caller asserts)."""
+        reads: list[ProcessStats] = []
+
+        def back() -> bool:
+            reads.append(self.stats())
+            now = reads[-1]
+            return (
+                now.fds <= baseline.fds + fd_slack
+                and now.threads <= baseline.threads + thread_slack
+            )
+
+        with contextlib.suppress(TimeoutError):
+            wait_for(back, timeout, "the daemon's descriptors and threads to come back")
+        return reads[-1]
+
+    def kill(self, timeout: float = 10) -> None:
+        """SIGKILL the process we started (a crash) and reap it."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout)
 
     def reload(self, timeout: float = 10) -> str:
         """SIGUSR1, then wait for the daemon's reload line and return it."""

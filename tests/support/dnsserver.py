@@ -5,7 +5,7 @@ against: a server answering over UDP and TCP on one loopback port from zone
 data in the format of the openspf RFC 7208 test suite (rfc7208-tests.yml), a
 loader for YAML files in that format, and a small CLI::
 
-    python -m tests.support.dnsserver ZONE.yaml [--port N]
+    python -m tests.support.dnsserver ZONE.yaml [--port N] [--delay SECONDS]
 
 Zone data maps a domain name to a list of entries.  An entry is a one-key
 mapping ``{TYPE: value}`` with TYPE one of A, AAAA, MX (value
@@ -20,11 +20,21 @@ TIMEOUT
 SERVFAIL
     Our extension: the same queries are answered with rcode SERVFAIL.
 
+A name whose first label is ``*`` is a wildcard (RFC 4592 section 2):
+``*.load.example`` answers, with the asked name as owner, for every name
+below ``load.example`` that the zone data does not hold (neither as an owner
+name nor as an ancestor of one), so tests can query any number of distinct
+names without listing them.  Markers work there too.
+
 A value of ``NONE`` (the suite's ``TXT: NONE``) serves nothing.  It only
 marks the name as having TXT data of its own, which keeps ``spf_as_txt``
 from copying the name's SPF records to TXT: the suite's reference driver
 copies SPF to TXT only at names without any TXT entry, and the "Selecting
 records" tests (SPF +all next to TXT -all) depend on that.
+
+``delay`` holds every answer back for that many seconds, like a distant
+authoritative server (benchmarks use it); UDP answers wait in a queue for a
+sender thread, so delayed queries overlap instead of queueing behind each other.
 
 dnslib provides the wire format only; the socket loops are written here.
 """
@@ -37,8 +47,10 @@ import enum
 import ipaddress
 import logging
 import os
+import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self, TypeAlias
@@ -89,6 +101,7 @@ _UDP_LIMIT = 512  # RFC 1035 4.2.1 limit when the query carries no EDNS0 OPT
 _EDNS_PAYLOAD = 1232  # the payload size we advertise back (DNS Flag Day 2020)
 _CNAME_LIMIT = 10  # most CNAME records put into one answer
 _TXT_CHUNK = 255  # longest character-string (RFC 1035 3.3)
+_UDP_RECEIVE_BUFFER = 4 * 1024 * 1024  # asked for; the kernel caps it at rmem_max
 
 
 class _Failure(enum.Enum):
@@ -282,6 +295,8 @@ def _resolve(zone: _Zone, qname: _Name, qtype: int, ttl: int) -> _Answer | None:
         key = _key(owner.label)
         seen.add(key)
         node = zone.nodes.get(key)
+        if node is None and key not in zone.names:
+            node = _wildcard(zone, key)
         if node is None:
             rcode = RCODE.NOERROR if key in zone.names else RCODE.NXDOMAIN
             return _Answer(rcode, answers, negative=True)
@@ -295,6 +310,18 @@ def _resolve(zone: _Zone, qname: _Name, qtype: int, ttl: int) -> _Answer | None:
         owner = alias.label
         if _key(owner.label) in seen or len(answers) >= _CNAME_LIMIT:
             return _Answer(RCODE.NOERROR, answers, negative=True)
+
+
+def _wildcard(zone: _Zone, key: _Key) -> _Node | None:
+    """The wildcard node that answers for key, a name the zone does not hold.
+
+    RFC 4592 section 3.3.1: only the wildcard child of the closest encloser
+    (the nearest ancestor that exists) applies.
+    """
+    for start in range(1, len(key) + 1):
+        if key[start:] in zone.names:
+            return zone.nodes.get((b"*", *key[start:]))
+    return None
 
 
 def _unanswerable(failure: _Failure | None, answers: list[_Record]) -> _Answer | None:
@@ -378,6 +405,9 @@ def _bind_once(host: str, port: int) -> tuple[socket.socket, socket.socket]:
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
+        # Hundreds of clients asking at once must not overflow the kernel's
+        # queue for this socket: a dropped query looks like a DNS timeout.
+        udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RECEIVE_BUFFER)
         udp.bind((host, port))
         # Lets a fixed --port be reused at once after a restart.
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -400,6 +430,13 @@ def _bind(host: str, port: int) -> tuple[socket.socket, socket.socket]:
     return _bind_once(host, port)
 
 
+def _send_datagram(sock: socket.socket, reply: bytes, peer: Any) -> None:
+    try:
+        sock.sendto(reply, peer)
+    except OSError as exc:
+        _LOG.debug("udp reply to %s failed: %s", peer, exc)
+
+
 # ---------------------------------------------------------------- server
 
 
@@ -419,10 +456,15 @@ class DNSTestServer:
         port: int = 0,
         ttl: int = 300,
         spf_as_txt: bool = False,
+        delay: float = 0.0,
     ) -> None:
         self.host = host
         self.port = port  # the bound port once started
         self.ttl = ttl
+        self.delay = delay  # seconds each answer is held back; may change while running
+        # UDP answers held back by delay: (when due, answer, peer), due in order
+        # as long as delay does not change.
+        self._held: queue.SimpleQueue[tuple[float, bytes, Any]] = queue.SimpleQueue()
         self.queries: list[QueryLogEntry] = []
         self._lock = threading.Lock()
         self._zone = _compile_zone(zone or {}, spf_as_txt)
@@ -452,6 +494,7 @@ class DNSTestServer:
         for sock in self._sockets:
             sock.settimeout(_POLL_SECONDS)
         self._spawn(self._serve_udp, udp)
+        self._spawn(self._send_held, udp)
         self._spawn(self._accept_tcp, tcp)
 
     def stop(self) -> None:
@@ -493,11 +536,23 @@ class DNSTestServer:
             except TimeoutError:
                 continue
             reply = self._handle(data, "udp")
-            if reply is not None:
-                try:
-                    sock.sendto(reply, peer)
-                except OSError as exc:
-                    _LOG.debug("udp reply to %s failed: %s", peer, exc)
+            if reply is None:
+                continue
+            if self.delay > 0:
+                self._held.put((time.monotonic() + self.delay, reply, peer))
+            else:
+                _send_datagram(sock, reply, peer)
+
+    def _send_held(self, sock: socket.socket) -> None:
+        """Send the UDP answers that delay holds back, each when it is due."""
+        while not self._stopping.is_set():
+            try:
+                due, reply, peer = self._held.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                continue
+            # The artificial latency itself, not a wait for readiness.
+            time.sleep(max(0.0, due - time.monotonic()))
+            _send_datagram(sock, reply, peer)
 
     def _accept_tcp(self, listener: socket.socket) -> None:
         while not self._stopping.is_set():
@@ -524,6 +579,8 @@ class DNSTestServer:
                     for message in _take_messages(pending):
                         reply = self._handle(message, "tcp")
                         if reply is not None:
+                            if self.delay > 0:
+                                time.sleep(self.delay)  # the artificial latency
                             conn.sendall(len(reply).to_bytes(2, "big") + reply)
             except OSError as exc:  # the client went away mid-exchange
                 _LOG.debug("tcp connection ended: %s", exc)
@@ -561,9 +618,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("zone", help="YAML file mapping names to record lists")
     parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    parser.add_argument(
+        "--delay", type=float, default=0.0, help="seconds each answer is held back (default: 0)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    with DNSTestServer(load_zone_file(args.zone), port=args.port) as server:
+    with DNSTestServer(load_zone_file(args.zone), port=args.port, delay=args.delay) as server:
         print(f"listening on {server.nameserver}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it ends
             threading.Event().wait()

@@ -6,7 +6,9 @@ without an MTA: the wire framing, option negotiation (including honouring
 the steps the milter asked not to receive, SMFIP_NO*, and the replies it
 said it will not send, SMFIP_NR_*), one method per SMFIC_* command, the
 collection of end-of-message modifications, and a convenience that runs one
-mail transaction and stops where an MTA would stop.
+mail transaction and stops where an MTA would stop.  For robustness tests it
+also writes what no MTA would (raw bytes, packets that lie about their
+length, abortive closes) and waits for the milter to hang up.
 
 Wire format (libmilter mfdef.h, sendmail's milter.c and libmilter/engine.c
 are the reference): every packet is a 4-byte big-endian length, then one
@@ -21,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -146,6 +149,9 @@ _SYMLIST_STAGES = {0: "C", 1: "H", 2: "M", 3: "R", 4: "T", 5: "E", 6: "N"}
 # drops any other letter).
 _TRANSACTION_MACRO_STAGES = frozenset("MRTNE")
 
+# struct linger {l_onoff = 1, l_linger = 0}: close() sends a reset.
+_ABORTIVE_LINGER = struct.pack("ii", 1, 0)
+
 _LENGTH = struct.Struct(">I")
 _OPTNEG = struct.Struct(">III")
 _PORT = struct.Struct(">H")
@@ -153,6 +159,17 @@ _PORT = struct.Struct(">H")
 
 class MilterError(Exception):
     """The milter misbehaved, went silent, or the connection failed."""
+
+
+def frame(command: bytes, payload: bytes = b"", *, length: int | None = None) -> bytes:
+    """One packet as it goes on the wire: length, command byte, payload.
+
+    length replaces the length field (which counts the command byte and the
+    payload) so that tests can write packets that lie about their size.
+    """
+    if len(command) != 1:
+        raise ValueError(f"a command is one byte, not {command!r}")
+    return _LENGTH.pack(len(payload) + 1 if length is None else length) + command + payload
 
 
 @dataclass(frozen=True)
@@ -330,9 +347,15 @@ class MilterClient:
             self._quickack = hasattr(socket, "TCP_QUICKACK")
         self._sock = sock
 
-    def close(self) -> None:
-        """Close the socket without saying QUIT; safe to call twice."""
+    def close(self, *, reset: bool = False) -> None:
+        """Close the socket without saying QUIT; safe to call twice.
+
+        With reset the close is abortive (SO_LINGER 0): the milter sees a
+        connection reset instead of an orderly end of stream.
+        """
         if self._sock is not None:
+            if reset:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORTIVE_LINGER)
             self._sock.close()
             self._sock = None
         self._inbox.clear()
@@ -360,11 +383,58 @@ class MilterClient:
             raise MilterError(f"{what}: not connected")
         if len(payload) > MILTER_MAX_DATA_SIZE:
             raise ValueError(f"{what}: {len(payload)} bytes exceed MILTER_MAX_DATA_SIZE")
-        packet = _LENGTH.pack(len(payload) + 1) + command + payload
+        self._send_bytes(frame(command, payload), what)
+
+    def _send_bytes(self, data: bytes, what: str) -> None:
+        if self._sock is None:
+            raise MilterError(f"{what}: not connected")
         try:
-            self._sock.sendall(packet)
+            self._sock.sendall(data)
         except OSError as exc:
             raise MilterError(f"sending {what}: {exc}") from exc
+
+    def send_raw(self, data: bytes) -> None:
+        """Write data exactly as given, framed or not, and wait for nothing.
+
+        For robustness tests: build packets with frame(), or cut one short.
+        """
+        self._send_bytes(data, f"{len(data)} raw bytes")
+
+    def read_response(self, what: str = "raw packets") -> Response:
+        """Read the milter's final reply to what send_raw() sent."""
+        reply, payload = self._receive(what)
+        return self._final_reply(reply, payload, what)
+
+    def wait_hangup(self, timeout: float) -> bytes:
+        """Wait until the milter closes the connection; return what it sent first.
+
+        A reset counts as closed.  Raises MilterError if the connection is
+        still open after timeout seconds.  The socket is closed either way.
+        """
+        sock = self._sock
+        if sock is None:
+            raise MilterError("wait_hangup: not connected")
+        received = bytes(self._inbox)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise MilterError(
+                        f"milter kept the connection open for {timeout}s; it sent {received!r}"
+                    )
+                sock.settimeout(left)
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                except ConnectionResetError:
+                    return received
+                if not chunk:
+                    return received
+                received += chunk
+        finally:
+            self.close()
 
     def _receive_exactly(self, sock: socket.socket, size: int, what: str) -> bytes:
         # recv() may return any part of a packet, or several packets at once.

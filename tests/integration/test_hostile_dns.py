@@ -1,0 +1,142 @@
+"""Hostile DNS through the real daemon: records built to freeze it, to grow
+it, to forge its log lines, or to slip foreign data into pyspf's cache.
+
+Anyone can publish such records; the test DNS server here serves them (a
+62 KB record arrives over TCP) beside the usual test zone.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import ZONES, MakeDaemon
+from tests.support.daemon import Daemon, process_stats
+from tests.support.dnsserver import DNSTestServer, load_zone_file
+from tests.support.milterclient import MilterClient, TransactionResult
+
+FORGED_LINE = "INFO spfmilter.verdicts: verdict queue_id=- result=pass action=accept"
+# The record that held the GIL for 55 s: a 62 KB label pyspf checks in time
+# growing with the square of its length.
+FREEZE = "v=spf1 a:x." + "a" * 62000 + "_ -all"
+MANY = 4000
+
+
+def hostile_zone() -> dict[str, list[object]]:
+    zone = load_zone_file(ZONES / "core.yaml")
+    zone.update(
+        {
+            "freeze.example": [{"TXT": [FREEZE[i : i + 255] for i in range(0, len(FREEZE), 255)]}],
+            # 4000 addresses for one name: 575 KiB per cache entry before.
+            "many-a.example": [{"TXT": "v=spf1 a:addresses.many-a.example -all"}],
+            "addresses.many-a.example": [
+                {"A": f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"} for i in range(MANY)
+            ],
+            # Ten a: terms a hostile sender fills with names of its choosing,
+            # each holding 250 addresses: a new set per local part.
+            "grow.example": [
+                {
+                    "TXT": "v=spf1 "
+                    + " ".join(f"a:%{{l}}-{n}.grow.example" for n in range(10))
+                    + " -all"
+                }
+            ],
+            "*.grow.example": [{"A": f"10.9.{i // 256}.{i % 256}"} for i in range(250)],
+            # A line feed in the record and %_ (a space) in the expansion,
+            # then a SERVFAIL: the warning names the expanded name.
+            "forge.example": [
+                {"TXT": "v=spf1 a:x\n" + FORGED_LINE.replace(" ", "%_") + ".servfail.example -all"}
+            ],
+            f"x\n{FORGED_LINE}.servfail.example": ["SERVFAIL"],
+        }
+    )
+    return zone
+
+
+@pytest.fixture(scope="module")
+def hostile_dns() -> Iterator[DNSTestServer]:
+    with DNSTestServer(hostile_zone(), ttl=600) as server:
+        yield server
+
+
+def configured(make_daemon: MakeDaemon, hostile_dns: DNSTestServer, **dns: str) -> Daemon:
+    sections = {"dns": {"nameservers": hostile_dns.nameserver, **dns}}
+    return make_daemon(sections, allowed=(r"DNS server failure looking up",))
+
+
+def run(daemon: Daemon, sender: str, ip: str = "198.51.100.7") -> TransactionResult:
+    with MilterClient(daemon.socket) as client:
+        client.negotiate()
+        client.macros("C", {"j": "mx.test.example"})
+        client.connect("client.example", ip)
+        client.helo("helo-none.example.org")
+        return client.transaction(f"<{sender}>", ["<user@example.net>"])
+
+
+def received_spf(result: TransactionResult) -> str:
+    assert result.eom is not None, result
+    (value,) = [m.value or "" for m in result.eom.modifications if m.name == "Received-SPF"]
+    return " ".join(value.split())
+
+
+def test_a_record_built_to_freeze_is_refused_and_others_keep_going(
+    make_daemon: MakeDaemon, hostile_dns: DNSTestServer
+) -> None:
+    daemon = configured(make_daemon, hostile_dns)
+    run(daemon, "a@spf-pass.example.org")  # cached: the harmless transaction
+    hostile: list[TransactionResult] = []
+    thread = threading.Thread(target=lambda: hostile.append(run(daemon, "a@freeze.example")))
+    cpu_before = daemon_cpu(daemon)
+    thread.start()
+    harmless = run(daemon, "a@spf-pass.example.org")
+    thread.join(30)
+    assert not thread.is_alive()
+    assert received_spf(harmless).startswith("pass ")
+    value = received_spf(hostile[0])
+    assert value.startswith("permerror ")
+    assert "has 62017 characters; at most 4096 are accepted" in value
+    # It took the daemon milliseconds of CPU, not the minute it used to.
+    assert daemon_cpu(daemon) - cpu_before < 2.0
+
+
+def daemon_cpu(daemon: Daemon) -> float:
+    with open(f"/proc/{daemon.pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in ticks of 10 ms
+
+
+def test_thousands_of_addresses_are_refused(
+    make_daemon: MakeDaemon, hostile_dns: DNSTestServer
+) -> None:
+    daemon = configured(make_daemon, hostile_dns)
+    value = received_spf(run(daemon, "a@many-a.example"))
+    assert value.startswith("permerror ")
+    assert f"has {MANY} records; at most 256 are accepted" in value
+
+
+def test_the_cache_stays_within_its_bytes(
+    make_daemon: MakeDaemon, hostile_dns: DNSTestServer
+) -> None:
+    # 120 senders, each naming ten new names of 250 addresses: about 3,000
+    # cache entries and 60 MB unbounded; the cache holds 4 MiB.
+    daemon = configured(make_daemon, hostile_dns, cache_size="4M", lookup_time="10")
+    run(daemon, "warm@spf-pass.example.org")
+    start = process_stats(daemon.pid).rss_kib
+    for n in range(120):
+        assert run(daemon, f"u{n}@grow.example").final.code == "550"
+    grown = process_stats(daemon.pid).rss_kib - start
+    assert grown < 24 * 1024, f"RSS grew by {grown} KiB"
+
+
+def test_dns_data_cannot_write_a_log_line(
+    make_daemon: MakeDaemon, hostile_dns: DNSTestServer
+) -> None:
+    daemon = configured(make_daemon, hostile_dns)
+    run(daemon, "a@forge.example")
+    lines = daemon.log_text().splitlines()
+    assert not any(line.startswith(FORGED_LINE) for line in lines)
+    (warning,) = [line for line in lines if line.startswith("WARNING spfmilter.dns")]
+    assert f"looking up x\\n{FORGED_LINE.lower()}.servfail.example A" in warning
+    assert len([line for line in lines if line.startswith("INFO spfmilter.verdicts: verdict")]) == 1

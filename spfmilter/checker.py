@@ -14,6 +14,7 @@ import Milter or policy.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import re
 import threading
@@ -22,8 +23,10 @@ from collections.abc import Callable, Sequence
 
 import spf
 
-from spfmilter.dns import DnsLimitError, DnsTempError, Lookup, Record
+from spfmilter.dns import Answers, DnsLimitError, DnsTempError, Record
+from spfmilter.metrics import Metrics
 from spfmilter.model import Identity, SpfOutcome, SpfQuery, SpfResult
+from spfmilter.ttlcache import TtlCache
 
 # RFC 7208 section 4.3 / RFC 1035 section 2.3.1: a domain the HELO identity
 # can be checked for.  Address literals ("[192.0.2.1]") and bare words are
@@ -46,6 +49,9 @@ MAX_TERM_LENGTH = 320
 # An exp= text (RFC 7208 section 6.2) is expanded in time growing with its
 # number of dots times its length; a longer one is treated as absent.
 MAX_EXPLANATION_LENGTH = 1024
+# An outcome is kept at most this long, however long its records live
+# (spfmilter.dns caps record TTLs the same way).
+MAX_RESULT_SECONDS = 86400
 # CPU seconds one evaluation may use, checked at each DNS lookup; a normal
 # one takes about a millisecond.  Garbage collection is not counted: a
 # collection is charged to whichever thread happens to run it.
@@ -61,24 +67,36 @@ _DOMAIN_TERM = re.compile(
 class Checker:
     """pyspf behind spfmilter's resolver, with the limits above.
 
-    `lookup` is the resolver's lookup; `cpu_clock` measures the calling
+    `answers` is the resolver's lookup that also says until when the
+    records hold.  With `results_bytes`, outcomes are kept and reused for
+    the same query (an SPF result depends only on the query's inputs and
+    on DNS data, RFC 7208 section 4.1) until the shortest TTL among the
+    records the evaluation read runs out; temperrors and evaluations stopped
+    by the CPU budget are not kept.  `cpu_clock` measures the calling
     thread's CPU time.
     """
 
     def __init__(
         self,
-        lookup: Lookup,
+        answers: Answers,
         *,
+        metrics: Metrics | None = None,
+        results_bytes: int = 0,
         cpu_budget: float = CPU_BUDGET,
         clock: Callable[[], float] = time.monotonic,
         cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
-        self._lookup = lookup
+        self._answers = answers
+        self._metrics = metrics
+        self._results: TtlCache[SpfOutcome] | None = (
+            TtlCache(results_bytes, clock) if results_bytes else None
+        )
         self._cpu_budget = cpu_budget
         self._clock = clock
         self._cpu_clock = cpu_clock
-        # Per thread: the CPU deadline of the evaluation running in it, and
-        # the CPU its garbage collections took (gc_seconds, gc_started).
+        # Per thread: the evaluation running in it (CPU deadline, the
+        # earliest expiry of what it read, whether its outcome may be kept),
+        # and the CPU its garbage collections took (gc_seconds, gc_started).
         self._local = threading.local()
 
     def install(self, void_lookup_limit: int) -> None:
@@ -116,17 +134,20 @@ class Checker:
     ) -> Sequence[Record]:
         """pyspf's DNSLookup: (name, qtype, strict, timeout), where timeout is
         what is left of the evaluation's time budget."""
-        cpu_deadline: float | None = getattr(self._local, "cpu_deadline", None)
+        local = self._local
+        cpu_deadline: float | None = getattr(local, "cpu_deadline", None)
         if cpu_deadline is not None and self._work() > cpu_deadline:
+            local.keep = False  # a verdict of this machine's load, not of DNS
             raise spf.PermError(
                 f"evaluation needed more than {self._cpu_budget:g} s of CPU; stopped"
             )
         try:
-            records = self._lookup(name, qtype, timeout)
+            records, expiry = self._answers(name, qtype, timeout)
         except DnsTempError as error:
             raise spf.TempError(str(error)) from None
         except DnsLimitError as error:
             raise spf.PermError(str(error)) from None
+        local.expiry = min(getattr(local, "expiry", expiry), expiry)
         if qtype in ("TXT", "SPF"):
             return [r for r in records if _acceptable_text(name, r)]
         return records
@@ -146,8 +167,18 @@ class Checker:
                 return SpfOutcome(identity, SpfResult.NONE, helo, sender)
         else:
             sender = query.mail_from
+        if self._results is not None:
+            kept = self._results.get(query)
+            if self._metrics is not None:
+                hits = self._metrics.result_cache_hits
+                (hits if kept is not None else self._metrics.result_cache_misses).inc()
+            if kept is not None:
+                return kept
         started = self._clock()
-        self._local.cpu_deadline = self._work() + self._cpu_budget
+        local = self._local
+        local.cpu_deadline = self._work() + self._cpu_budget
+        local.expiry = started + MAX_RESULT_SECONDS
+        local.keep = True
         try:
             evaluation = spf.query(
                 i=str(query.client_ip),
@@ -158,7 +189,7 @@ class Checker:
             )
             result, _code, explanation = evaluation.check()
         finally:
-            self._local.cpu_deadline = None
+            local.cpu_deadline = None
         elapsed = self._clock() - started
         outcome = SpfResult(result)
         problem = None
@@ -169,7 +200,7 @@ class Checker:
             # pyspf fills in its stock wording when the domain gave no exp=
             # (RFC 7208 section 6.2); only the domain's own text is reported.
             explanation = None
-        return SpfOutcome(
+        checked = SpfOutcome(
             identity=identity,
             result=outcome,
             domain=evaluation.o,
@@ -179,6 +210,21 @@ class Checker:
             problem=problem,
             lookup_seconds=elapsed,
         )
+        if self._results is not None and local.keep and outcome is not SpfResult.TEMPERROR:
+            kept = dataclasses.replace(checked, lookup_seconds=0.0)
+            self._results.put(query, kept, local.expiry - self._clock(), _size(query, kept))
+        return checked
+
+
+# A kept outcome with its query, as CPython holds them (measured like the
+# DNS cache's entries, spfmilter.dns.footprint), plus their strings.
+_RESULT_BYTES = 700
+
+
+def _size(query: SpfQuery, outcome: SpfOutcome) -> int:
+    texts = (query.helo, query.mail_from, query.receiver, outcome.domain, outcome.sender)
+    extra = (outcome.mechanism, outcome.explanation, outcome.problem)
+    return _RESULT_BYTES + sum(len(t) for t in texts) + sum(len(t) for t in extra if t)
 
 
 def _acceptable_text(name: str, record: Record) -> bool:

@@ -14,10 +14,8 @@ import spf or Milter.
 
 from __future__ import annotations
 
-import collections
 import ipaddress
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -26,6 +24,7 @@ from spfmilter import dnswire
 from spfmilter.metrics import Metrics
 from spfmilter.model import IPAddress
 from spfmilter.schema import DnsConfig
+from spfmilter.ttlcache import TtlCache
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +48,12 @@ MAX_CHAIN = 8
 # return thousands per query.  Real SPF data has a handful.
 MAX_ANSWER_RECORDS = 256
 
-# The lookup function handed to the checker and the milter: (name, type,
-# time budget or None) -> records.
+# The lookup function handed to the session: (name, type, time budget or
+# None) -> records.
 Lookup = Callable[[str, str, float | None], Sequence[Record]]
+# The same, also saying until when (a clock() time) the records hold: the
+# checker's, which keeps SPF results no longer than the data they came from.
+Answers = Callable[[str, str, float | None], tuple[Sequence[Record], float]]
 
 # How a question reaches a server: (server, name in wire format, type code,
 # deadline, clock) -> reply (dnswire.exchange; tests inject their own).
@@ -89,12 +91,11 @@ class Answer(NamedTuple):
     refused: str | None = None
 
 
-# A cache entry: (expiry, records, footprint, refused).
-_Entry = tuple[float, tuple[Record, ...], int, str | None]
-
-
 class Resolver:
-    """Thread-safe lookups with a shared TTL cache bounded in bytes."""
+    """Thread-safe lookups with a shared TTL cache bounded in bytes.
+
+    `cache_bytes` is the cache's bound (default: [dns] cache_size).
+    """
 
     def __init__(
         self,
@@ -103,6 +104,7 @@ class Resolver:
         *,
         clock: Callable[[], float] = time.monotonic,
         exchange: Exchange = dnswire.exchange,
+        cache_bytes: int | None = None,
     ) -> None:
         self._exchange = exchange
         self._servers = tuple((ns.address, ns.port) for ns in config.nameservers) or (
@@ -110,10 +112,9 @@ class Resolver:
         )
         self._timeout = config.timeout
         self._clock = clock
-        self._cache_bytes = config.cache_size
-        self._cache: collections.OrderedDict[tuple[str, str], _Entry] = collections.OrderedDict()
-        self._cached_bytes = 0
-        self._lock = threading.Lock()
+        limit = config.cache_size if cache_bytes is None else cache_bytes
+        # (name, type) -> (expiry, records, refusal)
+        self._cache: TtlCache[tuple[float, tuple[Record, ...], str | None]] = TtlCache(limit, clock)
         self._metrics = metrics
 
     def lookup(self, name: str, qtype: str, budget: float | None = None) -> Sequence[Record]:
@@ -124,49 +125,30 @@ class Resolver:
         Raises DnsTempError when DNS cannot answer now, DnsLimitError for
         an answer larger than accepted.
         """
+        return self.answer(name, qtype, budget)[0]
+
+    def answer(
+        self, name: str, qtype: str, budget: float | None = None
+    ) -> tuple[Sequence[Record], float]:
+        """lookup(), and the clock() time until which the records hold."""
         key = (name.lower().rstrip("."), qtype.upper())
-        entry = self._cached(key)
+        entry = self._cache.get(key)
         if entry is None:
-            entry = self._store(key, self._query(key[0], key[1], budget))
-        records, refused = entry[1], entry[3]
+            self._metrics.cache_misses.inc()
+            answer = self._query(key[0], key[1], budget)
+            entry = (self._clock() + answer.ttl, answer.records, answer.refused)
+            self._cache.put(key, entry, answer.ttl, answer.footprint)
+        else:
+            self._metrics.cache_hits.inc()
+        expiry, records, refused = entry
         if refused is not None:
             raise DnsLimitError(refused)
-        return records
+        return records, expiry
 
     @property
     def cached_bytes(self) -> int:
         """The estimated memory held by the cache now."""
-        return self._cached_bytes
-
-    def _cached(self, key: tuple[str, str]) -> _Entry | None:
-        with self._lock:
-            entry = self._cache.get(key)
-            if entry is not None and entry[0] > self._clock():
-                self._cache.move_to_end(key)
-                self._metrics.cache_hits.inc()
-                return entry
-            if entry is not None:
-                self._evict(key)
-        self._metrics.cache_misses.inc()
-        return None
-
-    def _store(self, key: tuple[str, str], answer: Answer) -> _Entry:
-        entry = (self._clock() + answer.ttl, answer.records, answer.footprint, answer.refused)
-        # One entry may take at most an eighth of the cache, so that a few
-        # huge answers cannot flush everything else.
-        if answer.ttl <= 0 or answer.footprint * 8 > self._cache_bytes:
-            return entry
-        with self._lock:
-            if key in self._cache:
-                self._evict(key)
-            self._cache[key] = entry
-            self._cached_bytes += answer.footprint
-            while self._cached_bytes > self._cache_bytes:
-                self._evict(next(iter(self._cache)))
-        return entry
-
-    def _evict(self, key: tuple[str, str]) -> None:
-        self._cached_bytes -= self._cache.pop(key)[2]
+        return self._cache.bytes
 
     def _query(self, name: str, qtype: str, budget: float | None) -> Answer:
         started = self._clock()

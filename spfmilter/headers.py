@@ -24,6 +24,7 @@ REPLY_TEXT_LIMIT = 400
 FIELD_LIMIT = 255
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_COMMENT_SPECIALS = re.compile(r"([()\\])")
 # RFC 5322 section 3.2.3 atext, used for the dot-atom test of RFC 7208 9.1.
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 
@@ -35,8 +36,9 @@ def clean(text: str, limit: int = FIELD_LIMIT) -> str:
     header or reply line) become single spaces; non-ASCII is escaped so the
     header stays 7-bit (RFC 5322 section 2.2); the result is capped.
     """
-    text = _CONTROL.sub(" ", text).strip()
-    text = text.encode("ascii", "backslashreplace").decode("ascii")
+    if not (text.isascii() and text.isprintable()):
+        text = _CONTROL.sub(" ", text).encode("ascii", "backslashreplace").decode("ascii")
+    text = text.strip()
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return text
@@ -64,32 +66,32 @@ def _comment_text(text: str) -> str:
 def _comment_syntax(text: str) -> str:
     # RFC 5322 section 3.2.2: parentheses and backslashes inside a comment
     # must be quoted-pairs or they would end or nest the comment.
-    return re.sub(r"([()\\])", r"\\\1", text)
+    return _COMMENT_SPECIALS.sub(r"\\\1", text) if _COMMENT_SPECIALS.search(text) else text
+
+
+# The classic policy servers' wording per result; "{ip}" and "{use}" are
+# filled in.  Results not here (permerror, temperror) show their error.
+_WORDING = {
+    SpfResult.PASS: "{ip} is authorized {use}",
+    SpfResult.FAIL: "{ip} is not authorized {use}",
+    SpfResult.SOFTFAIL: "Sender is not authorized by default {use}, however domain is not "
+    "currently prepared for false failures",
+    SpfResult.NEUTRAL: "Domain does not state whether sender is authorized {use}",
+    SpfResult.NONE: "No applicable sender policy available",
+}
+_MATCHING = frozenset({SpfResult.PASS, SpfResult.FAIL, SpfResult.SOFTFAIL, SpfResult.NEUTRAL})
 
 
 def result_comment(outcome: SpfOutcome, client_ip: IPAddress | None) -> str:
     """The human explanation, in the classic policy servers' wording."""
-    sender = _comment_text(outcome.sender)
-    scope = outcome.identity.scope
-    ip = str(client_ip) if client_ip is not None else "unknown"
-    use = f"to use '{sender}' in '{scope}' identity"
-    texts = {
-        SpfResult.PASS: f"{ip} is authorized {use}",
-        SpfResult.FAIL: f"{ip} is not authorized {use}",
-        SpfResult.SOFTFAIL: (
-            f"Sender is not authorized by default {use}, however domain is not "
-            "currently prepared for false failures"
-        ),
-        SpfResult.NEUTRAL: f"Domain does not state whether sender is authorized {use}",
-        SpfResult.NONE: "No applicable sender policy available",
-    }
-    text = texts.get(outcome.result) or _comment_text(outcome.problem or str(outcome.result))
-    if outcome.mechanism and outcome.result in (
-        SpfResult.PASS,
-        SpfResult.FAIL,
-        SpfResult.SOFTFAIL,
-        SpfResult.NEUTRAL,
-    ):
+    wording = _WORDING.get(outcome.result)
+    if wording is None:
+        text = _comment_text(outcome.problem or str(outcome.result))
+    else:
+        use = f"to use '{_comment_text(outcome.sender)}' in '{outcome.identity.scope}' identity"
+        ip = str(client_ip) if client_ip is not None else "unknown"
+        text = wording.format(ip=ip, use=use)
+    if outcome.mechanism and outcome.result in _MATCHING:
         text += f" (mechanism '{_comment_text(outcome.mechanism)}' matched)"
     domain = _comment_text(outcome.domain) or "unknown"
     return f"{domain}: {text}"

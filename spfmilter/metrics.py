@@ -142,10 +142,10 @@ class Metric:
         return self._series[tuple(str(v) for v in values)]
 
     def inc(self, amount: float = 1.0) -> None:
-        self.labels().inc(amount)
+        self._series[()].inc(amount)
 
     def dec(self, amount: float = 1.0) -> None:
-        self.labels().dec(amount)
+        self._series[()].dec(amount)
 
 
 class Metrics:
@@ -185,6 +185,14 @@ class Metrics:
         self.cache_misses = Metric(
             "spfmilter_dns_cache_misses", "counter", "Lookups the shared cache could not answer"
         )
+        self.result_cache_hits = Metric(
+            "spfmilter_result_cache_hits",
+            "counter",
+            "SPF evaluations answered by a kept result of the same query",
+        )
+        self.result_cache_misses = Metric(
+            "spfmilter_result_cache_misses", "counter", "SPF evaluations that had to be made"
+        )
         self.connections = Metric(
             "spfmilter_connections_in_flight", "gauge", "SMTP connections being served"
         )
@@ -206,6 +214,8 @@ class Metrics:
             self.dns_seconds,
             self.cache_hits,
             self.cache_misses,
+            self.result_cache_hits,
+            self.result_cache_misses,
             self.connections,
             self.errors,
             self.reloads,

@@ -56,15 +56,10 @@ def plan(config: Config, conn: Connection, tx: Transaction, facts: SkipFacts | N
     if skip is not None:
         return Plan(skip=skip)
     policy = config.policy
-    final = frozenset(
-        result
-        for result in SpfResult
-        if not policy.dry_run and _action(config, tx, Identity.HELO, result) is not Action.ACCEPT
-    )
     return Plan(
         helo=policy.helo_check or tx.null_sender,
         mail_from=not tx.null_sender,
-        final_helo_results=final,
+        final_helo_results=frozenset() if policy.dry_run else _refusing(config, tx, Identity.HELO),
     )
 
 
@@ -167,7 +162,8 @@ def recipient_exempt(policy: PolicyConfig, recipient: str) -> bool:
     return any(entry in (address, local) for entry in policy.exempt_recipients)
 
 
-def _action(config: Config, tx: Transaction, identity: Identity, result: SpfResult) -> Action:
+def _refusing(config: Config, tx: Transaction, identity: Identity) -> frozenset[SpfResult]:
+    """The results of `identity` that reject or defer this transaction."""
     policy = config.policy
     if identity is Identity.HELO and policy.helo_check:
         rejects = policy.helo_reject
@@ -177,11 +173,18 @@ def _action(config: Config, tx: Transaction, identity: Identity, result: SpfResu
         # A bounce's HELO identity checked only because it is the MAIL FROM
         # identity (helo_check = no) is judged by the MAIL FROM rules.
         rejects = policy.mailfrom_reject
-    if result is SpfResult.TEMPERROR:
-        return Action.DEFER if policy.temperror_defer else Action.ACCEPT
-    if result is SpfResult.PERMERROR and policy.permerror_reject:
-        return Action.REJECT
-    return Action.REJECT if result in rejects else Action.ACCEPT
+    refusing = set(rejects) - {SpfResult.TEMPERROR}
+    if policy.temperror_defer:
+        refusing.add(SpfResult.TEMPERROR)
+    if policy.permerror_reject:
+        refusing.add(SpfResult.PERMERROR)
+    return frozenset(refusing)
+
+
+def _action(config: Config, tx: Transaction, identity: Identity, result: SpfResult) -> Action:
+    if result not in _refusing(config, tx, identity):
+        return Action.ACCEPT
+    return Action.DEFER if result is SpfResult.TEMPERROR else Action.REJECT
 
 
 def _reply(config: Config, outcome: SpfOutcome) -> Reply:

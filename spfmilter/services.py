@@ -40,13 +40,19 @@ class Services:
     connection_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
 
+RESULT_SHARE = 4
+
+
 def build(config: Config, metrics: Metrics) -> Services:
     """The resolver of [dns] and a checker installed into pyspf on it.
 
     pyspf's globals are set here: call once, before any thread starts.
     """
-    resolver = Resolver(config.dns, metrics)
-    checker = Checker(resolver.lookup)
+    # [dns] cache_size holds both caches: a quarter for SPF results, the
+    # rest for DNS answers.
+    results = config.dns.cache_size // RESULT_SHARE
+    resolver = Resolver(config.dns, metrics, cache_bytes=config.dns.cache_size - results)
+    checker = Checker(resolver.answer, metrics=metrics, results_bytes=results)
     checker.install(config.dns.void_lookup_limit)
     # Looked up once per process, not per connection.
     return Services(checker.check, resolver.lookup, metrics, host_name=socket.getfqdn())

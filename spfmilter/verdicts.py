@@ -11,6 +11,7 @@ formatters' job (spfmilter.logs).  It imports model and metrics.
 from __future__ import annotations
 
 import logging
+import re
 
 from spfmilter.metrics import Metrics
 from spfmilter.model import Connection, Decision, Identity, SpfOutcome, Transaction
@@ -18,6 +19,7 @@ from spfmilter.model import Connection, Decision, Identity, SpfOutcome, Transact
 log = logging.getLogger(__name__)
 
 FIELD_LIMIT = 400
+_NEEDS_QUOTES = re.compile(r'[\s"=\\]')
 
 
 def record(
@@ -80,7 +82,7 @@ def format_fields(fields: dict[str, object]) -> str:
         text = str(value if value is not None else "-")
         if len(text) > FIELD_LIMIT:
             text = text[: FIELD_LIMIT - 3] + "..."
-        if not text or any(c in text for c in ' "=\\'):
+        if not text or _NEEDS_QUOTES.search(text):
             text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
         parts.append(f"{key}={text}")
     return " ".join(parts)

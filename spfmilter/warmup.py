@@ -60,8 +60,8 @@ _ZONE: dict[tuple[str, str], list[Record]] = {
 }
 
 
-def _canned_lookup(name: str, qtype: str, budget: float | None) -> list[Record]:
-    return _ZONE.get((name.lower(), qtype), [])
+def _canned_answers(name: str, qtype: str, budget: float | None) -> tuple[list[Record], float]:
+    return _ZONE.get((name.lower(), qtype), []), float("inf")
 
 
 def exercise(void_lookup_limit: int) -> None:
@@ -70,7 +70,7 @@ def exercise(void_lookup_limit: int) -> None:
     Installs a checker on canned data into pyspf; the daemon installs its
     real checker afterwards (both before any thread starts).
     """
-    checker = Checker(_canned_lookup)
+    checker = Checker(_canned_answers)
     checker.install(void_lookup_limit)
     for client, sender, helo in (
         ("203.0.113.9", "Alice.Smith@warmup.example", "mail.warmup.example"),

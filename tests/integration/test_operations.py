@@ -174,8 +174,9 @@ def test_metrics_endpoint_counts_real_transactions(make_daemon: MakeDaemon) -> N
     assert sample(text, "spfmilter_connections_in_flight") == 0
     assert sample(text, "spfmilter_internal_errors_total") == 0
     assert sample(text, "spfmilter_config_reloads_total", '{outcome="ok"}') == 1
-    # Two passes share lookups: the second one is served from the cache.
-    assert sample(text, "spfmilter_dns_cache_hits_total") >= 2
+    # The second pass reuses the first one's results (HELO and MAIL FROM).
+    assert sample(text, "spfmilter_result_cache_hits_total") >= 2
+    assert sample(text, "spfmilter_result_cache_misses_total") >= 3
     assert sample(text, "spfmilter_dns_queries_total", '{outcome="answer",qtype="TXT"}') >= 2
     assert sample(text, "spfmilter_dns_query_seconds_count", '{qtype="TXT"}') >= 2
     assert 'spfmilter_build_info{version="' in text

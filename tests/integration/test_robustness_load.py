@@ -82,6 +82,8 @@ def load_dns(workdir: Path, delay: float) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait(10)
+        if server.stdout is not None:
+            server.stdout.close()
 
 
 # ---------------------------------------------------------------- one client

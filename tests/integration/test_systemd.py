@@ -206,7 +206,9 @@ def test_reload_signals_usr1_never_hup() -> None:
 
 def entries(path: Path) -> dict[str, list[str]]:
     """The entries of a passwd or group file by name, split at the colons."""
-    return {fields[0]: fields for fields in (line.rstrip("\n").split(":") for line in path.open())}
+    return {
+        fields[0]: fields for fields in (line.split(":") for line in path.read_text().splitlines())
+    }
 
 
 def create_account(root: Path) -> tuple[int, int]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import ipaddress
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import spf
@@ -17,6 +18,7 @@ from spfmilter.checker import (
     Checker,
 )
 from spfmilter.dns import DnsLimitError, DnsTempError, Record
+from spfmilter.metrics import Metrics
 from spfmilter.model import Identity, SpfOutcome, SpfQuery, SpfResult
 
 ZONE: dict[tuple[str, str], list[Record]] = {
@@ -53,7 +55,14 @@ class CpuClock:
         return self.now
 
 
-CHECKER = Checker(fake_lookup)
+def answers(
+    lookup: Callable[[str, str, float | None], list[Record]], ttl: float = float("inf")
+) -> Callable[[str, str, float | None], tuple[list[Record], float]]:
+    """A lookup that also says until when its records hold."""
+    return lambda name, qtype, budget: (lookup(name, qtype, budget), ttl)
+
+
+CHECKER = Checker(answers(fake_lookup))
 
 
 @pytest.fixture(autouse=True)
@@ -213,7 +222,7 @@ def test_cpu_budget_stops_an_evaluation_at_its_next_lookup() -> None:
     txt("chain.example.org", b"v=spf1 include:example.org include:mail.example.org -all")
     # Each reading of the CPU clock advances 40 ms: the budget of 100 ms is
     # gone by the third lookup.
-    slow = Checker(fake_lookup, cpu_clock=CpuClock(0.04))
+    slow = Checker(answers(fake_lookup), cpu_clock=CpuClock(0.04))
     slow.install(2)
     query = SpfQuery(
         Identity.MAIL_FROM,
@@ -235,7 +244,7 @@ def test_garbage_collection_does_not_count_against_the_budget() -> None:
     # A collection runs in whichever thread triggers it; here one that takes
     # 0.3 s of CPU happens during an evaluation, which must not fail for it.
     clock = CpuClock(0.0)
-    checker = Checker(fake_lookup, cpu_clock=clock)
+    checker = Checker(answers(fake_lookup), cpu_clock=clock)
     checker.install(2)
 
     def slow_collection(phase: str, info: dict[str, int]) -> None:
@@ -249,7 +258,7 @@ def test_garbage_collection_does_not_count_against_the_budget() -> None:
             gc.collect()
             return fake_lookup(name, qtype, budget)
 
-        checker._lookup = collecting_lookup
+        checker._answers = answers(collecting_lookup)
         txt("gc.example.org", b"v=spf1 include:example.org include:mail.example.org -all")
         query = SpfQuery(
             Identity.MAIL_FROM,
@@ -261,3 +270,78 @@ def test_garbage_collection_does_not_count_against_the_budget() -> None:
         assert checker.check(query, 5).result is SpfResult.FAIL
     finally:
         gc.callbacks.remove(slow_collection)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def kept_checker(clock: Clock, expiry: float) -> tuple[Checker, list[tuple[str, str]], Metrics]:
+    """A checker keeping results, over answers that hold until `expiry`."""
+    calls: list[tuple[str, str]] = []
+
+    def counted(name: str, qtype: str, budget: float | None) -> tuple[list[Record], float]:
+        calls.append((name, qtype))
+        if name.startswith("slow."):
+            raise DnsTempError(f"DNS timeout looking up {name} {qtype}")
+        return ZONE.get((name, qtype), []), expiry
+
+    metrics = Metrics()
+    checker = Checker(counted, metrics=metrics, results_bytes=1 << 20, clock=clock)
+    checker.install(2)
+    return checker, calls, metrics
+
+
+def mail_from(sender: str, ip: str = "198.51.100.7") -> SpfQuery:
+    return SpfQuery(Identity.MAIL_FROM, ipaddress.ip_address(ip), "mail.example.org", sender, "mx")
+
+
+def test_results_are_reused_until_the_shortest_ttl_runs_out() -> None:
+    clock = Clock()
+    checker, calls, metrics = kept_checker(clock, expiry=clock.now + 300)
+    first = checker.check(mail_from("a@example.org"), 5)
+    assert first.result is SpfResult.PASS and calls == [("example.org", "TXT")]
+    again = checker.check(mail_from("a@example.org"), 5)
+    assert again == dataclasses.replace(first, lookup_seconds=0.0)
+    assert len(calls) == 1
+    assert metrics.value("spfmilter_result_cache_hits_total") == 1
+    assert metrics.value("spfmilter_result_cache_misses_total") == 1
+    # Another client, another sender: other queries, evaluated afresh.
+    checker.check(mail_from("a@example.org", ip="203.0.113.5"), 5)
+    checker.check(mail_from("b@example.org"), 5)
+    assert len(calls) == 3
+    clock.now += 299
+    checker.check(mail_from("a@example.org"), 5)
+    assert len(calls) == 3
+    clock.now += 2  # the record it came from has expired
+    checker.check(mail_from("a@example.org"), 5)
+    assert len(calls) == 4
+
+
+def test_temperrors_and_stopped_evaluations_are_not_kept() -> None:
+    clock = Clock()
+    checker, calls, _ = kept_checker(clock, expiry=clock.now + 300)
+    for _ in range(2):
+        assert checker.check(mail_from("a@slow.example.org"), 5).result is SpfResult.TEMPERROR
+    assert len(calls) == 2
+    stopped = Checker(answers(fake_lookup), results_bytes=1 << 20, cpu_clock=CpuClock(0.04))
+    stopped.install(2)
+    txt("chain.example.org", b"v=spf1 include:example.org include:mail.example.org -all")
+    query = mail_from("a@chain.example.org", ip="203.0.113.5")
+    assert stopped.check(query, 5).result is SpfResult.PERMERROR
+    asked.clear()
+    stopped.check(query, 5)
+    assert asked  # evaluated again: the stop said something about the load, not DNS
+
+
+def test_results_without_cache_room_are_not_kept() -> None:
+    checker = Checker(answers(fake_lookup))
+    checker.install(2)
+    checker.check(mail_from("a@example.org"), 5)
+    asked.clear()
+    checker.check(mail_from("a@example.org"), 5)
+    assert asked == [("example.org", "TXT")]

@@ -11,6 +11,7 @@ milter.py that imports Milter.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import logging.handlers
 import os
@@ -21,7 +22,7 @@ from types import TracebackType
 
 import Milter
 
-from spfmilter import logs, milter, runas, services, warmup
+from spfmilter import logs, milter, runas, services, warmup, workers
 from spfmilter.config import (
     EX_CONFIG,
     Config,
@@ -29,6 +30,7 @@ from spfmilter.config import (
     load_config,
 )
 from spfmilter.metrics import Listener, Metrics
+from spfmilter.values import worker_count
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,9 @@ MILTER_TIMEOUT = 600
 # How long a stop waits for callbacks in progress: above [dns] lookup_time's
 # default, so a transaction waiting on DNS still gets its answer.
 STOP_GRACE = 25.0
+# libmilter notices a stop request when its listener wakes up: at once for a
+# connection, else within this many seconds.
+LIBMILTER_POLL = 5.0
 
 
 # Sections set up once per process (socket, privileges, resolver, log
@@ -54,12 +59,22 @@ class ConfigHolder:
     """
 
     def __init__(
-        self, config: Config, path: str | None, socket_override: str | None, metrics: Metrics
+        self,
+        config: Config,
+        path: str | None,
+        socket_override: str | None,
+        metrics: Metrics,
+        *,
+        worker: int | None = None,
     ) -> None:
         self._config = config
         self.path = path
         self.socket_override = socket_override
         self._metrics = metrics
+        # A forked worker's holder (its slot): the supervisor, which re-reads
+        # the file first, reports errors, warnings and the reload count once;
+        # each worker says only when the new values are in use.
+        self._worker = worker
 
     @property
     def config(self) -> Config:
@@ -68,11 +83,13 @@ class ConfigHolder:
 
     def reload(self) -> bool:
         """Re-read the file; on any error keep the old config and say why."""
+        say = log.log if self._worker is None else _quietly
         try:
             new = load_config(self.path)
         except ConfigError as error:
-            self._metrics.reloads.labels("failed").inc()
-            log.error("reload failed, keeping the previous configuration: %s", error)
+            if self._worker is None:
+                self._metrics.reloads.labels("failed").inc()
+            say(logging.ERROR, "reload failed, keeping the previous configuration: %s", error)
             return False
         # The socket, privileges, resolver and listeners are set up once.
         old = self._config
@@ -80,17 +97,26 @@ class ConfigHolder:
             new = with_socket(new, self.socket_override)
         changed = [name for name in RESTART_SECTIONS if getattr(new, name) != getattr(old, name)]
         if changed:
-            log.warning(
+            say(
+                logging.WARNING,
                 "changes to %s take effect at the next restart; the running values stay",
                 ", ".join(f"[{name}]" for name in changed),
             )
         new = dataclasses.replace(new, **{name: getattr(old, name) for name in RESTART_SECTIONS})
         for warning in new.warnings:
-            log.warning("%s", warning)
+            say(logging.WARNING, "%s", warning)
         self._config = new
-        self._metrics.reloads.labels("ok").inc()
-        log.info("configuration reloaded from %s", self.path or "built-in defaults")
+        source = self.path or "built-in defaults"
+        if self._worker is None:
+            self._metrics.reloads.labels("ok").inc()
+            log.info("configuration reloaded from %s", source)
+        else:
+            log.info("worker %d: configuration reloaded from %s", self._worker, source)
         return True
+
+
+def _quietly(level: int, message: str, *args: object) -> None:
+    log.debug(message, *args)
 
 
 def with_socket(config: Config, socket: str) -> Config:
@@ -117,20 +143,19 @@ def _reload_loop(holder: ConfigHolder) -> None:
 
 
 def run(config: Config, path: str | None, socket_override: str | None = None) -> int:
-    """Run the milter in the foreground until SIGTERM or SIGINT."""
+    """Run the milter in the foreground until SIGTERM, SIGINT or SIGHUP."""
     if socket_override is not None:
         config = with_socket(config, socket_override)
     logs.setup_logging(config, MILTER_NAME)
     for warning in config.warnings:
         log.warning("%s", warning)
-    # Python signal handlers cannot run while runmilter() blocks in C, and
+    # Python signal handlers cannot run while libmilter blocks in C, and
     # threads inherit the mask: block the signals here, before any thread
-    # starts.  SIGUSR1 is taken with sigwait() by our reload thread; SIGTERM,
-    # SIGINT and SIGHUP by libmilter's own signal thread, which stops the
-    # milter (so HUP cannot mean reload).
-    signal.pthread_sigmask(
-        signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-    )
+    # starts.  In a worker, SIGUSR1 is taken with sigwait() by our reload
+    # thread, and SIGTERM, SIGINT and SIGHUP by libmilter's own signal
+    # thread, which stops the milter (so HUP cannot mean reload); a
+    # supervisor takes them all with sigwaitinfo().
+    signal.pthread_sigmask(signal.SIG_BLOCK, workers.SUPERVISED)
     try:
         account, warnings = runas.choose_account(config.milter)
         if path is not None:
@@ -148,35 +173,95 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     # installation is still readable (DESIGN: an install under /root is
     # unreadable to the unprivileged user).
     warmup.exercise(config.dns.void_lookup_limit)
-    metrics = Metrics()
-    shared = services.build(config, metrics)
+    count = worker_count(config.milter.workers, os.cpu_count())
+    # One slot per worker, and one for the supervisor's own counts.
+    metrics = Metrics(slots=count + 1)
     if account is not None:
         runas.drop_privileges(account)
+    spec = config.milter.socket
+    try:
+        milter.listen(MILTER_NAME, spec, MILTER_TIMEOUT)
+    except Milter.milter.error as error:
+        log.error("cannot listen on %s: %s", spec, error)
+        return 1
     # Opened as the unprivileged user: nothing but the milter socket's
     # directory needs root.
+    listener = None
     if config.metrics.address is not None:
         host, port = config.metrics.address
         try:
-            Listener(metrics, host, port).start()
+            listener = Listener(metrics, host, port)
         except OSError as error:
             log.error("cannot listen for metrics on %s: %s", config.metrics.listen, error)
             return 1
-    holder = ConfigHolder(config, path, socket_override, metrics)
-    threading.Thread(target=_reload_loop, args=(holder,), name="reload", daemon=True).start()
-    activity = milter.Activity()
-    make = milter.factory(holder, shared, activity)
-    spec = config.milter.socket
     source = path or "built-in defaults"
-    log.info("spfmilter starting: socket=%s config=%s uid=%d", spec, source, os.getuid())
+    log.info(
+        "spfmilter starting: socket=%s config=%s uid=%d workers=%d",
+        spec,
+        source,
+        os.getuid(),
+        count,
+    )
     warmup.ImportWatch().install()
     sys.excepthook = _uncaught
-    try:
-        milter.serve(MILTER_NAME, spec, MILTER_TIMEOUT, make)
-    except Milter.milter.error as error:
-        log.error("cannot run the milter on %s: %s", spec, error)
-        return 1
-    # libmilter has stopped accepting; let callbacks in progress answer.
-    if not activity.wait_idle(STOP_GRACE):
-        log.warning("stopping with callbacks still running after %g s", STOP_GRACE)
+    # What is loaded now is shared with the workers; the collector leaves it
+    # alone, so that their pages stay shared (copy-on-write).
+    gc.freeze()
+    holder = ConfigHolder(config, path, socket_override, metrics)
+    worker = Worker(holder, metrics, count, listener)
+    if listener is not None:
+        listener.start()
+    if count == 1:
+        status = worker.serve(0, holder)
+    else:
+        metrics.use_slot(count)
+        supervisor = workers.Supervisor(
+            worker.forked,
+            count,
+            on_exit=metrics.clear_gauges,
+            stop_grace=STOP_GRACE + LIBMILTER_POLL,
+            on_reload=holder.reload,
+        )
+        status = supervisor.run()
     log.info("spfmilter stopped: config=%s", source)
-    return 0
+    return status
+
+
+@dataclasses.dataclass
+class Worker:
+    """What one process serving the socket runs (the only one, or a forked
+    worker): its services, a reload thread, and libmilter's main loop until
+    a stop."""
+
+    holder: ConfigHolder
+    metrics: Metrics
+    count: int
+    listener: Listener | None
+
+    def forked(self, slot: int) -> int:
+        """serve() in a forked worker: the supervisor's metrics listener is
+        let go, and the worker gets a holder of its own, starting from the
+        supervisor's current configuration."""
+        if self.listener is not None:
+            self.listener.close()
+        main = self.holder
+        holder = ConfigHolder(
+            main.config, main.path, main.socket_override, self.metrics, worker=slot
+        )
+        return self.serve(slot, holder)
+
+    def serve(self, slot: int, holder: ConfigHolder) -> int:
+        """Serve until libmilter stops; the exit status."""
+        self.metrics.use_slot(slot)
+        shared = services.build(holder.config, self.metrics, slot, self.count)
+        threading.Thread(target=_reload_loop, args=(holder,), name="reload", daemon=True).start()
+        activity = milter.Activity()
+        try:
+            milter.serve(MILTER_NAME, milter.factory(holder, shared, activity))
+        except Milter.milter.error as error:
+            log.error("cannot run the milter on %s: %s", holder.config.milter.socket, error)
+            return 1
+        # libmilter has stopped accepting; let callbacks in progress answer.
+        if not activity.wait_idle(STOP_GRACE):
+            log.warning("stopping with callbacks still running after %g s", STOP_GRACE)
+        return 0

@@ -19,6 +19,7 @@ import logging
 import logging.handlers
 import os
 import sys
+from typing import Any
 
 from spfmilter.config import Config
 from spfmilter.values import LogFormat, LogTarget
@@ -74,15 +75,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data)
 
 
+class _SysLog(logging.handlers.SysLogHandler):
+    """Syslog messages tagged "name[pid]: " with the pid of the process
+    that logs (a worker forked after the handler was made has its own)."""
+
+    def __init__(self, name: str, **options: Any) -> None:
+        super().__init__(**options)
+        self._name = name
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{self._name}[{os.getpid()}]: {super().format(record)}"
+
+
 def setup_logging(config: Config, ident: str) -> None:
     """Install the one handler for the whole process."""
     settings = config.log
     handler: logging.Handler
     if settings.target is LogTarget.SYSLOG:
-        handler = logging.handlers.SysLogHandler(
-            address=settings.syslog_socket, facility=logging.handlers.SysLogHandler.LOG_MAIL
-        )
-        handler.ident = f"{ident}[{os.getpid()}]: "
+        handler = _SysLog(ident, address=settings.syslog_socket, facility=_SysLog.LOG_MAIL)
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.format is LogFormat.JSON else TextFormatter())

@@ -320,6 +320,12 @@ class Listener:
         """Serve in a daemon thread."""
         threading.Thread(target=self._serve, name="metrics", daemon=True).start()
 
+    def close(self) -> None:
+        """Let go of the listening socket (a forked worker, whose copy of
+        the serving thread does not exist)."""
+        self._selector.close()
+        self._socket.close()
+
     def _serve(self) -> None:
         paused_until = 0.0
         while True:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -103,6 +104,16 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
     def __init__(self, source: ConfigSource, services: Services, activity: Activity) -> None:
         self.session = Session(source.config, services)
         self.activity = activity
+
+    def negotiate(self, opts: list[int]) -> int:
+        """Protocol steps, as pymilter's decorators ask, and no headers at
+        all when the Session does not need them (nothing to read per header:
+        libmilter then does not even pass them over the socket)."""
+        offered = opts[1]
+        status: int = super().negotiate(opts)
+        if status == CONTINUE and not self.session.wants_headers:
+            opts[1] |= offered & Milter.P_NOHDRS
+        return status
 
     @_boundary
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
@@ -269,8 +280,45 @@ _CALLBACKS = {
 }
 
 
-def serve(name: str, spec: str, timeout: int, make: Callable[[], SpfMilter]) -> None:
-    """Listen on `spec` and serve connections until libmilter stops.
+def listen(name: str, spec: str, timeout: int) -> None:
+    """Open libmilter's listening socket on `spec` (before forking workers,
+    which all accept from it); a stale socket left by a crash is removed.
+
+    pymilter's exception policy is set here: see serve().
+    """
+    lowlevel = Milter.milter
+    lowlevel.set_exception_policy(lowlevel.CONTINUE)
+    lowlevel.setconn(spec)
+    lowlevel.settimeout(timeout)
+    lowlevel.register(name)
+    lowlevel.opensocket(True)
+    kind, _, address = spec.partition(":")
+    if kind in ("inet", "inet6"):
+        _no_delay(int(address.partition("@")[0]))
+
+
+def _no_delay(port: int) -> None:
+    """TCP_NODELAY on libmilter's listening socket (sockets accepted from it
+    inherit it on Linux): libmilter writes a header change and its reply as
+    separate small packets, and with Nagle's algorithm the second waits for
+    the MTA's delayed ACK, about 40 ms per message."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            candidate = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue  # not a socket
+        with candidate:
+            if (
+                candidate.type == socket.SOCK_STREAM
+                and candidate.family in (socket.AF_INET, socket.AF_INET6)
+                and candidate.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                and candidate.getsockname()[1] == port
+            ):
+                candidate.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def serve(name: str, make: Callable[[], SpfMilter]) -> None:
+    """Serve connections on the socket listen() opened until libmilter stops.
 
     Like pymilter's runmilter, with callbacks that cannot raise: each one
     finds (or makes) the connection's object and calls its guarded method,
@@ -283,14 +331,10 @@ def serve(name: str, spec: str, timeout: int, make: Callable[[], SpfMilter]) -> 
     before a first HELO: a HELO that is not a domain, RFC 7208 section 2.3).
     """
     lowlevel = Milter.milter
-    lowlevel.set_exception_policy(lowlevel.CONTINUE)
     for callback, method in _CALLBACKS.items():
         setter = getattr(lowlevel, f"set_{callback}_callback")
         setter(functools.partial(_dispatch, make, method))
-    lowlevel.setconn(spec)
-    lowlevel.settimeout(timeout)
     lowlevel.register(name, negotiate=functools.partial(_dispatch, make, "negotiate"))
-    lowlevel.opensocket(True)  # removes a stale socket left by a crash
     lowlevel.main()
 
 

@@ -39,9 +39,11 @@ from spfmilter.values import (
     parse_seconds,
     parse_size,
     parse_socket,
+    parse_workers,
     render_mode,
     render_size,
     render_value,
+    render_workers,
 )
 
 T = TypeVar("T")
@@ -102,6 +104,17 @@ class MilterConfig:
         "an existing directory is never changed.  Empty: the primary group of `user`.  "
         "The daemon warns at start when Postfix will not be able to connect.",
         example="postfix",
+    )
+    workers: int = key(
+        0,
+        parse_workers,
+        "worker processes (auto: one per CPU, at most 8)",
+        "Worker processes serving the socket together: auto (one per CPU, at most 8) or "
+        "a number from 1 to 64.  One process uses one CPU at most (Python runs one "
+        "thread at a time); with more, connections are spread over processes that share "
+        "the socket and count into the same metrics.  1 keeps a single process.  Each "
+        "worker has its own DNS and result caches of [dns] cache_size.",
+        render=render_workers,
     )
     user: str = key(
         "",
@@ -330,10 +343,12 @@ class DnsConfig:
     cache_size: int = key(
         16 * 1024 * 1024,
         parse_size,
-        "memory for the shared TTL cache (K, M, G); 0 disables",
-        "Memory for the shared DNS cache, with its unit (K, M or G); records are kept for "
-        "their TTL and the least recently used go first when it is full.  One answer may "
-        "take at most an eighth of it.  0 disables the cache.",
+        "memory for the DNS and SPF result caches (K, M, G); 0 disables",
+        "Memory per process for the caches its connections share, with its unit (K, M or "
+        "G): three quarters for DNS answers, kept for their TTL, one quarter for SPF "
+        "results, kept until the first record they read expires.  The least recently used "
+        "go first when one is full, and one answer may take at most an eighth of its "
+        "cache.  0 disables both.",
         render=render_size,
     )
 

@@ -43,10 +43,12 @@ class Services:
 RESULT_SHARE = 4
 
 
-def build(config: Config, metrics: Metrics) -> Services:
+def build(config: Config, metrics: Metrics, worker: int = 0, workers: int = 1) -> Services:
     """The resolver of [dns] and a checker installed into pyspf on it.
 
     pyspf's globals are set here: call once, before any thread starts.
+    Worker `worker` of `workers` numbers its connections worker+1,
+    worker+1+workers, ...: no two workers log the same number.
     """
     # [dns] cache_size holds both caches: a quarter for SPF results, the
     # rest for DNS answers.
@@ -55,4 +57,10 @@ def build(config: Config, metrics: Metrics) -> Services:
     checker = Checker(resolver.answer, metrics=metrics, results_bytes=results)
     checker.install(config.dns.void_lookup_limit)
     # Looked up once per process, not per connection.
-    return Services(checker.check, resolver.lookup, metrics, host_name=socket.getfqdn())
+    return Services(
+        checker.check,
+        resolver.lookup,
+        metrics,
+        host_name=socket.getfqdn(),
+        connection_ids=itertools.count(worker + 1, workers),
+    )

@@ -79,6 +79,13 @@ class Session:
         self._open = True
         services.metrics.connections.inc()
 
+    @property
+    def wants_headers(self) -> bool:
+        """Whether the message's headers matter: only to find forged
+        Authentication-Results (RFC 8601 section 5) when we add our own."""
+        headers = self.config.headers
+        return headers.type.authentication_results and headers.remove_forged
+
     # --- the SMTP session, in order -------------------------------------
 
     def connect(self, client_ip: IPAddress | None, client_name: str, mta_name: str) -> None:
@@ -130,8 +137,7 @@ class Session:
         self._log(queue_id)
         self.transaction = None
         delete: tuple[tuple[str, int], ...] = ()
-        headers = self.config.headers
-        if headers.type.authentication_results and headers.remove_forged:
+        if self.wants_headers:
             # Highest index first: deleting one must not shift the others.
             delete = tuple((AUTHENTICATION_RESULTS, i) for i in sorted(tx.forged, reverse=True))
         return HeaderChanges(delete, self._result_headers(tx.decision))

@@ -273,6 +273,38 @@ def parse_socket(text: str) -> str:
     raise ValueError(f"expected unix:/PATH, inet:PORT@HOST or inet6:PORT@HOST; got {text!r}")
 
 
+# Most worker processes accepted: each holds its own caches and threads.
+MAX_WORKERS = 64
+# Most workers "auto" starts: one per CPU up to this.  Each costs tens of
+# MiB and caches of its own; eight serve several thousand transactions a
+# second, more than the SMTP processes of one MTA send.
+AUTO_WORKERS = 8
+
+
+def parse_workers(text: str) -> int:
+    """A number of worker processes from 1 to 64, or auto (0: see
+    worker_count)."""
+    if text.strip().lower() == "auto":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected auto or a number of processes, got {text!r}") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"expected auto or a number from 1 to {MAX_WORKERS}, got {value}")
+    return value
+
+
+def worker_count(workers: int, cpus: int | None) -> int:
+    """How many workers a [milter] workers value starts on `cpus` CPUs."""
+    return workers or min(cpus or 1, AUTO_WORKERS)
+
+
+def render_workers(workers: int) -> str:
+    """A number of workers as parse_workers reads it back."""
+    return str(workers) if workers else "auto"
+
+
 def parse_mode(text: str) -> int:
     """An octal file mode such as 0660."""
     try:

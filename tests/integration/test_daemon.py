@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,16 +13,20 @@ from pathlib import Path
 from tests.conftest import MakeDaemon, config_text
 from tests.support.daemon import REPO, Daemon
 from tests.support.dnsserver import DNSTestServer
-from tests.support.milterclient import MilterClient, TransactionResult
+from tests.support.milterclient import (
+    SMFIP_NOHDRS,
+    SMFIP_NR_HDR,
+    MilterClient,
+    TransactionResult,
+    one_transaction,
+)
+
+# asm-generic/unistd.h: pidfd_getfd (x86-64 and arm64 alike).
+SYS_PIDFD_GETFD = 438
 
 
 def transaction(daemon: Daemon, ip: str, helo: str, sender: str) -> TransactionResult:
-    with MilterClient(daemon.socket) as client:
-        client.negotiate()
-        client.macros("C", {"j": "mx.test.example"})
-        client.connect("client.example", ip)
-        client.helo(helo)
-        return client.transaction(f"<{sender}>", ["<user@example.net>"])
+    return one_transaction(daemon.socket, ip, helo, sender, mta_name="mx.test.example")
 
 
 def spf_result(result: TransactionResult) -> str | None:
@@ -44,8 +51,9 @@ def test_void_lookup_limit(make_daemon: MakeDaemon) -> None:
 
 
 def test_cache_serves_repeated_lookups(make_daemon: MakeDaemon, dns_server: DNSTestServer) -> None:
+    # One process: each worker has caches of its own.
     for size, expected_queries in (("1M", 1), ("0", 3)):
-        daemon = make_daemon({"dns": {"cache_size": size}})
+        daemon = make_daemon({"dns": {"cache_size": size}, "milter": {"workers": "1"}})
         dns_server.clear_queries()
         for _ in range(3):
             transaction(daemon, "198.51.100.7", "x", "a@spf-neutral.example.org")
@@ -148,3 +156,61 @@ def test_names_that_cannot_go_on_the_wire_are_none_not_temperror(make_daemon: Ma
     for sender in ("a@ex\u00e4mple..com", "a@xn--zz-.example", "a@" + "a" * 70 + ".example"):
         result = transaction(daemon, "198.51.100.7", "helo-none.example.org", sender)
         assert spf_result(result) == "none", sender
+
+
+def test_headers_negotiated_away_unless_forgeries_are_removed(make_daemon: MakeDaemon) -> None:
+    """Headers are only read to delete forged Authentication-Results: with
+    any other setting libmilter is asked not to send them at all."""
+    cases: tuple[tuple[dict[str, dict[str, str]], bool], ...] = (
+        ({}, True),
+        ({"headers": {"type": "authentication-results", "remove_forged": "no"}}, True),
+        ({"headers": {"type": "authentication-results"}}, False),
+        ({"headers": {"type": "both"}}, False),
+    )
+    for sections, skipped in cases:
+        daemon = make_daemon(sections)
+        with MilterClient(daemon.socket) as client:
+            _, _, protocol = client.negotiate()
+        assert bool(protocol & SMFIP_NOHDRS) is skipped, sections
+        assert protocol & SMFIP_NR_HDR, sections
+
+
+def sockets_of(pid: int, port: int) -> list[socket.socket]:
+    """Copies (pidfd_getfd, Linux 5.6) of the TCP sockets process `pid`
+    holds on local `port`: the listening one and those accepted from it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    found = []
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                continue
+            fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(name), 0)
+            if fd < 0:
+                continue  # closed meanwhile
+            sock = socket.socket(fileno=fd)
+            if sock.family == socket.AF_INET and sock.getsockname()[1] == port:
+                found.append(sock)
+            else:
+                sock.close()
+    finally:
+        os.close(pidfd)
+    return found
+
+
+def test_inet_sockets_send_at_once(make_daemon: MakeDaemon) -> None:
+    """TCP_NODELAY on every socket of the milter port, the accepted ones
+    included: libmilter writes a header change and its reply separately,
+    and Nagle's algorithm would hold the reply for the MTA's delayed ACK."""
+    daemon = make_daemon()
+    with MilterClient(daemon.socket) as client:
+        client.negotiate()
+        client.connect("client.example", "198.51.100.7")
+        held = [sock for pid in daemon.pids() for sock in sockets_of(pid, daemon.port)]
+        try:
+            listening = [s for s in held if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)]
+            assert listening and len(held) > len(listening)  # the client's connection
+            assert all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in held)
+        finally:
+            for sock in held:
+                sock.close()

@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import MakeDaemon
 from tests.support.daemon import Daemon
-from tests.support.milterclient import MilterClient, TransactionResult
+from tests.support.milterclient import TransactionResult, one_transaction
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
 
@@ -75,11 +75,7 @@ def sealed_daemon(make_daemon: MakeDaemon, lib: Path, socket_dir: Path, **milter
 
 
 def transaction(daemon: Daemon, ip: str, helo: str, sender: str) -> TransactionResult:
-    with MilterClient(daemon.socket) as client:
-        client.negotiate()
-        client.connect("client.example", ip)
-        client.helo(helo)
-        return client.transaction(f"<{sender}>", ["<user@example.net>"])
+    return one_transaction(daemon.socket, ip, helo, sender)
 
 
 def received_spf(result: TransactionResult) -> str:

@@ -23,7 +23,7 @@ import pytest
 from tests.conftest import MakeDaemon, config_text
 from tests.support.daemon import REPO, free_port, process_stats, wait_for
 from tests.support.dnsserver import DNSTestServer
-from tests.support.milterclient import MilterClient, Response, TransactionResult
+from tests.support.milterclient import MilterClient, Response, one_transaction
 
 
 @pytest.fixture
@@ -34,14 +34,6 @@ def open_dir() -> Iterator[Path]:
     path.chmod(0o755)
     yield path
     shutil.rmtree(path)
-
-
-def transaction(spec: str, ip: str, helo: str, sender: str) -> TransactionResult:
-    with MilterClient(spec) as client:
-        client.negotiate()
-        client.connect("client.example", ip)
-        client.helo(helo)
-        return client.transaction(f"<{sender}>", ["<user@example.net>"])
 
 
 def proc_ids(pid: int) -> tuple[int, int]:
@@ -58,18 +50,20 @@ def test_root_drops_to_user_and_socket_gets_mode_and_group(
     make_daemon: MakeDaemon, open_dir: Path
 ) -> None:
     sock = open_dir / "run" / "spfmilter.sock"
-    milter = {"user": "nobody", "socket_group": "postfix", "socket_mode": "0660"}
+    milter = {"user": "nobody", "socket_group": "postfix", "socket_mode": "0660", "workers": "2"}
     daemon = make_daemon({"milter": milter}, socket=f"unix:{sock}")
     nobody = pwd.getpwnam("nobody")
     postfix_gid = grp.getgrnam("postfix").gr_gid
     # The process keeps nobody's own group; the socket gets the socket group
     # from its setgid directory.
-    assert proc_ids(daemon.pid) == (nobody.pw_uid, nobody.pw_gid)
+    assert len(daemon.pids()) == 3  # the supervisor and its workers
+    for pid in daemon.pids():
+        assert proc_ids(pid) == (nobody.pw_uid, nobody.pw_gid)
     info = sock.stat()
     assert stat.S_ISSOCK(info.st_mode)
     assert stat.S_IMODE(info.st_mode) == 0o660
     assert info.st_gid == postfix_gid
-    result = transaction(
+    result = one_transaction(
         daemon.socket, "198.51.100.7", "helo-pass.example.org", "a@spf-pass.example.org"
     )
     assert result.eom is not None and result.eom.modifications[0].name == "Received-SPF"
@@ -82,7 +76,7 @@ def test_stale_socket_is_replaced(make_daemon: MakeDaemon, open_dir: Path) -> No
     stale.bind(str(sock))
     stale.close()  # the file stays behind, as after a crash
     daemon = make_daemon({"milter": {"socket_mode": "0666"}}, socket=f"unix:{sock}")
-    result = transaction(
+    result = one_transaction(
         daemon.socket, "198.51.100.7", "helo-pass.example.org", "a@spf-pass.example.org"
     )
     assert result.eom is not None
@@ -156,15 +150,18 @@ def sample(text: str, name: str, labels: str = "") -> float:
 
 def test_metrics_endpoint_counts_real_transactions(make_daemon: MakeDaemon) -> None:
     port = free_port()
-    daemon = make_daemon({"metrics": {"listen": f"127.0.0.1:{port}"}})
+    # One process, so that the second pass meets the first one's results
+    # (each worker has caches of its own; tests/integration/test_workers.py
+    # adds up counts across workers).
+    daemon = make_daemon({"metrics": {"listen": f"127.0.0.1:{port}"}, "milter": {"workers": "1"}})
     for _ in range(2):
-        transaction(
+        one_transaction(
             daemon.socket, "198.51.100.7", "helo-pass.example.org", "a@spf-pass.example.org"
         )
-    transaction(
+    one_transaction(
         daemon.socket, "203.0.113.5", "helo-none.example.org", "m@spf-fail-noexp.example.org"
     )
-    transaction(daemon.socket, "127.0.0.1", "localhost", "root@localhost")
+    one_transaction(daemon.socket, "127.0.0.1", "localhost", "root@localhost")
     daemon.reload()
     text = scrape(port)
     verdict = "spfmilter_verdicts_total"
@@ -194,7 +191,7 @@ def test_metrics_clients_cannot_starve_the_milter(make_daemon: MakeDaemon) -> No
         for sock in idle:
             sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
         during = process_stats(daemon.pid)
-        result = transaction(
+        result = one_transaction(
             daemon.socket, "198.51.100.7", "helo-pass.example.org", "a@spf-pass.example.org"
         )
         assert result.eom is not None and result.eom.modifications[0].name == "Received-SPF"
@@ -219,15 +216,20 @@ def test_syslog_target(make_daemon: MakeDaemon, tmp_path: Path) -> None:
         syslog.bind(str(path))
         syslog.settimeout(10)
         daemon = make_daemon({"log": {"target": "syslog", "syslog_socket": str(path)}})
-        transaction(
+        one_transaction(
             daemon.socket, "198.51.100.7", "helo-pass.example.org", "a@spf-pass.example.org"
         )
         messages: list[str] = []
         while not any("verdict" in m for m in messages):
             messages.append(syslog.recv(65536).decode())
+        pids = daemon.pids()
         daemon.stop()  # while the syslog socket still listens
-    # Facility mail (2) at severity info (6): priority 2 * 8 + 6 = 22.
+    # Facility mail (2) at severity info (6): priority 2 * 8 + 6 = 22; the
+    # pid is the logging process's (a worker's when there are workers).
     verdict = next(m for m in messages if "verdict" in m)
-    assert verdict.startswith(f"<22>spfmilter[{daemon.pid}]: ")
+    tag = re.match(r"<22>spfmilter\[(\d+)\]: ", verdict)
+    assert tag and int(tag.group(1)) in pids, (verdict, pids)
+    starting = next(m for m in messages if "spfmilter starting" in m)
+    assert starting.startswith(f"<22>spfmilter[{daemon.pid}]: ")
     assert "result=pass" in verdict
     assert daemon.log_text() == ""

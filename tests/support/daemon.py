@@ -65,6 +65,19 @@ def process_stats(pid: int) -> ProcessStats:
     )
 
 
+def children(pid: int) -> list[int]:
+    """The direct children of `pid` (a daemon's worker processes)."""
+    found: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError):
+            text = Path(f"/proc/{pid}/task/{task}/children").read_text()
+            found.extend(int(child) for child in text.split())
+    return found
+
+
+WORKER_RELOADED = re.compile(r"worker \d+: configuration reloaded")
+
+
 class Daemon:
     """One spfmilter process.  `config` is the text of its config file.
 
@@ -149,9 +162,26 @@ class Daemon:
         assert self.process is not None
         self.process.send_signal(signum)
 
+    @property
+    def workers(self) -> int:
+        """How many processes serve the socket, from the starting line."""
+        found = re.search(r"spfmilter starting: .* workers=(\d+)", self.log_text())
+        assert found, self.log_text()
+        return int(found.group(1))
+
+    def pids(self) -> list[int]:
+        """The daemon's process, then its workers' (none with workers = 1)."""
+        return [self.pid, *children(self.pid)]
+
     def stats(self) -> ProcessStats:
-        """Descriptors, threads and RSS of the running daemon."""
-        return process_stats(self.pid)
+        """Descriptors, threads and RSS of the running daemon, added up
+        over its processes (with workers, the parent only supervises)."""
+        each = [process_stats(pid) for pid in self.pids()]
+        return ProcessStats(
+            fds=sum(s.fds for s in each),
+            threads=sum(s.threads for s in each),
+            rss_kib=sum(s.rss_kib for s in each),
+        )
 
     def steady_stats(self, timeout: float = 10) -> ProcessStats:
         """Stats once three reads in a row agree on descriptors and threads
@@ -191,12 +221,26 @@ class Daemon:
         self.process.wait(timeout)
 
     def reload(self, timeout: float = 10) -> str:
-        """SIGUSR1, then wait for the daemon's reload line and return it."""
-        before = self.log_text().count("reload")
+        """SIGUSR1; wait for the daemon's reload line and, when it has
+        workers and the file was good, for each worker's; return the
+        daemon's line."""
+        before = len(self._reload_lines())
+        workers = self.workers
         self.signal(signal.SIGUSR1)
-        wait_for(lambda: self.log_text().count("reload") > before, timeout, "reload log line")
-        lines = [line for line in self.log_text().splitlines() if "reload" in line]
-        return lines[-1]
+
+        def done() -> bool:
+            new = self._reload_lines()[before:]
+            if not new:
+                return False
+            if workers == 1 or "reloaded" not in new[0]:
+                return True
+            return sum(bool(WORKER_RELOADED.search(line)) for line in new) >= workers
+
+        wait_for(done, timeout, "reload log lines")
+        return self._reload_lines()[before]
+
+    def _reload_lines(self) -> list[str]:
+        return [line for line in self.log_text().splitlines() if "reload" in line]
 
     def stop(self, timeout: float = 15) -> int | None:
         """SIGTERM, wait; SIGKILL only if it hangs.  Returns the exit status."""

@@ -707,3 +707,17 @@ class MilterClient:
         result.eom = self.eom()
         result.final = result.eom.response
         return result
+
+
+def one_transaction(
+    spec: str, ip: str, helo: str, sender: str, *, mta_name: str | None = None
+) -> TransactionResult:
+    """A connection from `ip` saying `helo`, one message from `sender` to
+    user@example.net, closed again; `mta_name` is sent as macro j."""
+    with MilterClient(spec) as client:
+        client.negotiate()
+        if mta_name is not None:
+            client.macros("C", {"j": mta_name})
+        client.connect("client.example", ip)
+        client.helo(helo)
+        return client.transaction(f"<{sender}>", ["<user@example.net>"])

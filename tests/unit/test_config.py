@@ -10,7 +10,7 @@ import pytest
 from spfmilter import configdoc
 from spfmilter.config import SECTIONS, Config, ConfigError, keys, load_config, parse_config, render
 from spfmilter.model import SpfResult, Stage
-from spfmilter.values import HeaderType, Nameserver
+from spfmilter.values import HeaderType, Nameserver, worker_count
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -139,6 +139,14 @@ timeout = 0.5
             "[log]\nlevel = loud\n",
             "x.cfg:2: [log] level: expected one of debug, info, warning, error; got 'loud'",
         ),
+        (
+            "[milter]\nworkers = 0\n",
+            "x.cfg:2: [milter] workers: expected auto or a number from 1 to 64, got 0",
+        ),
+        (
+            "[milter]\nworkers = many\n",
+            "x.cfg:2: [milter] workers: expected auto or a number of processes, got 'many'",
+        ),
         ("[policy]\ndry_run = yes\ndry_run = no\n", "x.cfg:3: [policy] dry_run: set twice"),
         ("dry_run = yes\n", "x.cfg:1: expected a [section] header before 'dry_run = yes'"),
         ("[policy]\n\njust words\n", "x.cfg:3: expected 'key = value', got 'just words'"),
@@ -219,3 +227,12 @@ def test_exempt_recipients_need_the_rcpt_stage() -> None:
         "x.cfg: [policy] exempt_recipients has no effect with reject_stage = mail "
         "(recipients are not known yet at MAIL FROM)",
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "cpus", "count"),
+    [("auto", 2, 2), ("AUTO", None, 1), ("auto", 32, 8), ("1", 32, 1), ("64", 2, 64)],
+)
+def test_worker_count(text: str, cpus: int | None, count: int) -> None:
+    config = parse_config(f"[milter]\nworkers = {text}\n")
+    assert worker_count(config.milter.workers, cpus) == count

@@ -33,7 +33,19 @@ ALLOWED: dict[str, set[str]] = {
     "milter": {"model", "config", "headers", "services", "session"},
     "runas": {"config", "schema"},
     "check": {"model", "config", "services", "session"},
-    "daemon": {"model", "config", "logs", "metrics", "milter", "runas", "services", "warmup"},
+    "workers": set(),
+    "daemon": {
+        "model",
+        "config",
+        "logs",
+        "metrics",
+        "milter",
+        "runas",
+        "services",
+        "values",
+        "warmup",
+        "workers",
+    },
     "cli": {"__init__", "check", "config", "configdoc", "daemon", "metrics", "services", "values"},
 }
 # dnspython is not used: spfmilter.dnswire speaks DNS itself.

@@ -14,7 +14,7 @@ mode=${1:-}
 case "$mode" in
   run)  packages=(python3 python3-venv python3-dev gcc libmilter-dev) ;;
   test) packages=(python3 python3-venv python3-dev gcc libmilter-dev postfix m4 systemd procps
-                 opendmarc dbconfig-no-thanks spamassassin) ;;
+                 opendmarc dbconfig-no-thanks spamassassin unbound rsyslog mandoc man-db) ;;
   *) echo "usage: $0 run|test [options]" >&2; exit 2 ;;
 esac
 
@@ -35,18 +35,23 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   [ -n "${updated:-}" ] || apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-  # The tests run their own OpenDMARC. The package starts and enables an
-  # unconfigured system one: stop exactly that one (by its PID file; the init
-  # script's stop would end every opendmarc process) and disable it.
-  if [[ " ${missing[*]} " == *" opendmarc "* ]]; then
+  # The tests run their own OpenDMARC, Unbound and rsyslog (on loopback or
+  # in a private mount namespace).  Packages installed here start system
+  # ones (an unconfigured OpenDMARC, a resolver on port 53, a syslog
+  # daemon): stop exactly those (by PID file; an init script's stop would
+  # end every such process) and disable them, leaving the machine as it was.
+  stop_new_service() {  # package, unit, PID file, executable
+    [[ " ${missing[*]} " == *" $1 "* ]] || return 0
     if [ -d /run/systemd/system ]; then
-      systemctl disable --now --quiet opendmarc.service
+      systemctl disable --now --quiet "$2"
     else
-      update-rc.d opendmarc disable >/dev/null
-      start-stop-daemon --stop --quiet --oknodo --retry 5 \
-        --pidfile /run/opendmarc/opendmarc.pid --exec /usr/sbin/opendmarc
+      update-rc.d "$1" disable >/dev/null
+      start-stop-daemon --stop --quiet --oknodo --retry 5 --pidfile "$3" --exec "$4"
     fi
-  fi
+  }
+  stop_new_service opendmarc opendmarc.service /run/opendmarc/opendmarc.pid /usr/sbin/opendmarc
+  stop_new_service unbound unbound.service /run/unbound.pid /usr/sbin/unbound
+  stop_new_service rsyslog rsyslog.service /run/rsyslogd.pid /usr/sbin/rsyslogd
 fi
 
 stamp="$venv/.installed"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from spfmilter.config import Config
-from spfmilter.model import Action, Decision, SpfOutcome
+from spfmilter.model import Action, Decision, Macro, SpfOutcome
 from spfmilter.services import Services
 from spfmilter.session import Session
 
@@ -63,6 +63,7 @@ class Transaction:
     auth_user: str = ""
     queue_id: str = ""
     client_name: str = ""
+    macros: tuple[Macro, ...] = ()
 
 
 def run(config: Config, services: Services, tx: Transaction) -> CheckResult:
@@ -78,7 +79,7 @@ def run(config: Config, services: Services, tx: Transaction) -> CheckResult:
         # sends none (authserv_id, else this host's name).
         session.connect(ip, tx.client_name or f"[{ip}]", "")
         session.hello(tx.helo)
-        step = session.mail(tx.sender, tx.auth_user)
+        step = session.mail(tx.sender, tx.auth_user, tx.macros)
         assert session.transaction is not None
         result = CheckResult(
             client_ip=str(ip),

@@ -8,13 +8,14 @@ tests can call it.  It imports daemon and config; nothing imports it.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
-from spfmilter import __version__, check, configdoc, daemon, services
+from spfmilter import __version__, check, configdoc, daemon, logs, services
 from spfmilter.config import EX_CONFIG, ConfigError, load_config, render
 from spfmilter.metrics import Metrics
-from spfmilter.values import parse_socket
+from spfmilter.values import parse_macros, parse_socket
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,6 +61,13 @@ def _check_parser() -> argparse.ArgumentParser:
         "--rcpt", metavar="ADDR", action="append", default=[], help="RCPT TO (repeatable)"
     )
     parser.add_argument("--sasl-user", metavar="NAME", default="", help="SASL login name")
+    parser.add_argument(
+        "--macro",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="a macro the MTA sends, e.g. {daemon_name}=ORIGINATING (repeatable)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--policy-request",
@@ -78,8 +86,12 @@ def check_main(argv: Sequence[str]) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as error:
-        print(f"spfmilter: {error}", file=sys.stderr)
+        logs.report("spfmilter", str(error))
         return EX_CONFIG
+    try:
+        macros = parse_macros(",".join(args.macro))
+    except ValueError as error:
+        parser.error(f"--macro: {error}")
     shared = services.build(config, Metrics())
     if args.policy_request:
         check.serve_policy(config, shared, sys.stdin, sys.stdout)
@@ -90,6 +102,7 @@ def check_main(argv: Sequence[str]) -> int:
         sender=args.sender.strip("<>"),
         recipients=tuple(args.rcpt) or (check.DEFAULT_RECIPIENT,),
         auth_user=args.sasl_user,
+        macros=macros,
     )
     try:
         result = check.run(config, shared, tx)
@@ -112,14 +125,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
         socket = parse_socket(args.socket) if args.socket else None
     except ConfigError as error:
-        print(f"spfmilter: {error}", file=sys.stderr)
+        logs.report("spfmilter", str(error))
         return EX_CONFIG
     except ValueError as error:
-        print(f"spfmilter: --socket: {error}", file=sys.stderr)
+        logs.report("spfmilter", f"--socket: {error}")
         return 2
     if args.check_config:
         for warning in config.warnings:
-            print(f"spfmilter: warning: {warning}", file=sys.stderr)
+            logs.report("spfmilter", warning, logging.WARNING)
         sys.stdout.write(render(daemon.with_socket(config, socket) if socket else config))
         return 0
     return daemon.run(config, args.config, socket)

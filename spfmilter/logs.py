@@ -45,8 +45,8 @@ def _code(char: str) -> str:
 class TextFormatter(logging.Formatter):
     """'LEVEL logger: message' on one line (journald adds the time)."""
 
-    def __init__(self) -> None:
-        super().__init__("%(levelname)s %(name)s: %(message)s")
+    def __init__(self, fmt: str = "%(levelname)s %(name)s: %(message)s") -> None:
+        super().__init__(fmt)
 
     def format(self, record: logging.LogRecord) -> str:
         record.message = escape(record.getMessage())
@@ -55,6 +55,23 @@ class TextFormatter(logging.Formatter):
             trace = self.formatException(record.exc_info)
             text += "".join(f"\n  | {escape(line)}" for line in trace.splitlines())
         return text
+
+
+# Postfix's own words for the levels it marks in the mail log.
+_MAIL_LOG_LABELS = {"WARNING": "warning: ", "ERROR": "error: ", "CRITICAL": "fatal: "}
+
+
+class MailLogFormatter(TextFormatter):
+    """The message alone, as Postfix writes its lines to the mail log
+    ("4XyZ1: verdict ...", "warning: ..."): the syslog priority carries the
+    level, and the tag the program's name and process id."""
+
+    def __init__(self) -> None:
+        super().__init__("%(label)s%(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.label = _MAIL_LOG_LABELS.get(record.levelname, "")
+        return super().format(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -87,15 +104,67 @@ class _SysLog(logging.handlers.SysLogHandler):
         return f"{self._name}[{os.getpid()}]: {super().format(record)}"
 
 
+# sd-daemon(3): the priority prefixes journald reads at the start of a line.
+_PRIORITIES = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+
+class JournalFormatter(logging.Formatter):
+    """Another formatter's text with every line prefixed "<N>", the syslog
+    priority (sd-daemon(3)): journald files each line at its record's level,
+    traceback lines included, so "journalctl -p warning" finds them."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{_PRIORITIES.get(record.levelname, 6)}>"
+        return "\n".join(prefix + line for line in self._inner.format(record).split("\n"))
+
+
+def stderr_is_journal() -> bool:
+    """Whether stderr is the journal stream systemd connected (JOURNAL_STREAM
+    holds its "device:inode", systemd.exec(5)), not a copy inherited by a
+    process whose stderr was since redirected."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        info = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):  # no stderr at all
+        return False
+    return bool(expected) and expected == f"{info.st_dev}:{info.st_ino}"
+
+
+def report(program: str, message: str, level: int = logging.CRITICAL) -> None:
+    """One message on stderr before logging is set up (a bad command line or
+    configuration): "program: message" on a terminal, as commands write
+    them; in the journal with its priority and label, the program's name
+    being the journal's own tag ("<2>fatal: spfmilter.cfg:12: ...")."""
+    record = logging.LogRecord(program, level, "", 0, message, None, None)
+    if stderr_is_journal():
+        text = JournalFormatter(MailLogFormatter()).format(record)
+    else:
+        label = _MAIL_LOG_LABELS.get(record.levelname, "") if level < logging.ERROR else ""
+        text = f"{program}: {label}{escape(message)}"
+    print(text, file=sys.stderr, flush=True)
+
+
 def setup_logging(config: Config, ident: str) -> None:
-    """Install the one handler for the whole process."""
+    """Install the one handler for the whole process: syslog, the journal
+    (stderr under systemd) or a plain stream."""
     settings = config.log
+    json_lines = settings.format is LogFormat.JSON
     handler: logging.Handler
+    formatter: logging.Formatter
     if settings.target is LogTarget.SYSLOG:
         handler = _SysLog(ident, address=settings.syslog_socket, facility=_SysLog.LOG_MAIL)
+        formatter = JsonFormatter() if json_lines else MailLogFormatter()
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if settings.format is LogFormat.JSON else TextFormatter())
+        if stderr_is_journal():
+            formatter = JournalFormatter(JsonFormatter() if json_lines else MailLogFormatter())
+        else:
+            formatter = JsonFormatter() if json_lines else TextFormatter()
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

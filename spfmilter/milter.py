@@ -25,7 +25,7 @@ import Milter
 
 from spfmilter.config import Config
 from spfmilter.headers import reply_text
-from spfmilter.model import Action, IPAddress, Step
+from spfmilter.model import Action, IPAddress, Macro, Step
 from spfmilter.services import Services
 from spfmilter.session import Session
 
@@ -134,7 +134,8 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         """MAIL FROM: the transaction is evaluated here."""
         if self.session.conn is None and not self._recover_connection():
             return self._answer(_TROUBLE)
-        step = self.session.mail(reverse_path(mail_from), self._macro("{auth_authen}"))
+        sent = (Macro(m.name, self._macro(m.name)) for m in self.session.config.skip.macros)
+        step = self.session.mail(reverse_path(mail_from), self._macro("{auth_authen}"), tuple(sent))
         return self._answer(step)
 
     @_boundary

@@ -108,16 +108,29 @@ class Connection:
 
 
 @dataclass(frozen=True)
+class Macro:
+    """A milter macro and a value, such as {daemon_name}=ORIGINATING."""
+
+    name: str
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.value}"
+
+
+@dataclass(frozen=True)
 class Transaction:
     """One MAIL FROM ... end-of-message exchange.
 
     `mail_from` is the reverse-path without angle brackets; ``""`` is the
     null sender.  `auth_user` is the SASL login name (macro
-    ``{auth_authen}``) or ``""``.
+    ``{auth_authen}``) or ``""``.  `macros` holds the values the MTA sent
+    for the macros [skip] macros names.
     """
 
     mail_from: str
     auth_user: str = ""
+    macros: tuple[Macro, ...] = ()
 
     @property
     def null_sender(self) -> bool:
@@ -144,6 +157,7 @@ class SkipReason(enum.StrEnum):
     FORWARDER = "forwarder"
     PTR_DOMAIN = "ptr_domain"
     SENDER_DOMAIN = "sender_domain"
+    MACRO = "macro"
 
     @property
     def template(self) -> str:
@@ -162,6 +176,7 @@ _SKIP_TEMPLATES = {
     SkipReason.FORWARDER: "client passes SPF of forwarder {}",
     SkipReason.PTR_DOMAIN: "client's confirmed PTR name {}",
     SkipReason.SENDER_DOMAIN: "sender domain {} is exempt",
+    SkipReason.MACRO: "MTA macro {}",
 }
 
 

@@ -76,6 +76,9 @@ def _skip(config: Config, conn: Connection, tx: Transaction) -> Skip | None:
         return Skip(SkipReason.NETWORK, str(ip))
     if skip.authenticated and tx.auth_user:
         return Skip(SkipReason.AUTHENTICATED, clean(tx.auth_user, 64))
+    for macro in skip.macros:
+        if macro in tx.macros:
+            return Skip(SkipReason.MACRO, str(macro))
     if _in(ip, skip.trusted_relays):
         return Skip(SkipReason.TRUSTED_RELAY, str(ip))
     if tx.sender_domain and tx.sender_domain in skip.sender_domains:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from spfmilter.model import IPNetwork, SpfResult, Stage
+from spfmilter.model import IPNetwork, Macro, SpfResult, Stage
 from spfmilter.values import (
     HeaderType,
     LogFormat,
@@ -29,6 +29,7 @@ from spfmilter.values import (
     parse_bool,
     parse_domains,
     parse_listen,
+    parse_macros,
     parse_mode,
     parse_name,
     parse_nameservers,
@@ -213,6 +214,19 @@ class SkipConfig:
         parse_bool,
         "skip SASL-authenticated clients (`{auth_authen}`)",
         "Skip clients that authenticated with SASL (macro {auth_authen}).",
+    )
+    macros: tuple[Macro, ...] = key(
+        (),
+        parse_macros,
+        "skip when the MTA sends one of these macro values",
+        "Skip a transaction when the MTA sent one of these macros with this value "
+        "(NAME=VALUE, comma separated; values without spaces).  "
+        "{daemon_name}=ORIGINATING skips mail that Postfix's submission service accepts "
+        "(Debian's master.cf gives it -o milter_macro_daemon_name=ORIGINATING).  Postfix "
+        "and Sendmail send {daemon_name} by default; another macro must be in the MTA's "
+        "list for the connect, HELO or MAIL FROM stage (Postfix: milter_connect_macros, "
+        "milter_helo_macros, milter_mail_macros).",
+        example="{daemon_name}=ORIGINATING",
     )
     trusted_relays: tuple[IPNetwork, ...] = key(
         (),

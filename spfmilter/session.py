@@ -38,6 +38,7 @@ from spfmilter.model import (
     HeaderChanges,
     Identity,
     IPAddress,
+    Macro,
     SkipFacts,
     SpfOutcome,
     SpfQuery,
@@ -100,10 +101,11 @@ class Session:
         self.conn = dataclasses.replace(self.conn, helo=helo)
         self._helo = None
 
-    def mail(self, mail_from: str, auth_user: str) -> Step:
-        """MAIL FROM: evaluate the transaction; the answer to MAIL."""
+    def mail(self, mail_from: str, auth_user: str, macros: tuple[Macro, ...] = ()) -> Step:
+        """MAIL FROM: evaluate the transaction; the answer to MAIL.  `macros`
+        are the values the MTA sent for the macros [skip] macros names."""
         assert self.conn is not None  # connect() comes first
-        facts = Transaction(mail_from, auth_user)
+        facts = Transaction(mail_from, auth_user, macros)
         self.transaction = _Transaction(facts, self._evaluate(self.conn, facts))
         if self.transaction.decision.stage is Stage.MAIL:
             return self._refusal(None, "")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from spfmilter.model import IPNetwork, SpfResult
+from spfmilter.model import IPNetwork, Macro, SpfResult
 
 Parser = Callable[[str], Any]
 Renderer = Callable[[Any], str]
@@ -215,6 +215,27 @@ def parse_domains(text: str) -> tuple[str, ...]:
             raise ValueError(f"expected domain names, got {item!r}")
         domains.append(name)
     return tuple(domains)
+
+
+# A macro's name as libmilter's getsymval takes it: one character, or a
+# longer name in braces.
+_MACRO_NAME = re.compile(r"[A-Za-z0-9_]|\{[A-Za-z0-9_]{2,64}\}")
+
+
+def parse_macros(text: str) -> tuple[Macro, ...]:
+    """A comma list of NAME=VALUE, such as {daemon_name}=ORIGINATING; a
+    long name may leave its braces out."""
+    macros = []
+    for item in _items(text):
+        name, equals, value = item.partition("=")
+        if len(name) > 1 and not name.startswith("{"):
+            name = "{" + name + "}"
+        if not equals or not value or not _MACRO_NAME.fullmatch(name):
+            raise ValueError(
+                f"expected NAME=VALUE such as {{daemon_name}}=ORIGINATING, got {item!r}"
+            )
+        macros.append(Macro(name, value))
+    return tuple(macros)
 
 
 def parse_recipients(text: str) -> tuple[str, ...]:

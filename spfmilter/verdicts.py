@@ -1,11 +1,13 @@
 """The one log line of a transaction's verdict, and its metrics.
 
 This module owns what an administrator reads per transaction: one INFO line
-in key=value form (queue id first, then the connection, the client, the
-identity that decided, its result, the action), "SPF skipped - <reason>" for
-a skipped one, the same fields as JSON keys, and the verdict and skip
-counters.  Values are quoted here; making them safe for a log line is the
-formatters' job (spfmilter.logs).  It imports model and metrics.
+that starts with the queue id as Postfix's own lines do ("4XyZ1: ", or
+"NOQUEUE: " before there is one), then "verdict" and key=value fields (the
+connection, the client, the identity that decided, its result, the action),
+or "SPF skipped - <reason>" and the fields for a skipped one; the same
+fields, queue_id included, as JSON keys; and the verdict and skip counters.
+Values are quoted here; making them safe for a log line is the formatters'
+job (spfmilter.logs).  It imports model and metrics.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def record(
 ) -> None:
     """Log the verdict line of one transaction and count it."""
     fields: dict[str, object] = {
-        "queue_id": queue_id or "-",
+        "queue_id": (queue_id or "NOQUEUE")[:FIELD_LIMIT],
         "conn": conn_id,
         "client_ip": conn.client_ip,
         "helo": conn.helo,
@@ -43,7 +45,13 @@ def record(
     if decision.skip is not None:
         metrics.skips.labels(decision.skip.reason.value).inc()
         fields.update(action="skip", reason=decision.skip.text)
-        log.info("SPF skipped - %s %s", decision.skip.text, format_fields(fields))
+        log.info(
+            "%s: SPF skipped - %s %s",
+            fields["queue_id"],
+            decision.skip.text,
+            format_fields(fields, 1),
+            extra={"fields": fields},
+        )
         return
     outcome = _deciding(decision)
     assert outcome is not None  # a decision that is no skip has an outcome
@@ -65,7 +73,9 @@ def record(
     metrics.verdicts.labels(
         outcome.identity.value, outcome.result.value, decision.intended.value
     ).inc()
-    log.info("verdict %s", format_fields(fields), extra={"fields": fields})
+    log.info(
+        "%s: verdict %s", fields["queue_id"], format_fields(fields, 1), extra={"fields": fields}
+    )
 
 
 def _deciding(decision: Decision) -> SpfOutcome | None:
@@ -74,11 +84,12 @@ def _deciding(decision: Decision) -> SpfOutcome | None:
     return decision.report
 
 
-def format_fields(fields: dict[str, object]) -> str:
-    """key=value pairs; values with spaces, quotes or '=' are double-quoted,
-    and each is capped at FIELD_LIMIT characters."""
+def format_fields(fields: dict[str, object], skip: int = 0) -> str:
+    """key=value pairs, leaving out the first `skip`; values with spaces,
+    quotes or '=' are double-quoted, and each is capped at FIELD_LIMIT
+    characters."""
     parts = []
-    for key, value in fields.items():
+    for key, value in list(fields.items())[skip:]:
         text = str(value if value is not None else "-")
         if len(text) > FIELD_LIMIT:
             text = text[: FIELD_LIMIT - 3] + "..."

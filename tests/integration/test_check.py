@@ -226,6 +226,21 @@ def test_policy_request_attribute_count_is_bounded(cfg: Path) -> None:
     assert "line 257: more than 256 attributes in one request" in done.stderr
 
 
+def test_macro_option_tries_the_macro_skip(tmp_path: Path, dns_server: DNSTestServer) -> None:
+    cfg = tmp_path / "macros.cfg"
+    cfg.write_text(config_text(dns_server, {"skip": {"macros": "{daemon_name}=ORIGINATING"}}))
+    common = ["check", "--config", str(cfg), "--client-ip", "203.0.113.5", "--json"]
+    sender = ["--helo", "helo-none.example.org", "--sender", "m@spf-fail-noexp.example.org"]
+    checked = json.loads(spfmilter(*common, *sender).stdout)
+    assert checked["decision"] == "reject" and checked["skip_reason"] is None
+    done = spfmilter(*common, *sender, "--macro", "daemon_name=ORIGINATING")
+    assert done.returncode == 0, done.stderr
+    skipped = json.loads(done.stdout)
+    assert skipped["skip_reason"] == "MTA macro {daemon_name}=ORIGINATING"
+    bad = spfmilter(*common, *sender, "--macro", "daemon_name")
+    assert bad.returncode == 2 and "--macro: expected NAME=VALUE" in bad.stderr
+
+
 def test_bad_arguments_and_bad_config(tmp_path: Path) -> None:
     assert spfmilter("check", "--client-ip", "1.2.3.4").returncode == 2
     done = spfmilter("check", "--client-ip", "not-an-ip", "--sender", "a@b.example")

@@ -65,10 +65,10 @@ def test_json_log_format(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon({"log": {"format": "json"}})
     transaction(daemon, "198.51.100.7", "helo-pass.example.org", "a@spf-pass.example.org")
     records = [json.loads(line) for line in daemon.log_text().splitlines()]
-    verdicts = [r for r in records if r["message"].startswith("verdict ")]
+    verdicts = [r for r in records if r["message"].startswith("NOQUEUE: verdict ")]
     assert len(verdicts) == 1
     verdict = verdicts[0]
-    assert verdict["level"] == "info"
+    assert verdict["level"] == "info" and verdict["queue_id"] == "NOQUEUE"
     assert (verdict["client_ip"], verdict["result"], verdict["action"]) == (
         "198.51.100.7",
         "pass",

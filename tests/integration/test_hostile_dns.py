@@ -13,11 +13,11 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import ZONES, MakeDaemon
-from tests.support.daemon import Daemon, process_stats
+from tests.support.daemon import Daemon
 from tests.support.dnsserver import DNSTestServer, load_zone_file
 from tests.support.milterclient import MilterClient, TransactionResult
 
-FORGED_LINE = "INFO spfmilter.verdicts: verdict queue_id=- result=pass action=accept"
+FORGED_LINE = "INFO spfmilter.verdicts: NOQUEUE: verdict result=pass action=accept"
 # The record that held the GIL for 55 s: a 62 KB label pyspf checks in time
 # growing with the square of its length.
 FREEZE = "v=spf1 a:x." + "a" * 62000 + "_ -all"
@@ -50,6 +50,20 @@ def hostile_zone() -> dict[str, list[object]]:
                 {"TXT": "v=spf1 a:x\n" + FORGED_LINE.replace(" ", "%_") + ".servfail.example -all"}
             ],
             f"x\n{FORGED_LINE}.servfail.example": ["SERVFAIL"],
+            # ptr: authorizes clients whose PTR name is in good-ptr.example
+            # and resolves back to them.  203.0.113.66's PTR answer also
+            # carries a foreign CNAME that sends that name to the attacker's
+            # host (pyspf caches every CNAME it is handed).
+            "ptr-victim.example": [{"TXT": "v=spf1 ptr:good-ptr.example -all"}],
+            "66.113.0.203.in-addr.arpa": [
+                {"PTR": "mx.good-ptr.example"},
+                {"FOREIGN": ["mx.good-ptr.example", "CNAME", "host.evil-ptr.example"]},
+            ],
+            "mx.good-ptr.example": [{"A": "192.0.2.1"}],
+            "host.evil-ptr.example": [{"A": "203.0.113.66"}],
+            # The control: a PTR name that truly resolves back.
+            "67.113.0.203.in-addr.arpa": [{"PTR": "mx2.good-ptr.example"}],
+            "mx2.good-ptr.example": [{"A": "203.0.113.67"}],
         }
     )
     return zone
@@ -102,9 +116,13 @@ def test_a_record_built_to_freeze_is_refused_and_others_keep_going(
 
 
 def daemon_cpu(daemon: Daemon) -> float:
-    with open(f"/proc/{daemon.pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in ticks of 10 ms
+    """CPU seconds of the daemon's processes (its workers' included)."""
+    total = 0
+    for pid in daemon.pids():
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime + stime, in ticks of 10 ms
+    return total / 100
 
 
 def test_thousands_of_addresses_are_refused(
@@ -120,13 +138,13 @@ def test_the_cache_stays_within_its_bytes(
     make_daemon: MakeDaemon, hostile_dns: DNSTestServer
 ) -> None:
     # 120 senders, each naming ten new names of 250 addresses: about 3,000
-    # cache entries and 60 MB unbounded; the cache holds 4 MiB.
+    # cache entries and 60 MB unbounded; each worker's caches hold 4 MiB.
     daemon = configured(make_daemon, hostile_dns, cache_size="4M", lookup_time="10")
     run(daemon, "warm@spf-pass.example.org")
-    start = process_stats(daemon.pid).rss_kib
+    start = daemon.stats().rss_kib
     for n in range(120):
         assert run(daemon, f"u{n}@grow.example").final.code == "550"
-    grown = process_stats(daemon.pid).rss_kib - start
+    grown = daemon.stats().rss_kib - start
     assert grown < 24 * 1024, f"RSS grew by {grown} KiB"
 
 
@@ -139,4 +157,18 @@ def test_dns_data_cannot_write_a_log_line(
     assert not any(line.startswith(FORGED_LINE) for line in lines)
     (warning,) = [line for line in lines if line.startswith("WARNING spfmilter.dns")]
     assert f"looking up x\\n{FORGED_LINE.lower()}.servfail.example A" in warning
-    assert len([line for line in lines if line.startswith("INFO spfmilter.verdicts: verdict")]) == 1
+    verdicts = [line for line in lines if line.startswith("INFO spfmilter.verdicts: NOQUEUE: ")]
+    assert len(verdicts) == 1
+
+
+def test_foreign_records_in_an_answer_are_not_believed(
+    make_daemon: MakeDaemon, hostile_dns: DNSTestServer
+) -> None:
+    daemon = configured(make_daemon, hostile_dns)
+    # The control passes through the real forward check ...
+    assert received_spf(run(daemon, "a@ptr-victim.example", ip="203.0.113.67")).startswith("pass ")
+    # ... and the foreign CNAME (RFC 7208 section 5.5 wants the A lookup of
+    # the PTR name itself) does not make 203.0.113.66 pass.
+    refused = run(daemon, "a@ptr-victim.example", ip="203.0.113.66")
+    assert refused.final.code == "550", refused
+    assert ("mx.good-ptr.example", "A", "udp") in hostile_dns.queries

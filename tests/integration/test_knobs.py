@@ -62,6 +62,22 @@ def test_trusted_relays_and_sender_domains(stack: Stack, configure: Configure) -
     assert "SPF skipped - sender domain spf-fail-noexp.example.org is exempt" in log
 
 
+def test_skip_by_macro_spares_the_submission_service(stack: Stack, configure: Configure) -> None:
+    # Postfix sends {daemon_name} (milter_macro_daemon_name) at connect; the
+    # second smtpd sets it to ORIGINATING, as Debian's submission entry does.
+    configure({"skip": {"macros": "{daemon_name}=ORIGINATING"}})
+    assert skipped(
+        send(stack, "203.0.113.5", "helo-none.example.org", FAIL_SENDER, submission=True)
+    )
+    refused = send(stack, "203.0.113.5", "helo-none.example.org", FAIL_SENDER)
+    assert refused.rcpts[0][0] == 550
+    assert "SPF skipped - MTA macro {daemon_name}=ORIGINATING" in stack.daemon.log_text()
+    # Without the setting the submission service's mail is checked too.
+    configure({})
+    sent = send(stack, "203.0.113.5", "helo-none.example.org", FAIL_SENDER, submission=True)
+    assert sent.rcpts[0][0] == 550
+
+
 def test_skip_networks(stack: Stack, configure: Configure) -> None:
     configure({"skip": {"networks": "203.0.113.0/24"}})
     assert skipped(send(stack, "203.0.113.9", "helo-fail.example.org", FAIL_SENDER))

@@ -22,7 +22,7 @@ from spfmilter.milter import Activity, client_address, reverse_path
 from spfmilter.model import Identity, SpfOutcome, SpfQuery, SpfResult, Stage
 from spfmilter.schema import HeadersConfig, PolicyConfig
 from spfmilter.services import Services
-from spfmilter.values import HeaderType
+from spfmilter.values import HeaderType, parse_macros
 
 RESULTS = {
     "mail.example.org": SpfResult.PASS,
@@ -160,6 +160,17 @@ def test_sasl_macro_reaches_the_session(make: Any) -> None:
     ctx = make()
     start(ctx)
     ctx._setsymval("{auth_authen}", "bob")
+    ctx._envfrom("<bad@example.org>")
+    assert ctx._envrcpt("<a@example.net>") == Milter.CONTINUE
+
+
+def test_configured_macros_reach_the_session(make: Any) -> None:
+    skip = dataclasses.replace(Config().skip, macros=parse_macros("{daemon_name}=ORIGINATING"))
+    ctx = make(dataclasses.replace(Config(), skip=skip))
+    start(ctx)
+    ctx._envfrom("<bad@example.org>")
+    assert ctx._envrcpt("<a@example.net>") == Milter.REJECT  # no macro: checked
+    ctx._setsymval("{daemon_name}", "ORIGINATING")
     ctx._envfrom("<bad@example.org>")
     assert ctx._envrcpt("<a@example.net>") == Milter.CONTINUE
 

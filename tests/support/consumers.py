@@ -41,7 +41,6 @@ import shlex
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -52,6 +51,7 @@ from types import TracebackType
 from typing import Self
 
 from tests.support.dnsserver import DNSTestServer, ZoneData
+from tests.support.net import tcp_listening
 
 OPENDMARC = Path("/usr/sbin/opendmarc")
 SPAMASSASSIN = Path("/usr/bin/spamassassin")
@@ -73,7 +73,6 @@ _DNS_ADDRESS_ATTEMPTS = 20
 # Device nodes the consumers (and the C library) open; the private /dev of
 # OpenDMARC's namespace holds only these and the syslog socket.
 _DEV_NODES = ("null", "zero", "random", "urandom")
-_TCP_LISTEN = "0A"
 # syslog(3) datagrams start with "<PRI>", PRI = facility * 8 + severity.
 _SYSLOG_PRI = re.compile(rb"^<(\d{1,3})>")
 _SEVERITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
@@ -407,8 +406,11 @@ class PrivateOpenDMARC:
                 )
             time.sleep(POLL_INTERVAL)
         # unshare and sh exec in turn: the PID stop() signals is OpenDMARC's.
+        # Compared by device and inode: in a chroot (fresh-debian) the link
+        # names the file by its path outside.
         pid = self._process.pid
-        if Path(os.readlink(f"/proc/{pid}/exe")) != OPENDMARC:
+        running, installed = os.stat(f"/proc/{pid}/exe"), OPENDMARC.stat()
+        if (running.st_dev, running.st_ino) != (installed.st_dev, installed.st_ino):
             self.stop()
             raise RuntimeError(f"process {pid} is not {OPENDMARC}")
 
@@ -488,15 +490,7 @@ class PrivateOpenDMARC:
     # -- internals -----------------------------------------------------------
 
     def _listening(self) -> bool:
-        # /proc/net/tcp: "sl local_address rem_address st ...", the address
-        # in host byte order hex, the port big-endian hex.
-        address = int.from_bytes(socket.inet_aton("127.0.0.1"), sys.byteorder)
-        wanted = f"{address:08X}:{self.port:04X}"
-        with open("/proc/net/tcp", encoding="ascii") as table:
-            return any(
-                fields[1] == wanted and fields[3] == _TCP_LISTEN
-                for fields in (line.split() for line in table)
-            )
+        return tcp_listening(self.port)
 
     def _wake_listener(self) -> None:
         with contextlib.suppress(OSError):  # not listening any more

@@ -20,15 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from spfmilter.config import load_config
+from spfmilter.values import worker_count
+from tests.support.net import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+__all__ = ["REPO", "Daemon", "ProcessStats", "children", "free_port", "process_stats", "wait_for"]
 
 
 def wait_for(predicate: object, timeout: float, what: str) -> None:
@@ -106,29 +104,36 @@ class Daemon:
             return f"inet:127.0.0.1:{self.port}"
         return self.socket
 
+    def argv(self, *extra: str) -> list[str]:
+        """The daemon's command line, with `extra` options."""
+        return [*self.command, "--config", str(self.config_path), "--socket", self.socket, *extra]
+
     def start(self, *extra: str, timeout: float = 20) -> None:
         """Start and return once the socket accepts connections."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [
-                    *self.command,
-                    "--config",
-                    str(self.config_path),
-                    "--socket",
-                    self.socket,
-                    *extra,
-                ],
+                self.argv(*extra),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
                 env=env,
             )
         try:
-            wait_for(self._ready, timeout, f"spfmilter on {self.socket}")
+            self.wait_started(timeout)
         except TimeoutError:
             self.stop()
             raise RuntimeError(f"spfmilter did not start; log:\n{self.log_text()}") from None
+
+    def wait_started(self, timeout: float) -> None:
+        """Until the socket accepts connections and, when the configuration
+        asks for workers, all of them run (the socket accepts as soon as the
+        supervisor opened it, before it forks)."""
+        wait_for(self._ready, timeout, f"spfmilter on {self.socket}")
+        config = load_config(str(self.config_path))
+        count = worker_count(config.milter.workers, os.cpu_count())
+        if count > 1:
+            wait_for(lambda: len(children(self.pid)) >= count, timeout, f"{count} workers")
 
     def _ready(self) -> bool:
         assert self.process is not None

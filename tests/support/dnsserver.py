@@ -20,6 +20,10 @@ TIMEOUT
 SERVFAIL
     Our extension: the same queries are answered with rcode SERVFAIL.
 
+Another extension, ``{FOREIGN: [owner, TYPE, value]}``, adds a record of
+another owner to every answer for the name, in the answer section: what a
+resolver that does not scrub its replies passes on, or a spoofed reply.
+
 A name whose first label is ``*`` is a wildcard (RFC 4592 section 2):
 ``*.load.example`` answers, with the asked name as owner, for every name
 below ``load.example`` that the zone data does not hold (neither as an owner
@@ -117,6 +121,7 @@ class _Node:
 
     records: Mapping[int, tuple[_RData, ...]]
     failure: _Failure | None
+    foreign: tuple[tuple[_Name, int, _RData], ...] = ()  # owner, type, data
 
 
 @dataclass(frozen=True)
@@ -248,7 +253,14 @@ def _compile_node(name: str, entries: Sequence[object], spf_as_txt: bool) -> _No
     records: dict[int, list[_RData]] = {}
     failure: _Failure | None = None
     has_own_txt = False
+    foreign: list[tuple[_Name, int, _RData]] = []
     for entry in entries:
+        if isinstance(entry, Mapping) and "FOREIGN" in entry:
+            owner, rtype, value = entry["FOREIGN"]
+            rdata = _make_rdata(owner, rtype, value)
+            if rdata is not None:
+                foreign.append((DNSLabel(owner), _BUILDERS[rtype][0], rdata))
+            continue
         if isinstance(entry, str):
             try:
                 failure = _Failure(entry)
@@ -262,7 +274,9 @@ def _compile_node(name: str, entries: Sequence[object], spf_as_txt: bool) -> _No
             records.setdefault(_BUILDERS[rtype][0], []).append(rdata)
     if spf_as_txt and not has_own_txt and QTYPE.SPF in records:
         records[QTYPE.TXT] = records[QTYPE.SPF]
-    return _Node({qtype: tuple(rdatas) for qtype, rdatas in records.items()}, failure)
+    return _Node(
+        {qtype: tuple(rdatas) for qtype, rdatas in records.items()}, failure, tuple(foreign)
+    )
 
 
 def _compile_zone(zone: ZoneData, spf_as_txt: bool) -> _Zone:
@@ -302,6 +316,7 @@ def _resolve(zone: _Zone, qname: _Name, qtype: int, ttl: int) -> _Answer | None:
             return _Answer(rcode, answers, negative=True)
         if qtype in node.records:
             answers += [_record(owner, qtype, rdata, ttl) for rdata in node.records[qtype]]
+            answers += [_record(name, rtype, rdata, ttl) for name, rtype, rdata in node.foreign]
             return _Answer(RCODE.NOERROR, answers, negative=False)
         if QTYPE.CNAME not in node.records:
             return _unanswerable(node.failure, answers)

@@ -23,7 +23,6 @@ import re
 import shutil
 import signal
 import smtplib
-import socket
 import stat
 import subprocess
 import time
@@ -32,6 +31,8 @@ from email.message import Message
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from tests.support.net import free_port, tcp_listening
 
 POSTFIX = "/usr/sbin/postfix"
 POSTCONF = "/usr/sbin/postconf"
@@ -65,20 +66,6 @@ LOG_TAIL_LINES = 40
 # Postfix log lines look like "Mon DD HH:MM:SS host prog[pid]: severity: ...".
 _PROBLEM_LINE = re.compile(r"\]: (?:warning|error|fatal|panic): ")
 # /proc/net/tcp{,6} state code for a listening socket.
-_TCP_LISTEN = "0A"
-
-
-def _free_port() -> int:
-    """Return a loopback TCP port that was free a moment ago.
-
-    There is an unavoidable window before Postfix binds it; if another process
-    grabs the port meanwhile, ``postfix start`` fails loudly rather than
-    silently talking to the wrong server.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _xtext(value: str) -> str:
@@ -124,7 +111,10 @@ class PrivatePostfix:
         # smtpd chrooted in the queue directory, as Debian runs it: a unix
         # milter socket is then named relative to the queue directory.
         self.chroot_smtpd = chroot_smtpd
-        self.smtp_port = _free_port()
+        self.smtp_port = free_port()
+        # A second smtpd, as Debian's master.cf "submission" entry sets it
+        # up: the milter sees {daemon_name} = ORIGINATING there.
+        self.submission_port = free_port()
         self.config_dir = self.workdir / "etc"
         self.queue_dir = self.workdir / "queue"
         self.data_dir = self.workdir / "data"
@@ -203,19 +193,23 @@ class PrivatePostfix:
         *,
         client_name: str = "[UNAVAILABLE]",
         login: str | None = None,
+        submission: bool = False,
     ) -> smtplib.SMTP:
         """Open an SMTP session posing as ``client_ip``/``helo`` via XCLIENT.
 
         Returns the session after the post-XCLIENT EHLO, ready for MAIL FROM.
         ``login`` poses as a client that authenticated with SASL as that
         user (XCLIENT LOGIN; milters see it as {auth_authen}).
+        ``submission`` connects to the second smtpd, whose
+        milter_macro_daemon_name is ORIGINATING.
         Use one session per posed client: Postfix allows XCLIENT only once.
         A refused XCLIENT or EHLO (e.g. the milter rejecting at connect or
         HELO) raises smtplib.SMTPResponseException carrying the reply.
         """
         ip = ipaddress.ip_address(client_ip)
         addr = f"IPV6:{ip}" if ip.version == 6 else str(ip)
-        smtp = smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=60)
+        port = self.submission_port if submission else self.smtp_port
+        smtp = smtplib.SMTP("127.0.0.1", port, timeout=60)
         try:
             smtp.ehlo("xclient.invalid")
             if not smtp.has_extn("xclient"):
@@ -337,6 +331,12 @@ class PrivatePostfix:
         listener = f"127.0.0.1:{self.smtp_port}"
         chroot = "y" if self.chroot_smtpd else "n"
         self._postconf("-M", f"{listener}/inet={listener} inet n - {chroot} - - smtpd")
+        submission = f"127.0.0.1:{self.submission_port}"
+        self._postconf(
+            "-M",
+            f"{submission}/inet={submission} inet n - {chroot} - - smtpd"
+            " -o milter_macro_daemon_name=ORIGINATING",
+        )
         self._postconf("-MX", "smtp/inet")
 
     def _postconf(self, *args: str) -> None:
@@ -392,14 +392,7 @@ class PrivatePostfix:
             time.sleep(POLL_INTERVAL)
 
     def _port_listening(self) -> bool:
-        # Entries read "sl local_address rem_address st ...", with the address
-        # as little-endian hex IPv4 and a big-endian hex port.
-        wanted = f"0100007F:{self.smtp_port:04X}"
-        with open("/proc/net/tcp", encoding="ascii") as table:
-            return any(
-                fields[1] == wanted and fields[3] == _TCP_LISTEN
-                for fields in (line.split() for line in table)
-            )
+        return tcp_listening(self.smtp_port) and tcp_listening(self.submission_port)
 
     def _master_pid(self) -> int | None:
         """PID of this instance's running master, or None.

@@ -38,7 +38,6 @@ import shutil
 import smtplib
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -46,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from tests.support.net import free_port, tcp_listening
 
 # sendmail-bin holds the daemon; sendmail-cf the m4 files the .cf is built
 # from; libwrap0 the one shared library of the daemon that a machine with
@@ -60,7 +61,6 @@ POLL_INTERVAL = 0.05
 SMTP_TIMEOUT = 90.0
 LOG_TAIL_LINES = 40
 
-_TCP_LISTEN = "0A"
 # Device nodes Sendmail (and the TLS/SASL libraries it loads) open; the
 # private /dev holds only these and the syslog socket.
 _DEV_NODES = ("null", "zero", "random", "urandom")
@@ -151,18 +151,6 @@ def _check_libraries(install: SendmailInstall) -> None:
         )
     if proc.returncode != 0:
         raise SendmailError(f"ldd {install.binary} failed:\n{proc.stderr}")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _loopback_hex(address: str) -> str:
-    # /proc/net/tcp prints the IPv4 address as one 32-bit number in host order.
-    return f"{int.from_bytes(socket.inet_aton(address), sys.byteorder):08X}"
 
 
 @dataclass(frozen=True)
@@ -330,7 +318,7 @@ class PrivateSendmail:
         self.milter_spec = milter_spec
         self.myhostname = myhostname
         self.relay_domains = tuple(relay_domains)
-        self.smtp_port = _free_port()
+        self.smtp_port = free_port()
         self.queue_dir = self.workdir / "queue"
         self.cf_path = self.workdir / "sendmail.cf"
         self.pid_path = self.workdir / "sendmail.pid"
@@ -590,12 +578,7 @@ class PrivateSendmail:
             return False
 
     def _port_listening(self) -> bool:
-        wanted = f"{_loopback_hex('127.0.0.1')}:{self.smtp_port:04X}"
-        with open("/proc/net/tcp", encoding="ascii") as table:
-            return any(
-                fields[1] == wanted and fields[3] == _TCP_LISTEN
-                for fields in (line.split() for line in table)
-            )
+        return tcp_listening(self.smtp_port)
 
     def _log_tail(self) -> str:
         parts = []

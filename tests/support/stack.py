@@ -129,10 +129,11 @@ def send(
     *,
     headers: Mapping[str, str] | None = None,
     login: str | None = None,
+    submission: bool = False,
 ) -> Sent:
     """One transaction on a new connection posing as `ip`/`helo` (and as a
-    SASL-authenticated `login`)."""
-    smtp = stack.postfix.connect(ip, helo, login=login)
+    SASL-authenticated `login`), to the submission smtpd if asked."""
+    smtp = stack.postfix.connect(ip, helo, login=login, submission=submission)
     try:
         return transaction(smtp, stack.postfix, sender, rcpts or [RCPT], headers)
     finally:

@@ -140,6 +140,16 @@ timeout = 0.5
             "x.cfg:2: [log] level: expected one of debug, info, warning, error; got 'loud'",
         ),
         (
+            "[skip]\nmacros = {daemon_name}\n",
+            "x.cfg:2: [skip] macros: expected NAME=VALUE such as {daemon_name}=ORIGINATING, "
+            "got '{daemon_name}'",
+        ),
+        (
+            "[skip]\nmacros = {daemon name}=x\n",
+            "x.cfg:2: [skip] macros: expected NAME=VALUE such as {daemon_name}=ORIGINATING, "
+            "got '{daemon'",
+        ),
+        (
             "[milter]\nworkers = 0\n",
             "x.cfg:2: [milter] workers: expected auto or a number from 1 to 64, got 0",
         ),
@@ -227,6 +237,15 @@ def test_exempt_recipients_need_the_rcpt_stage() -> None:
         "x.cfg: [policy] exempt_recipients has no effect with reject_stage = mail "
         "(recipients are not known yet at MAIL FROM)",
     )
+
+
+def test_macros_are_named_as_libmilter_takes_them() -> None:
+    config = parse_config("[skip]\nmacros = daemon_name=ORIGINATING, {if_name}=lo, j=mx\n")
+    assert [str(m) for m in config.skip.macros] == [
+        "{daemon_name}=ORIGINATING",
+        "{if_name}=lo",
+        "j=mx",
+    ]
 
 
 @pytest.mark.parametrize(

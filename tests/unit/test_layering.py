@@ -46,7 +46,17 @@ ALLOWED: dict[str, set[str]] = {
         "warmup",
         "workers",
     },
-    "cli": {"__init__", "check", "config", "configdoc", "daemon", "metrics", "services", "values"},
+    "cli": {
+        "__init__",
+        "check",
+        "config",
+        "configdoc",
+        "daemon",
+        "logs",
+        "metrics",
+        "services",
+        "values",
+    },
 }
 # dnspython is not used: spfmilter.dnswire speaks DNS itself.
 THIRD_PARTY = {"Milter": {"milter", "daemon"}, "spf": {"checker"}, "dns": set()}

@@ -15,6 +15,7 @@ from spfmilter.model import (
     Action,
     Connection,
     Identity,
+    Macro,
     Plan,
     Reply,
     Skip,
@@ -26,7 +27,7 @@ from spfmilter.model import (
     Transaction,
 )
 from spfmilter.schema import PolicyConfig, ReplyConfig, SkipConfig
-from spfmilter.values import parse_networks
+from spfmilter.values import parse_macros, parse_networks
 
 ALL = list(SpfResult)
 DEFAULT = Config()
@@ -260,6 +261,25 @@ def conn(ip: str) -> Connection:
             "198.51.100.7",
             Transaction("a@example.org", auth_user="bob"),
             SkipConfig(authenticated=False),
+            None,
+        ),
+        (
+            "198.51.100.7",
+            Transaction("a@example.org", macros=(Macro("{daemon_name}", "ORIGINATING"),)),
+            SkipConfig(macros=parse_macros("daemon_name=ORIGINATING")),
+            "MTA macro {daemon_name}=ORIGINATING",
+        ),
+        (
+            # The value must match exactly; a macro the MTA did not send is "".
+            "198.51.100.7",
+            Transaction("a@example.org", macros=(Macro("{daemon_name}", "originating"),)),
+            SkipConfig(macros=parse_macros("{daemon_name}=ORIGINATING")),
+            None,
+        ),
+        (
+            "198.51.100.7",
+            Transaction("a@example.org", macros=(Macro("{daemon_name}", ""),)),
+            SkipConfig(macros=parse_macros("{daemon_name}=ORIGINATING")),
             None,
         ),
         (

@@ -180,7 +180,7 @@ def test_loopback_is_skipped_without_header(caplog: pytest.LogCaptureFixture) ->
     assert session.end_of_message("Q2") == HeaderChanges()
     assert rec.calls == []
     (line,) = verdict_lines(caplog)
-    assert line.startswith("SPF skipped - localhost is always allowed queue_id=Q2 conn=")
+    assert line.startswith("Q2: SPF skipped - localhost is always allowed conn=")
     assert metrics.value("spfmilter_skips_total", reason="localhost") == 1
 
 
@@ -210,7 +210,8 @@ def test_exempt_recipient_is_accepted_and_gets_the_header(
     ((_, value),) = session.end_of_message("Q3").insert
     assert value.startswith("fail ")
     (line,) = verdict_lines(caplog)  # logged at the refusal, not again at the end
-    assert "queue_id=- " in line and "exempt_recipients=<postmaster@example.net>" in line
+    assert line.startswith("NOQUEUE: verdict conn=")
+    assert "exempt_recipients=<postmaster@example.net>" in line
 
 
 def test_dry_run_accepts_and_logs_what_it_would_do(caplog: pytest.LogCaptureFixture) -> None:
@@ -239,7 +240,7 @@ def test_one_verdict_line_per_transaction(caplog: pytest.LogCaptureFixture) -> N
     session.abort("4XyZ1")
     session.close("4XyZ1")
     (line,) = verdict_lines(caplog)
-    assert line.startswith("verdict queue_id=4XyZ1 conn=")
+    assert line.startswith("4XyZ1: verdict conn=")
     for field in (
         "client_ip=198.51.100.7",
         "helo=mail.example.org",

@@ -1,0 +1,38 @@
+"""Loopback TCP ports for the processes the tests start: a free one to give
+a server, and whether a server listens on one yet.
+
+Readiness is read from the kernel's socket table rather than probed with a
+connection: a probe would be a real session for the server (an SMTP
+session through the milter, a milter session OpenDMARC logs as an error).
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+# include/net/tcp_states.h: TCP_LISTEN, as /proc/net/tcp prints it.
+_TCP_LISTEN = "0A"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now.  Another
+    process could take it before the caller binds it: the server then fails
+    to start, loudly, rather than the test talking to a stranger."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def tcp_listening(port: int, address: str = "127.0.0.1") -> bool:
+    """Whether a socket listens on `address`:`port` (IPv4)."""
+    # Lines read "sl local_address rem_address st ...": the address as one
+    # 32-bit number in host byte order, the port big-endian, both in hex.
+    host = int.from_bytes(socket.inet_aton(address), sys.byteorder)
+    wanted = f"{host:08X}:{port:04X}"
+    with open("/proc/net/tcp", encoding="ascii") as table:
+        return any(
+            fields[1] == wanted and fields[3] == _TCP_LISTEN
+            for fields in (line.split() for line in table)
+        )

@@ -81,7 +81,9 @@ def man_keys() -> str:
         if first is not None:
             out.append(f".SS [{section}]\n{_roff(first)}")
         shown = default or "(empty)"
-        out.append(f'.TP\n.BR {name} " = " {_roff(shown)}\n{_roff(doc)}')
+        # One quoted argument: a default may hold spaces ("a, b").
+        value = _roff(shown).replace('"', "\\(dq")
+        out.append(f'.TP\n.BR {name} " = " "{value}"\n{_roff(doc)}')
     return "\n".join(out) + "\n"
 
 

@@ -183,11 +183,22 @@ def authserv_id_of(value: str) -> str:
             text.append(char)
         elif char == "(":
             depth = 1
+            text.append(" ")  # a comment separates, as whitespace does
         elif char == ";":
             break
         else:
             text.append(char)
-    words = re.sub(r"\s*\.\s*", ".", "".join(text)).split()
+    # Labels are joined across spaces around dots, but a last word of digits
+    # is the authres-version ("mx.example.net. 1" is mx.example.net): a host
+    # name's last label is never all digits (RFC 3696 section 2).
+    words: list[str] = []
+    tokens = "".join(text).split()
+    for index, token in enumerate(tokens):
+        version = token.isdigit() and index == len(tokens) - 1
+        if words and not version and (words[-1].endswith(".") or token.startswith(".")):
+            words[-1] += token
+        else:
+            words.append(token)
     return words[0].lower().rstrip(".") if words else ""
 
 
@@ -197,17 +208,19 @@ def fold(name: str, value: str) -> str:
     One line when it fits (RFC 5322 section 2.2.3); continuation lines start
     with a tab.  A word longer than a line is left whole rather than broken.
     """
-    words = value.split(" ")
+    # Split at every space: a run of spaces gives empty words, so that each
+    # fold replaces exactly one space and the others stay (unfolding gives
+    # the value back).  A line of nothing but spaces is never ended.
+    first, *words = value.split(" ")
     lines: list[str] = []
-    current = ""
+    current = first
     width = len(name) + 2  # "Name: " on the first line
     for word in words:
-        candidate = f"{current} {word}" if current else word
-        if current and width + len(candidate) > FOLD_AT:
+        if current.strip() and width + len(current) + 1 + len(word) > FOLD_AT:
             lines.append(current)
             current = word
             width = 1  # the tab that starts a continuation line
         else:
-            current = candidate
+            current = f"{current} {word}"
     lines.append(current)
     return "\n\t".join(lines)

@@ -80,12 +80,16 @@ def line_numbers(text: str) -> dict[tuple[str, str], int]:
     lines: dict[tuple[str, str], int] = {}
     section = ""
     for number, line in enumerate(text.splitlines(), start=1):
-        header = re.match(r"\s*\[([^\]]*)\]", line)
+        # As configparser reads a header: the line without its inline
+        # comment (a "#" after whitespace), stripped, up to its last "]".
+        header = re.match(r"\[(.+)\]", re.split(r"\s#", line.strip(), maxsplit=1)[0])
         if header:
             section = header.group(1).strip().lower()
             lines.setdefault((section, ""), number)
             continue
-        name = re.match(r"([^\s#;=:][^=:]*?)\s*[=:]", line)
+        # configparser takes an indented line for a key too, unless it
+        # continues the value of the key above.
+        name = re.match(r"\s*([^\s#;=:][^=:]*?)\s*[=:]", line)
         if name:
             lines.setdefault((section, name.group(1).strip().lower()), number)
     return lines
@@ -132,14 +136,23 @@ def parse_config(text: str, name: str = "<config>") -> Config:
     lines = line_numbers(text)
     sections: dict[str, Any] = {}
     for section in parser.sections():
-        where = f"{name}:{lines.get((section.lower(), ''), 0)}"
-        schema = SECTIONS.get(section.lower())
+        # "[ dns ]" and "[DNS]" are [dns], as for keys.
+        normal = section.strip().lower()
+        where = f"{name}:{lines.get((normal, ''), 0)}"
+        schema = SECTIONS.get(normal)
         if schema is None:
             raise ConfigError(
-                f"{where}: [{section}]: unknown section; expected one of " + ", ".join(SECTIONS)
+                f"{where}: [{section.strip()}]: unknown section; expected one of "
+                + ", ".join(SECTIONS)
             )
-        values = _parse_section(parser[section], section.lower(), schema, name, lines)
-        sections[section.lower()] = schema(**values)
+        if normal in sections:
+            again = [
+                number
+                for number, line in enumerate(text.splitlines(), start=1)
+                if re.fullmatch(rf"\s*\[\s*{re.escape(normal)}\s*\]\s*", line, re.IGNORECASE)
+            ]
+            raise ConfigError(f"{name}:{again[-1]}: [{normal}]: section given twice")
+        sections[normal] = schema(**_parse_section(parser[section], normal, schema, name, lines))
     config = Config(source=name, **sections)
     return dataclasses.replace(config, warnings=_warnings(config))
 

@@ -246,10 +246,11 @@ def _answer(reply: dnswire.Reply, name: str, asked: str, qtype: str) -> Answer:
 
 
 # What CPython (64-bit) spends, measured with tracemalloc: a cache entry's
-# ordered-dict slot, key, expiry and tuples; per record its two tuples and
-# its place in the entry; a str 49 bytes and a bytes 33 plus their length,
-# a tuple 40 plus 8 per item.
-_ENTRY_BYTES = 290
+# ordered-dict slot, key, expiry and tuples (measured on negative answers,
+# which hold nothing else); per record its two tuples and its place in the
+# entry; a str 49 bytes and a bytes 33 plus their length, a tuple 40 plus 8
+# per item.
+_ENTRY_BYTES = 490
 _RECORD_BYTES = 120
 _TUPLE_BYTES = 40
 _STR_BYTES = 49

@@ -187,7 +187,8 @@ class _Parser:
             if len(label) != length:
                 raise WireError("label runs past the message")
             total += length + 1
-            if total > 255:
+            # RFC 1035 section 3.1: 255 octets, the root label's one included.
+            if total + 1 > 255:
                 raise WireError("name longer than 255 octets")
             labels.append(_label_text(label))
             position += length + 1

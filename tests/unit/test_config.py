@@ -255,3 +255,24 @@ def test_macros_are_named_as_libmilter_takes_them() -> None:
 def test_worker_count(text: str, cpus: int | None, count: int) -> None:
     config = parse_config(f"[milter]\nworkers = {text}\n")
     assert worker_count(config.milter.workers, cpus) == count
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # Read as configparser reads them, and named at their line.
+        ("[dns]\n  timeout = soon\n", "x.cfg:2: [dns] timeout: expected a number of seconds"),
+        ("\n[ dnsx ]\n", "x.cfg:2: [dnsx]: unknown section"),
+        ("\n\n[a]b]\n", "x.cfg:3: [a]b]: unknown section"),
+        ("[dns] # the resolver [x]\ntimeout = bad\n", "x.cfg:2: [dns] timeout: expected"),
+        ("[dns]\n[ DNS ]\n", "x.cfg:2: [dns]: section given twice"),
+    ],
+)
+def test_errors_name_the_line_however_it_is_written(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "x.cfg")
+    assert str(info.value).startswith(message)
+
+
+def test_a_section_name_is_read_without_its_spaces_and_case() -> None:
+    assert parse_config("[ DNS ]\ntimeout = 2\n").dns.timeout == 2.0

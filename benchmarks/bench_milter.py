@@ -5,7 +5,7 @@ session: negotiate, connect (with macro j), HELO, MAIL FROM, one RCPT, DATA,
 one header, end of headers, body, end of message, QUIT.  It is driven over
 the real milter protocol (tests/support/milterclient.py) against real
 daemons, and compared with a baseline measured in the same run: a minimal
-pymilter daemon defined in this file that does the same protocol work as
+pymilter daemon (benchmarks/milterproc.py) that does the same protocol work as
 spfmilter (the same negotiated steps, one header inserted at the top at end
 of message) but no SPF.  The ratio to that baseline is the cost of spfmilter
 itself; pymilter, libmilter and the protocol are in both.
@@ -42,12 +42,9 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,10 +53,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import Milter
-
-from tests.support.daemon import REPO, Daemon, free_port, wait_for
-from tests.support.milterclient import MilterClient, MilterError
+from benchmarks.milterproc import BaselineDaemon, cpu_seconds, percentile, rss_mib
+from tests.support.daemon import Daemon, free_port
+from tests.support.milterclient import MilterClient
 
 # The client posed in every transaction: an address that spf-pass.example.org
 # and helo-pass.example.org (tests/zones/core.yaml) authorise, so both
@@ -83,107 +79,6 @@ BLOCK = 25
 CLIENT_TIMEOUT = 10.0
 # Long enough that no cached answer expires during the run.
 DNS_TTL = 3600
-
-CONTINUE: int = Milter.CONTINUE
-
-
-# ---------------------------------------------------------------- baseline daemon
-
-
-class BaselineMilter(Milter.Base):  # type: ignore[misc]
-    """The protocol work spfmilter does, minus SPF.
-
-    It overrides the same callbacks as spfmilter.milter.SpfMilter, header
-    with the same @noreply, so libmilter negotiates the same steps (no body,
-    no reply to headers); run() checks that all the daemons agree on them.
-    """
-
-    def connect(self, hostname: str, family: int, hostaddr: object) -> int:
-        return CONTINUE
-
-    def hello(self, heloname: str) -> int:
-        return CONTINUE
-
-    def envfrom(self, mail_from: str, *params: str) -> int:
-        return CONTINUE
-
-    def envrcpt(self, recipient: str, *params: str) -> int:
-        return CONTINUE
-
-    @Milter.noreply  # type: ignore[untyped-decorator]
-    def header(self, name: str, value: str) -> int:
-        return CONTINUE
-
-    def eom(self) -> int:
-        # At index 0, as spfmilter inserts its Received-SPF.
-        self.addheader("X-Baseline", "1", 0)
-        return CONTINUE
-
-
-def serve_baseline(spec: str) -> None:
-    """Run BaselineMilter on spec until SIGTERM: the baseline process's entry point."""
-    Milter.factory = BaselineMilter
-    Milter.runmilter("baseline", spec, 600)  # the timeout spfmilter.daemon uses
-
-
-class BaselineDaemon:
-    """The baseline milter as a subprocess, started and stopped like Daemon."""
-
-    def __init__(self, socket_spec: str, log_path: Path) -> None:
-        self.socket = socket_spec
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self, timeout: float = 20) -> None:
-        code = "import sys, benchmarks.bench_milter as b; b.serve_baseline(sys.argv[1])"
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", code, self.socket],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-            )
-        try:
-            wait_for(self._ready, timeout, f"baseline milter on {self.socket}")
-        except TimeoutError:
-            self.stop()
-            raise
-
-    def _ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            log = self.log_path.read_text(errors="replace")
-            raise RuntimeError(f"baseline milter exited with {self.process.returncode}:\n{log}")
-        probe = MilterClient(self.socket, timeout=1)
-        try:
-            probe.open()
-        except MilterError:
-            return False
-        probe.close()
-        return True
-
-    def stop(self, timeout: float = 15) -> None:
-        """SIGTERM, then wait; SIGKILL only if it hangs."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self.process.poll() is None and time.monotonic() < deadline:
-            # libmilter's listener notices the stop when a connection wakes
-            # it, and otherwise only every 5 s.
-            with contextlib.suppress(RuntimeError):  # it exited meanwhile
-                self._ready()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(0.1)
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(5)
-
 
 # ---------------------------------------------------------------- measuring
 
@@ -300,12 +195,6 @@ def negotiated(target: Target) -> tuple[int, int]:
     return actions, protocol
 
 
-def percentile(sorted_values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile: the smallest value with `fraction` at or below it."""
-    rank = max(1, math.ceil(fraction * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 def measure_latency(
     scenarios: Sequence[Scenario], n: int, warmup: int, queries: Callable[[], int]
 ) -> list[Latency]:
@@ -342,21 +231,6 @@ def measure_latency(
             )
         )
     return results
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process, finished threads included.
-
-    The kernel reports it in clock ticks (10 ms).  The latency runs add up
-    differences over blocks in which the daemon is otherwise idle, so the
-    sum telescopes and is good to about a tick in all: fine at the default
-    N, meaningless for a few connections.
-    """
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    # Fields after the parenthesised command name, which may hold spaces;
-    # utime and stime are fields 14 and 15 of proc(5).
-    fields = stat.rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -418,23 +292,12 @@ def measure_throughput(baseline: Target, spf: Target, per_thread: int) -> list[T
     ]
 
 
-def rss_mib(pid: int) -> tuple[float, float]:
-    """VmRSS (now) and VmHWM (the peak so far) of a process, in MiB."""
-    fields: dict[str, float] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024  # kB
-    return fields["VmRSS"], fields["VmHWM"]
-
-
 # ---------------------------------------------------------------- the run
 
 
 def run(n: int, warmup: int) -> Report:
-    # Imported here rather than at the top: the baseline daemon imports this
-    # module to find serve_baseline, and its memory should not include
-    # pytest, dnslib and PyYAML.
+    # Imported here rather than at the top: importing this module should not
+    # pull in pytest, dnslib and PyYAML.
     from tests.conftest import ZONES, config_text
     from tests.support.dnsserver import DNSTestServer, load_zone_file
 

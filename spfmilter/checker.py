@@ -152,6 +152,13 @@ class Checker:
             return [r for r in records if _acceptable_text(name, r)]
         return records
 
+    def known(self, query: SpfQuery) -> bool:
+        """Whether check() can answer `query` at once, without DNS: a HELO
+        that is no domain, or a result kept from before."""
+        if query.identity is Identity.HELO and not is_checkable_helo(query.helo):
+            return True
+        return self._results is not None and self._results.get(query) is not None
+
     def check(self, query: SpfQuery, lookup_time: float) -> SpfOutcome:
         """Run check_host() (RFC 7208 section 4) for one identity.
 

@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -47,26 +48,35 @@ class ConfigSource(Protocol):
 
 
 class Activity:
-    """Counts callbacks in progress, so that a stop can let them finish."""
+    """Counts callbacks in progress, so that a stop can let them finish.
 
-    def __init__(self) -> None:
+    Entered and left around every callback, so as cheap as can be: a plain
+    lock, and a stop that polls rather than a condition notified each time.
+    """
+
+    POLL = 0.05  # seconds between looks while a stop waits
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._busy = 0
-        self._idle = threading.Condition()
+        self._lock = threading.Lock()
+        self._clock = clock
 
     def __enter__(self) -> None:
-        with self._idle:
+        with self._lock:
             self._busy += 1
 
     def __exit__(self, *exc: object) -> None:
-        with self._idle:
+        with self._lock:
             self._busy -= 1
-            if self._busy == 0:
-                self._idle.notify_all()
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no callback runs; False if `timeout` passed first."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._busy == 0, timeout)
+        deadline = self._clock() + timeout
+        while self._busy:
+            if self._clock() >= deadline:
+                return False
+            time.sleep(self.POLL)
+        return True
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -98,12 +108,39 @@ def _boundary(callback: F) -> F:
     return guarded  # type: ignore[return-value]
 
 
+def _no_reply(callback: F) -> F:
+    """The error boundary of a step the MTA does not wait for (connect,
+    HELO: SPF is decided at MAIL FROM and RCPT, so the MTA is told not to
+    wait, a round trip saved on each).  An exception is logged and the
+    connection's next MAIL FROM is tempfailed instead."""
+
+    @functools.wraps(callback)
+    def guarded(self: SpfMilter, *args: Any) -> Any:
+        try:
+            with self.activity:
+                callback(self, *args)
+        except Exception:
+            log.exception(
+                "internal error in %s: conn=%s; its transactions are tempfailed",
+                callback.__name__,
+                self.session.id,
+            )
+            self.session.services.metrics.errors.inc()
+            self.broken = True
+        return CONTINUE
+
+    # pymilter's decorator: negotiated as a step without reply (SMFIP_NR_*).
+    return Milter.noreply(guarded)  # type: ignore[no-any-return]
+
+
 class SpfMilter(Milter.Base):  # type: ignore[misc]
     """libmilter's side of one SMTP connection: its Session does the work."""
 
     def __init__(self, source: ConfigSource, services: Services, activity: Activity) -> None:
         self.session = Session(source.config, services)
         self.activity = activity
+        # A step without reply failed: MAIL FROM tempfails from then on.
+        self.broken = False
 
     def negotiate(self, opts: list[int]) -> int:
         """Protocol steps, as pymilter's decorators ask, and no headers at
@@ -115,24 +152,22 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
             opts[1] |= offered & Milter.P_NOHDRS
         return status
 
-    @_boundary
-    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+    @_no_reply
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> None:
         """The client's address, and the MTA's name for itself (macro j)."""
         self.session.connect(client_address(family, hostaddr), hostname or "", self._macro("j"))
-        return CONTINUE
 
-    @_boundary
-    def hello(self, heloname: str) -> int:
+    @_no_reply
+    def hello(self, heloname: str) -> None:
         """HELO/EHLO."""
+        # Without connection facts MAIL FROM tempfails: nothing to keep here.
         if self.session.conn is not None or self._recover_connection():
             self.session.hello(heloname or "")
-        # Without connection facts MAIL FROM tempfails: nothing to keep here.
-        return CONTINUE
 
     @_boundary
     def envfrom(self, mail_from: str, *params: str) -> int:
         """MAIL FROM: the transaction is evaluated here."""
-        if self.session.conn is None and not self._recover_connection():
+        if self.broken or (self.session.conn is None and not self._recover_connection()):
             return self._answer(_TROUBLE)
         sent = (Macro(m.name, self._macro(m.name)) for m in self.session.config.skip.macros)
         step = self.session.mail(reverse_path(mail_from), self._macro("{auth_authen}"), tuple(sent))

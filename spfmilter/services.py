@@ -10,11 +10,16 @@ checker and metrics.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import queue
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from spfmilter.checker import Checker
 from spfmilter.config import Config
@@ -38,6 +43,71 @@ class Services:
     host_name: str = "localhost"
     # Numbers connections in log lines (next() on a count is atomic).
     connection_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    # Runs a MAIL FROM evaluation while the HELO one runs in the callback's
+    # thread (None: one after the other) when neither is known at once.
+    background: Executor | None = None
+    known: Callable[[SpfQuery], bool] = lambda query: False
+
+
+# Threads per process evaluating MAIL FROM beside HELO: one per transaction
+# in its first evaluation, at most this many; beyond, transactions evaluate
+# one identity after the other.  A thread idle this long ends.
+BACKGROUND_THREADS = 32
+BACKGROUND_IDLE = 2.0
+
+T = TypeVar("T")
+
+
+class IdlingPool(Executor):
+    """At most `limit` threads, started as work comes and ended after `idle`
+    seconds without any: a daemon after a burst holds no more threads than
+    before it (concurrent.futures' pool keeps every thread it started)."""
+
+    def __init__(self, limit: int, idle: float, name: str) -> None:
+        self._limit = limit
+        self._idle = idle
+        self._name = name
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._waiting = 0
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Run fn(*args, **kwargs) in a pool thread."""
+        future: Future[T] = Future()
+        self._jobs.put((future, functools.partial(fn, *args, **kwargs)))
+        with self._lock:
+            start = self._waiting == 0 and self._threads < self._limit
+            if start:
+                self._threads += 1
+        if start:
+            threading.Thread(target=self._work, name=self._name, daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._waiting += 1
+            try:
+                future, job = self._jobs.get(timeout=self._idle)
+            except queue.Empty:
+                with self._lock:
+                    self._waiting -= 1
+                    # A job queued while this thread gave up is still taken.
+                    if self._jobs.empty():
+                        self._threads -= 1
+                        return
+                continue
+            with self._lock:
+                self._waiting -= 1
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while queued
+            try:
+                result = job()
+            except BaseException as error:  # handed to whoever waits on it
+                future.set_exception(error)
+            else:
+                future.set_result(result)
 
 
 RESULT_SHARE = 4
@@ -63,4 +133,6 @@ def build(config: Config, metrics: Metrics, worker: int = 0, workers: int = 1) -
         metrics,
         host_name=socket.getfqdn(),
         connection_ids=itertools.count(worker + 1, workers),
+        background=IdlingPool(BACKGROUND_THREADS, BACKGROUND_IDLE, "mailfrom"),
+        known=checker.known,
     )

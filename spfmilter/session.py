@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from spfmilter import policy, verdicts
@@ -39,6 +40,7 @@ from spfmilter.model import (
     Identity,
     IPAddress,
     Macro,
+    Plan,
     SkipFacts,
     SpfOutcome,
     SpfQuery,
@@ -173,11 +175,55 @@ class Session:
             plan = policy.plan(config, conn, tx, self._skip_facts(conn))
         if plan.skip is not None:
             return policy.skipped(config.policy, plan.skip)
+        early = self._mail_from_beside_helo(conn, tx, plan)
         helo = self._helo_outcome(conn) if plan.helo else None
         mail_from = None
         if plan.mail_from and (helo is None or helo.result not in plan.final_helo_results):
-            mail_from = self._check(conn, Identity.MAIL_FROM, tx.mail_from)
+            mail_from = self._collect(early) if early is not None else None
+            if mail_from is None:
+                mail_from = self._check(conn, Identity.MAIL_FROM, tx.mail_from)
+        elif early is not None and not early.cancel():
+            # HELO decided: the MAIL FROM result is not needed.  It finishes
+            # within the same budgets (its result is cached); a failure is
+            # still reported.
+            early.add_done_callback(self._report_unused)
         return policy.decide(config, tx, helo, mail_from)
+
+    def _report_unused(self, early: Future[SpfOutcome]) -> None:
+        error = early.exception()
+        if error is not None:
+            log.error(
+                "internal error in a MAIL FROM evaluation: conn=%s",
+                self.id,
+                exc_info=(type(error), error, error.__traceback__),
+            )
+            self.services.metrics.errors.inc()
+
+    def _mail_from_beside_helo(
+        self, conn: Connection, tx: Transaction, plan: Plan
+    ) -> Future[SpfOutcome] | None:
+        """MAIL FROM evaluated in the background while HELO is evaluated
+        here, when both are needed and HELO is not known yet: a transaction
+        then waits for its DNS once, not twice (20 ms answers: 40 ms, not
+        80).  HELO still decides first (policy.decide); when it refuses, the
+        MAIL FROM lookups were made for nothing."""
+        background = self.services.background
+        if background is None or not (plan.helo and plan.mail_from) or self._helo is not None:
+            return None
+        known = self.services.known
+        if known(self._query(conn, Identity.HELO, "")) or known(
+            self._query(conn, Identity.MAIL_FROM, tx.mail_from)
+        ):
+            return None  # one of them answers at once: nothing to overlap
+        return background.submit(self._check, conn, Identity.MAIL_FROM, tx.mail_from)
+
+    def _collect(self, early: Future[SpfOutcome]) -> SpfOutcome | None:
+        """The background evaluation's outcome; None when it had not started
+        yet (every background thread busy), and then never will."""
+        if early.cancel():
+            return None
+        # Running or done: bounded by the same lookup and CPU budgets.
+        return early.result()
 
     def _skip_facts(self, conn: Connection) -> SkipFacts:
         """What DNS says about the client, for the skips that need it."""
@@ -211,10 +257,12 @@ class Session:
     def _lookup(self, name: str, qtype: str, budget: float | None) -> Sequence[Record]:
         return self.services.lookup(name, qtype, self._remaining())
 
-    def _check(self, conn: Connection, identity: Identity, mail_from: str) -> SpfOutcome:
+    def _query(self, conn: Connection, identity: Identity, mail_from: str) -> SpfQuery:
         assert conn.client_ip is not None  # clients without an address are skipped
-        query = SpfQuery(identity, conn.client_ip, conn.helo, mail_from, conn.receiver)
-        return self.services.check(query, self._remaining())
+        return SpfQuery(identity, conn.client_ip, conn.helo, mail_from, conn.receiver)
+
+    def _check(self, conn: Connection, identity: Identity, mail_from: str) -> SpfOutcome:
+        return self.services.check(self._query(conn, identity, mail_from), self._remaining())
 
     # --- answers ----------------------------------------------------------
 

@@ -15,7 +15,9 @@ from tests.support.daemon import REPO, Daemon
 from tests.support.dnsserver import DNSTestServer
 from tests.support.milterclient import (
     SMFIP_NOHDRS,
+    SMFIP_NR_CONN,
     SMFIP_NR_HDR,
+    SMFIP_NR_HELO,
     MilterClient,
     TransactionResult,
     one_transaction,
@@ -173,6 +175,9 @@ def test_headers_negotiated_away_unless_forgeries_are_removed(make_daemon: MakeD
             _, _, protocol = client.negotiate()
         assert bool(protocol & SMFIP_NOHDRS) is skipped, sections
         assert protocol & SMFIP_NR_HDR, sections
+        # SPF is decided at MAIL FROM and RCPT: the MTA need not wait at
+        # connect and HELO.
+        assert protocol & SMFIP_NR_CONN and protocol & SMFIP_NR_HELO, sections
 
 
 def sockets_of(pid: int, port: int) -> list[socket.socket]:

@@ -22,6 +22,7 @@ from spfmilter.milter import Activity, client_address, reverse_path
 from spfmilter.model import Identity, SpfOutcome, SpfQuery, SpfResult, Stage
 from spfmilter.schema import HeadersConfig, PolicyConfig
 from spfmilter.services import Services
+from spfmilter.session import Session
 from spfmilter.values import HeaderType, parse_macros
 
 RESULTS = {
@@ -47,6 +48,10 @@ def no_dns(name: str, qtype: str, budget: float | None) -> list[Record]:
     raise AssertionError(f"unexpected DNS lookup {name} {qtype}")
 
 
+# What TestCtx offers: every protocol step libmilter 1.0 knows.
+OFFERED_STEPS = 0x1FFFFF
+
+
 class Ctx(MilterTestCtx):  # type: ignore[misc]
     """TestCtx that also records where headers are inserted and changed."""
 
@@ -54,6 +59,22 @@ class Ctx(MilterTestCtx):  # type: ignore[misc]
         super().__init__()
         self.inserted: list[tuple[str, str, int]] = []
         self.changed: list[tuple[str, int, str]] = []
+
+    def _negotiate(self) -> int:
+        # TestCtx takes NOREPLY (the answer of a step negotiated without
+        # reply) for a refusal and closes; libmilter does not.  So this MTA
+        # cannot skip replies to connect and HELO (as Sendmail 8.13 could
+        # not): the adapter must work that way too.  The daemon's tests
+        # cover the steps without reply (SMFIP_NR_CONN, SMFIP_NR_HELO).
+        # TestCtx negotiates on its class's list, in place: a fresh one.
+        saved = MilterTestCtx.default_opts
+        steps = OFFERED_STEPS & ~(Milter.P_NR_CONN | Milter.P_NR_HELO)
+        MilterTestCtx.default_opts = [Milter.CURR_ACTS, steps, 0, 0]
+        try:
+            result: int = super()._negotiate()
+        finally:
+            MilterTestCtx.default_opts = saved
+        return result
 
     def addheader(self, field: str, value: str, idx: int) -> None:
         self.inserted.append((field, value, idx))
@@ -173,6 +194,21 @@ def test_configured_macros_reach_the_session(make: Any) -> None:
     ctx._setsymval("{daemon_name}", "ORIGINATING")
     ctx._envfrom("<bad@example.org>")
     assert ctx._envrcpt("<a@example.net>") == Milter.CONTINUE
+
+
+def test_a_failed_step_without_reply_tempfails_the_next_mail_from(
+    make: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ctx = make()
+
+    def explode(self: Any, helo: str) -> None:
+        raise RuntimeError("hello exploded")
+
+    monkeypatch.setattr(Session, "hello", explode)
+    start(ctx)  # the MTA is answered CONTINUE at HELO whatever happened
+    assert ctx._envfrom("<good@example.org>") == Milter.TEMPFAIL
+    assert ctx._reply == ("451", "4.3.0", "Temporary SPF checking problem; try again later")
+    assert "internal error in hello" in caplog.text and "hello exploded" in caplog.text
 
 
 def test_exception_in_a_callback_tempfails_and_logs_a_traceback(

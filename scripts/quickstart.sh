@@ -45,7 +45,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     if [ -d /run/systemd/system ]; then
       systemctl disable --now --quiet "$2"
     else
-      update-rc.d "$1" disable >/dev/null
+      # Debian 12's rsyslog comes without an init script (systemd only).
+      if [ -e "/etc/init.d/$1" ]; then
+        update-rc.d "$1" disable >/dev/null
+      fi
       start-stop-daemon --stop --quiet --oknodo --retry 5 --pidfile "$3" --exec "$4"
     fi
   }

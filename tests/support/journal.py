@@ -290,7 +290,10 @@ class Namespace:
         """`argv` run inside the namespace (nsenter execs it: same PID)."""
         where = [f"--wd={workdir}"] if workdir is not None else []
         nsenter = _program("nsenter")
-        return [nsenter, "--target", str(self.pid), "--mount", *where, "--", *argv]
+        # --root: entering a mount namespace moves the root to the
+        # namespace's own; inside a chroot (a fresh-debian system, say) the
+        # holder's root is the chroot, and the paths given here are under it.
+        return [nsenter, "--target", str(self.pid), "--mount", "--root", *where, "--", *argv]
 
     def host_path(self, path: str) -> Path:
         """Where a path under the namespace's /run is on the host."""

@@ -151,7 +151,7 @@ def parse_config(text: str, name: str = "<config>") -> Config:
                 for number, line in enumerate(text.splitlines(), start=1)
                 if re.fullmatch(rf"\s*\[\s*{re.escape(normal)}\s*\]\s*", line, re.IGNORECASE)
             ]
-            raise ConfigError(f"{name}:{again[-1]}: [{normal}]: section given twice")
+            raise ConfigError(f"{name}:{again[1]}: [{normal}]: section given twice")
         sections[normal] = schema(**_parse_section(parser[section], normal, schema, name, lines))
     config = Config(source=name, **sections)
     return dataclasses.replace(config, warnings=_warnings(config))

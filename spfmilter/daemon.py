@@ -2,9 +2,10 @@
 
 This module owns process-wide state and the order it is set up in: logging
 handlers, signal masks (before any thread starts), the metrics listener,
-the socket's directory and mode, dropping root, the resolver installed into
-the checker, the SIGUSR1 reload thread, Milter.factory, runmilter, and a
-stop that lets callbacks in progress finish.  It is the only module besides
+the socket's directory and mode, dropping root, libmilter's listening socket
+(opened once, before workers fork), the resolver installed into the checker,
+the SIGUSR1 reload thread, serving, and a stop that lets callbacks in
+progress finish.  It is the only module besides
 milter.py that imports Milter.
 """
 
@@ -16,6 +17,7 @@ import logging
 import logging.handlers
 import os
 import signal
+import socket
 import sys
 import threading
 from types import TracebackType
@@ -29,7 +31,8 @@ from spfmilter.config import (
     ConfigError,
     load_config,
 )
-from spfmilter.metrics import Listener, Metrics
+from spfmilter.metrics import Metrics
+from spfmilter.scrape import Listener
 from spfmilter.values import worker_count
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,43 @@ LIBMILTER_POLL = 5.0
 # Sections set up once per process (socket, privileges, resolver, log
 # handler, listener): a reload keeps them.
 RESTART_SECTIONS = ("milter", "dns", "log", "metrics")
+
+
+def _listen(name: str, spec: str, timeout: int) -> None:
+    """Open libmilter's listening socket on `spec` (before forking workers,
+    which all accept from it); a stale socket left by a crash is removed.
+
+    pymilter's exception policy is set here: see milter.serve().
+    """
+    lowlevel = Milter.milter
+    lowlevel.set_exception_policy(lowlevel.CONTINUE)
+    lowlevel.setconn(spec)
+    lowlevel.settimeout(timeout)
+    lowlevel.register(name)
+    lowlevel.opensocket(True)
+    kind, _, address = spec.partition(":")
+    if kind in ("inet", "inet6"):
+        _no_delay(int(address.partition("@")[0]))
+
+
+def _no_delay(port: int) -> None:
+    """TCP_NODELAY on libmilter's listening socket (sockets accepted from it
+    inherit it on Linux): libmilter writes a header change and its reply as
+    separate small packets, and with Nagle's algorithm the second waits for
+    the MTA's delayed ACK, about 40 ms per message."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            candidate = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue  # not a socket
+        with candidate:
+            if (
+                candidate.type == socket.SOCK_STREAM
+                and candidate.family in (socket.AF_INET, socket.AF_INET6)
+                and candidate.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                and candidate.getsockname()[1] == port
+            ):
+                candidate.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class ConfigHolder:
@@ -180,7 +220,7 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
         runas.drop_privileges(account)
     spec = config.milter.socket
     try:
-        milter.listen(MILTER_NAME, spec, MILTER_TIMEOUT)
+        _listen(MILTER_NAME, spec, MILTER_TIMEOUT)
     except Milter.milter.error as error:
         log.error("cannot listen on %s: %s", spec, error)
         return 1

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
-import os
 import socket
 import threading
 import time
@@ -316,45 +315,8 @@ _CALLBACKS = {
 }
 
 
-def listen(name: str, spec: str, timeout: int) -> None:
-    """Open libmilter's listening socket on `spec` (before forking workers,
-    which all accept from it); a stale socket left by a crash is removed.
-
-    pymilter's exception policy is set here: see serve().
-    """
-    lowlevel = Milter.milter
-    lowlevel.set_exception_policy(lowlevel.CONTINUE)
-    lowlevel.setconn(spec)
-    lowlevel.settimeout(timeout)
-    lowlevel.register(name)
-    lowlevel.opensocket(True)
-    kind, _, address = spec.partition(":")
-    if kind in ("inet", "inet6"):
-        _no_delay(int(address.partition("@")[0]))
-
-
-def _no_delay(port: int) -> None:
-    """TCP_NODELAY on libmilter's listening socket (sockets accepted from it
-    inherit it on Linux): libmilter writes a header change and its reply as
-    separate small packets, and with Nagle's algorithm the second waits for
-    the MTA's delayed ACK, about 40 ms per message."""
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            candidate = socket.socket(fileno=os.dup(int(name)))
-        except OSError:
-            continue  # not a socket
-        with candidate:
-            if (
-                candidate.type == socket.SOCK_STREAM
-                and candidate.family in (socket.AF_INET, socket.AF_INET6)
-                and candidate.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-                and candidate.getsockname()[1] == port
-            ):
-                candidate.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 def serve(name: str, make: Callable[[], SpfMilter]) -> None:
-    """Serve connections on the socket listen() opened until libmilter stops.
+    """Serve connections on the socket daemon opened until libmilter stops.
 
     Like pymilter's runmilter, with callbacks that cannot raise: each one
     finds (or makes) the connection's object and calls its guarded method,

@@ -13,51 +13,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from spfmilter import values as v
 from spfmilter.model import IPNetwork, Macro, SpfResult, Stage
-from spfmilter.values import (
-    HeaderType,
-    LogFormat,
-    LogLevel,
-    LogTarget,
-    Nameserver,
-    Parser,
-    Renderer,
-    choice,
-    int_in,
-    networks,
-    parse_authserv_id,
-    parse_bool,
-    parse_domains,
-    parse_listen,
-    parse_macros,
-    parse_mode,
-    parse_name,
-    parse_nameservers,
-    parse_networks,
-    parse_path,
-    parse_recipients,
-    parse_results,
-    parse_seconds,
-    parse_size,
-    parse_socket,
-    parse_workers,
-    render_mode,
-    render_size,
-    render_value,
-    render_workers,
-)
 
 T = TypeVar("T")
 
 
 def key(
     default: T,
-    parse: Parser,
+    parse: v.Parser,
     summary: str,
     doc: str,
     *,
     example: str = "",
-    render: Renderer = render_value,
+    render: v.Renderer = v.render_value,
 ) -> T:
     """Declare a key: its default, how it is read and written, and what it
     does (a summary line for tables, the text for the example file)."""
@@ -80,7 +49,7 @@ class MilterConfig:
 
     socket: str = key(
         "unix:/run/spfmilter/spfmilter.sock",
-        parse_socket,
+        v.parse_socket,
         "where the MTA connects",
         "Where the MTA connects (libmilter notation): unix:/PATH, inet:PORT@HOST, "
         "inet6:PORT@HOST; an inet socket must name its address (the milter protocol "
@@ -90,15 +59,15 @@ class MilterConfig:
     )
     socket_mode: int = key(
         0o660,
-        parse_mode,
+        v.parse_mode,
         "permissions of a unix socket (octal)",
         "Permissions of a unix socket (octal).  Postfix's smtpd runs as user postfix: "
         "give the socket a group postfix belongs to (socket_group = postfix).",
-        render=render_mode,
+        render=v.render_mode,
     )
     socket_group: str = key(
         "",
-        parse_name,
+        v.parse_name,
         "group of a unix socket (empty: the user's)",
         "Group of a unix socket.  When the socket's directory does not exist, the daemon "
         "makes it, owned by `user` and this group, setgid, so the socket gets the group; "
@@ -108,18 +77,18 @@ class MilterConfig:
     )
     workers: int = key(
         0,
-        parse_workers,
+        v.parse_workers,
         "worker processes (auto: one per CPU, at most 8)",
         "Worker processes serving the socket together: auto (one per CPU, at most 8) or "
         "a number from 1 to 64.  One process uses one CPU at most (Python runs one "
         "thread at a time); with more, connections are spread over processes that share "
         "the socket and count into the same metrics.  1 keeps a single process.  Each "
         "worker has its own DNS and result caches of [dns] cache_size.",
-        render=render_workers,
+        render=v.render_workers,
     )
     user: str = key(
         "",
-        parse_name,
+        v.parse_name,
         "account to switch to from root (empty: spfmilter, else nobody)",
         "When started as root: the account to switch to once the socket's directory is "
         "ready.  Empty: spfmilter if that account exists (systemd/spfmilter.sysusers "
@@ -135,7 +104,7 @@ class PolicyConfig:
 
     helo_check: bool = key(
         True,
-        parse_bool,
+        v.parse_bool,
         "check HELO before MAIL FROM",
         "Check the HELO/EHLO identity before MAIL FROM (RFC 7208 section 2.3).  For the "
         "null sender <> the HELO identity is always checked: RFC 7208 section 2.4 makes "
@@ -143,39 +112,39 @@ class PolicyConfig:
     )
     helo_reject: frozenset[SpfResult] = key(
         frozenset({SpfResult.FAIL}),
-        parse_results,
+        v.parse_results,
         f"HELO results that reject (from {_RESULTS})",
         f"HELO results that reject (550 5.7.23), from: {_RESULTS}.  Empty: none reject.",
         example="fail, softfail",
     )
     helo_reject_null_sender_only: bool = key(
         False,
-        parse_bool,
+        v.parse_bool,
         "HELO results reject only `<>`",
         "yes: HELO results reject only bounces (null sender <>).",
     )
     mailfrom_reject: frozenset[SpfResult] = key(
         frozenset({SpfResult.FAIL}),
-        parse_results,
+        v.parse_results,
         "MAIL FROM results that reject",
         "MAIL FROM results that reject (550 5.7.23); same choices as helo_reject.",
     )
     permerror_reject: bool = key(
         False,
-        parse_bool,
+        v.parse_bool,
         "permerror of either identity rejects (550 5.7.24)",
         "yes: a permerror of either identity rejects with 550 5.7.24.",
     )
     temperror_defer: bool = key(
         True,
-        parse_bool,
+        v.parse_bool,
         "temperror defers (451 4.7.24); `no` accepts with the header",
         "yes: a temperror of either identity defers with 451 4.7.24.  no: the message is "
         "accepted with a temperror header.",
     )
     reject_stage: Stage = key(
         Stage.RCPT,
-        choice(Stage),
+        v.choice(Stage),
         "`rcpt` or `mail`",
         "Where a reject or defer is given: rcpt (after Postfix's own recipient "
         "restrictions, like a policy server after reject_unauth_destination) or mail.  "
@@ -183,14 +152,14 @@ class PolicyConfig:
     )
     dry_run: bool = key(
         False,
-        parse_bool,
+        v.parse_bool,
         "log what would be done, never reject or defer",
         "yes: never reject or defer; log what would have been done, evaluate both "
         "identities and still add the header.",
     )
     exempt_recipients: tuple[str, ...] = key(
         (),
-        parse_recipients,
+        v.parse_recipients,
         "`postmaster@`, `abuse@example.net`: never rejected, still get the header",
         "Recipients never rejected for SPF (they still get the header): full addresses, "
         "or local parts ending in @ that match any domain.",
@@ -203,21 +172,21 @@ class SkipConfig:
     """Clients and senders that SPF is not applied to."""
 
     networks: tuple[IPNetwork, ...] = key(
-        networks("127.0.0.0/8", "::1/128"),
-        parse_networks,
+        v.networks("127.0.0.0/8", "::1/128"),
+        v.parse_networks,
         "clients not checked",
         'Clients SPF is not applied to (no header is added).  Loopback is logged as "SPF '
         'skipped - localhost is always allowed".',
     )
     authenticated: bool = key(
         True,
-        parse_bool,
+        v.parse_bool,
         "skip SASL-authenticated clients (`{auth_authen}`)",
         "Skip clients that authenticated with SASL (macro {auth_authen}).",
     )
     macros: tuple[Macro, ...] = key(
         (),
-        parse_macros,
+        v.parse_macros,
         "skip when the MTA sends one of these macro values",
         "Skip a transaction when the MTA sent one of these macros with this value "
         "(NAME=VALUE, comma separated; values without spaces).  "
@@ -230,21 +199,21 @@ class SkipConfig:
     )
     trusted_relays: tuple[IPNetwork, ...] = key(
         (),
-        parse_networks,
+        v.parse_networks,
         "CIDRs of relays that forward to you",
         "Relays that forward mail to you (CIDR, IPv4 and IPv6).",
         example="192.0.2.0/24, 2001:db8:1::/48",
     )
     helo_names: tuple[str, ...] = key(
         (),
-        parse_domains,
+        v.parse_domains,
         "skip when the HELO is listed and resolves to the client",
         "Skip a client whose HELO name is listed here AND resolves (A/AAAA) to the client's IP.",
         example="backup-mx.example.net",
     )
     ptr_domains: tuple[str, ...] = key(
         (),
-        parse_domains,
+        v.parse_domains,
         "skip forward-confirmed PTR names in these domains (label boundaries)",
         "Skip a client whose forward-confirmed PTR name (PTR -> name -> A/AAAA back to "
         "the client) is one of these domains or below it, on label boundaries "
@@ -253,7 +222,7 @@ class SkipConfig:
     )
     forwarder_domains: tuple[str, ...] = key(
         (),
-        parse_domains,
+        v.parse_domains,
         "skip clients that pass these domains' SPF",
         "Skip a client that passes the SPF policy of one of these domains (checked as "
         "postmaster@<domain>), e.g. forwarding services that publish SPF.",
@@ -261,7 +230,7 @@ class SkipConfig:
     )
     sender_domains: tuple[str, ...] = key(
         (),
-        parse_domains,
+        v.parse_domains,
         "MAIL FROM domains not checked (exact match)",
         "MAIL FROM domains never checked (exact match, subdomains not included).",
         example="example.com",
@@ -277,16 +246,16 @@ class SkipConfig:
 class HeadersConfig:
     """The result header(s) and the receiver's name in them."""
 
-    type: HeaderType = key(
-        HeaderType.RECEIVED_SPF,
-        choice(HeaderType),
+    type: v.HeaderType = key(
+        v.HeaderType.RECEIVED_SPF,
+        v.choice(v.HeaderType),
         "`received-spf`, `authentication-results`, `both`, `none`",
         "Which result header to add to each accepted message (one per message): "
         "received-spf, authentication-results, both or none.",
     )
     authserv_id: str = key(
         "",
-        parse_authserv_id,
+        v.parse_authserv_id,
         "authserv-id and `receiver=` (empty: macro `j`, else the host's name)",
         "The authserv-id of Authentication-Results and the receiver= of Received-SPF.  "
         "Empty: the MTA's name for itself (macro j), else this host's FQDN.",
@@ -294,13 +263,13 @@ class HeadersConfig:
     )
     hide_receiver: bool = key(
         False,
-        parse_bool,
+        v.parse_bool,
         "leave `receiver=` out",
         "yes: leave receiver= out of Received-SPF.",
     )
     remove_forged: bool = key(
         True,
-        parse_bool,
+        v.parse_bool,
         "delete incoming A-R with our authserv-id",
         "yes: when Authentication-Results is added, delete incoming ones that carry our "
         "authserv-id, however it is spelled (RFC 8601 section 5: they are forgeries).",
@@ -313,7 +282,7 @@ class ReplyConfig:
 
     enhanced_status_codes: bool = key(
         True,
-        parse_bool,
+        v.parse_bool,
         "RFC 7372 codes; `no`: plain 550/451",
         "yes: replies carry RFC 7372 codes (550 5.7.23, 550 5.7.24, 451 4.7.24); no: "
         "plain 550 / 451.",
@@ -324,9 +293,9 @@ class ReplyConfig:
 class DnsConfig:
     """The resolver pyspf's lookups go through (all times seconds)."""
 
-    nameservers: tuple[Nameserver, ...] = key(
+    nameservers: tuple[v.Nameserver, ...] = key(
         (),
-        parse_nameservers,
+        v.parse_nameservers,
         "`IP`, `IP:PORT`, `[IPv6]:PORT` (empty: `/etc/resolv.conf`)",
         "Nameservers to query, in turn: IP, IP:PORT or [IPv6]:PORT.  Empty: those of "
         "/etc/resolv.conf.  A local caching resolver is recommended.",
@@ -334,13 +303,13 @@ class DnsConfig:
     )
     timeout: float = key(
         5.0,
-        parse_seconds,
+        v.parse_seconds,
         "seconds per query to one server",
         "Time for one DNS query to one server, seconds (capped by lookup_time).",
     )
     lookup_time: float = key(
         20.0,
-        parse_seconds,
+        v.parse_seconds,
         "seconds for all lookups of one milter command",
         "Time budget for the DNS lookups of one milter command, seconds: the skips that "
         "need DNS, the HELO and the MAIL FROM evaluation share it, because the MTA times "
@@ -350,20 +319,20 @@ class DnsConfig:
     )
     void_lookup_limit: int = key(
         2,
-        int_in(0, 100),
+        v.int_in(0, 100),
         "RFC 7208 section 4.6.4",
         "DNS lookups that may return nothing before permerror (RFC 7208 section 4.6.4).",
     )
     cache_size: int = key(
         16 * 1024 * 1024,
-        parse_size,
+        v.parse_size,
         "memory for the DNS and SPF result caches (K, M, G); 0 disables",
         "Memory per process for the caches its connections share, with its unit (K, M or "
         "G): three quarters for DNS answers, kept for their TTL, one quarter for SPF "
         "results, kept until the first record they read expires.  The least recently used "
         "go first when one is full, and one answer may take at most an eighth of its "
         "cache.  0 disables both.",
-        render=render_size,
+        render=v.render_size,
     )
 
 
@@ -371,27 +340,27 @@ class DnsConfig:
 class LogConfig:
     """Level, destination and format of log lines."""
 
-    level: LogLevel = key(
-        LogLevel.INFO,
-        choice(LogLevel),
+    level: v.LogLevel = key(
+        v.LogLevel.INFO,
+        v.choice(v.LogLevel),
         "`debug`, `info`, `warning`, `error`",
         "debug, info, warning or error.  info logs one line per verdict.",
     )
-    target: LogTarget = key(
-        LogTarget.STDERR,
-        choice(LogTarget),
+    target: v.LogTarget = key(
+        v.LogTarget.STDERR,
+        v.choice(v.LogTarget),
         "`stderr` (journald) or `syslog` (facility mail)",
         "stderr (journald under systemd) or syslog (facility mail, via syslog_socket).",
     )
-    format: LogFormat = key(
-        LogFormat.TEXT,
-        choice(LogFormat),
+    format: v.LogFormat = key(
+        v.LogFormat.TEXT,
+        v.choice(v.LogFormat),
         "`text` (key=value) or `json`",
         "text (key=value) or json (one object per line).",
     )
     syslog_socket: str = key(
         "/dev/log",
-        parse_path,
+        v.parse_path,
         "the syslog socket for `target = syslog`",
         "The syslog socket for target = syslog.",
     )
@@ -403,7 +372,7 @@ class MetricsConfig:
 
     listen: str = key(
         "",
-        parse_listen,
+        v.parse_listen,
         "`HOST:PORT` of the `/metrics` listener (empty: off)",
         "HOST:PORT for a Prometheus /metrics endpoint (port 1024 or above: it is opened "
         "after the daemon drops root).  Empty: off.",

@@ -9,7 +9,8 @@ import urllib.request
 import pytest
 
 from spfmilter import __version__
-from spfmilter.metrics import Listener, Metrics
+from spfmilter.metrics import Metrics
+from spfmilter.scrape import Listener
 from tests.support.daemon import wait_for
 
 

@@ -11,6 +11,7 @@ milter.py that imports Milter.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import gc
 import logging
@@ -47,6 +48,28 @@ STOP_GRACE = 25.0
 # libmilter notices a stop request when its listener wakes up: at once for a
 # connection, else within this many seconds.
 LIBMILTER_POLL = 5.0
+
+
+# glibc's mallopt(M_ARENA_MAX): libmilter serves each connection on a
+# thread of its own, and glibc gives threads malloc arenas of their own (up
+# to 8 per CPU) whose freed memory the other arenas do not reuse.  With full
+# caches a worker grew from 52 to 59 MiB between 100,000 and 200,000
+# transactions and kept growing; with two arenas it stayed at 42-45 MiB.
+M_ARENA_MAX = -8
+MALLOC_ARENAS = 2
+
+
+def _limit_malloc_arenas() -> None:
+    """Two malloc arenas per process, unless MALLOC_ARENA_MAX says otherwise
+    (glibc reads it itself).  Before any thread starts: arenas already made
+    stay."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except AttributeError:
+        return  # not glibc: its own allocator
+    mallopt(M_ARENA_MAX, MALLOC_ARENAS)
 
 
 # Sections set up once per process (socket, privileges, resolver, log
@@ -184,6 +207,7 @@ def _reload_loop(holder: ConfigHolder) -> None:
 
 def run(config: Config, path: str | None, socket_override: str | None = None) -> int:
     """Run the milter in the foreground until SIGTERM, SIGINT or SIGHUP."""
+    _limit_malloc_arenas()
     if socket_override is not None:
         config = with_socket(config, socket_override)
     logs.setup_logging(config, MILTER_NAME)

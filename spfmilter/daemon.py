@@ -5,8 +5,8 @@ handlers, signal masks (before any thread starts), the metrics listener,
 the socket's directory and mode, dropping root, libmilter's listening socket
 (opened once, before workers fork), the resolver installed into the checker,
 the SIGUSR1 reload thread, serving, and a stop that lets callbacks in
-progress finish.  It is the only module besides
-milter.py that imports Milter.
+progress finish.  It is the only module besides milter.py that imports
+Milter.
 """
 
 from __future__ import annotations

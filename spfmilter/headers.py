@@ -152,7 +152,23 @@ def authentication_results(
 
 def _resinfo(outcome: SpfOutcome, client_ip: IPAddress | None, prop: str, value: str) -> str:
     comment = result_comment(outcome, client_ip)
-    return f"spf={outcome.result.value} ({comment}) {prop}={quote_value(clean(value))}"
+    return f"spf={outcome.result.value} ({comment}) {prop}={quote_value(clean(a_labels(value)))}"
+
+
+def a_labels(domain: str) -> str:
+    """`domain` with its U-labels as A-labels (IDNA), as DNS was asked.
+
+    A DMARC verifier compares smtp.mailfrom with the From domain; an escaped
+    U-label (b\\xfccher.example) matches nothing, its A-label matches the
+    From domain in the form DNS and DMARC use (RFC 8616 section 5 allows
+    either form).  A name IDNA cannot encode is left as it is.
+    """
+    if domain.isascii():
+        return domain
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain
 
 
 def authserv_id_of(value: str) -> str:

@@ -160,6 +160,22 @@ def test_names_that_cannot_go_on_the_wire_are_none_not_temperror(make_daemon: Ma
         assert spf_result(result) == "none", sender
 
 
+def test_a_u_label_sender_domain_is_reported_by_its_a_labels(make_daemon: MakeDaemon) -> None:
+    # The zone serves bücher.example.org as xn--bcher-kva.example.org: DNS is
+    # asked for the A-label, and a DMARC verifier must be given the same
+    # name to align with the From domain, not an escaped U-label.
+    daemon = make_daemon({"headers": {"type": "both"}})
+    sender = "alice@bücher.example.org"
+    result = transaction(daemon, "198.51.100.30", "helo-none.example.org", sender)
+    assert result.eom is not None, result
+    found = {mod.name: " ".join((mod.value or "").split()) for mod in result.eom.modifications}
+    assert found["Received-SPF"].startswith("pass "), found
+    assert 'envelope-from="alice@b\\\\xfccher.example.org"' in found["Received-SPF"], found
+    ar = found["Authentication-Results"]
+    assert ar.startswith("mx.test.example; spf=pass "), ar
+    assert ar.endswith(" smtp.mailfrom=xn--bcher-kva.example.org"), ar
+
+
 def test_headers_negotiated_away_unless_forgeries_are_removed(make_daemon: MakeDaemon) -> None:
     """Headers are only read to delete forged Authentication-Results: with
     any other setting libmilter is asked not to send them at all."""

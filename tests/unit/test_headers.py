@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 import pytest
@@ -146,6 +147,21 @@ def test_authentication_results_reports_mail_from_alone() -> None:
         "mx.example.net; spf=none (example.com: No applicable sender policy available) "
         "smtp.mailfrom=example.com"
     )
+
+
+def test_authentication_results_names_a_u_label_domain_by_its_a_labels() -> None:
+    # What a DMARC verifier compares with the From domain: the escaped
+    # U-label would match nothing.  Received-SPF keeps the sender as given.
+    mf = SpfOutcome(Identity.MAIL_FROM, SpfResult.PASS, "bücher.example", "a@bücher.example")
+    value = unfold(authentication_results("mx.example.net", mf, client_ip=IP))
+    assert value.endswith(" smtp.mailfrom=xn--bcher-kva.example"), value
+    assert 'envelope-from="a@b\\\\xfccher.example"' in unfold(
+        received_spf(mf, client_ip=IP, helo="h.example", receiver="mx")
+    )
+    # A name IDNA cannot encode (an empty label) stays escaped.
+    odd = dataclasses.replace(mf, domain="bücher..example")
+    value = unfold(authentication_results("mx.example.net", odd, client_ip=IP))
+    assert value.endswith(' smtp.mailfrom="b\\\\xfccher..example"'), value
 
 
 def test_authentication_results_for_the_null_sender_reports_helo() -> None:

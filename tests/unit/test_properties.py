@@ -34,6 +34,7 @@ from spfmilter.headers import (
     FOLD_AT,
     RECEIVED_SPF,
     REPLY_TEXT_LIMIT,
+    a_labels,
     authentication_results,
     authserv_id_of,
     clean,
@@ -245,7 +246,8 @@ def assert_result_header(name: str, value: str, report: SpfOutcome | None) -> No
             return
         assert method == f"spf={report.result.value}"  # the one spf resinfo
         mailfrom = report.identity is Identity.MAIL_FROM
-        assert prop == ("smtp.mailfrom" if mailfrom else "smtp.helo", clean(report.domain))
+        domain = clean(a_labels(report.domain))
+        assert prop == ("smtp.mailfrom" if mailfrom else "smtp.helo", domain)
     assert comment.startswith(f"{clean(report.domain) or 'unknown'}: "), comment
 
 

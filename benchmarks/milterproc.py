@@ -65,7 +65,16 @@ class BaselineMilter(Milter.Base):  # type: ignore[misc]
     def envrcpt(self, recipient: str, *params: str) -> int:
         return CONTINUE
 
-    @Milter.nocallback  # type: ignore[untyped-decorator]
+    def negotiate(self, opts: list[int]) -> int:
+        # As spfmilter with its default headers: the header callback exists
+        # (without reply) but libmilter is asked not to send headers at all.
+        offered = opts[1]
+        status: int = super().negotiate(opts)
+        if status == CONTINUE:
+            opts[1] |= offered & Milter.P_NOHDRS
+        return status
+
+    @Milter.noreply  # type: ignore[untyped-decorator]
     def header(self, name: str, value: str) -> int:
         return CONTINUE
 
@@ -184,17 +193,6 @@ def _stat_fields(pid: int) -> list[str]:
     """
     stat = Path(f"/proc/{pid}/stat").read_text()
     return stat.rpartition(")")[2].split()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process, finished threads included.
-
-    The kernel reports it in clock ticks (10 ms); sums over many
-    transactions are good to about a tick.
-    """
-    fields = _stat_fields(pid)
-    # utime and stime are fields 14 and 15 of proc(5).
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def process_tree(root: int) -> list[int]:

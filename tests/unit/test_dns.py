@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import tracemalloc
-from collections.abc import Callable
 
 import pytest
 
@@ -16,74 +15,14 @@ from spfmilter.dns import (
     DnsTempError,
     DnsTimeout,
     Record,
-    Resolver,
     confirmed_ptr_names,
     resolves_to,
 )
-from spfmilter.dnswire import RR, Reply
+from spfmilter.dnswire import RR
 from spfmilter.metrics import Metrics
-from spfmilter.schema import DnsConfig
-from spfmilter.values import Nameserver
+from tests.support.fakedns import make, reply
 
 SOA_300 = RR("example.org", 6, 600, 300)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FakeDns:
-    """Answers from a table: (server, name text, type code) -> Reply or exception."""
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.asked: list[tuple[str, str, int]] = []
-        self.table: dict[tuple[str, str, int], Reply | Exception] = {}
-        self.cost = 0.0  # seconds each exchange takes
-
-    def __call__(
-        self,
-        server: tuple[str, int],
-        qname: bytes,
-        qtype: int,
-        deadline: float,
-        clock: Callable[[], float],
-    ) -> Reply:
-        name = dnswire.name_text(qname)
-        self.asked.append((server[0], name, qtype))
-        self.clock.now += self.cost
-        if self.clock.now > deadline:
-            raise dnswire.Unreachable("timeout")
-        found = self.table.get((server[0], name, qtype))
-        if found is None:
-            raise dnswire.Unreachable("timeout")
-        if isinstance(found, Exception):
-            raise found
-        return found
-
-
-def make(
-    cache_size: int = 1 << 20,
-    servers: tuple[str, ...] = ("192.0.2.1",),
-    timeout: float = 2.0,
-) -> tuple[Resolver, FakeDns, Clock, Metrics]:
-    clock = Clock()
-    fake = FakeDns(clock)
-    metrics = Metrics()
-    config = DnsConfig(
-        nameservers=tuple(Nameserver(s, 53) for s in servers),
-        timeout=timeout,
-        cache_size=cache_size,
-    )
-    return Resolver(config, metrics, clock=clock, exchange=fake), fake, clock, metrics
-
-
-def reply(*answer: RR, authority: tuple[RR, ...] = (), rcode: int = 0) -> Reply:
-    return Reply(rcode, answer, authority, 100)
 
 
 def value(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float:

@@ -32,67 +32,13 @@ from spfmilter.dnswire import RR, Reply
 from spfmilter.metrics import Metrics
 from spfmilter.schema import DnsConfig
 from spfmilter.values import Nameserver
+from tests.support.fakedns import Clock, FakeDns, make, reply
 
 SOA = RR("example", 6, 3600, 300)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Fake:
-    """Answers (server, name text, type code) from a table; each exchange
-    takes `cost` seconds of the clock; `during` runs inside the exchange."""
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.table: dict[tuple[str, str, int], Reply | Exception] = {}
-        self.asked: list[tuple[str, str, int]] = []
-        self.cost = 0.0
-        self.during: Callable[[], None] = lambda: None
-
-    def __call__(
-        self,
-        server: tuple[str, int],
-        qname: bytes,
-        qtype: int,
-        deadline: float,
-        clock: Callable[[], float],
-    ) -> Reply:
-        name = dnswire.name_text(qname)
-        self.asked.append((server[0], name, qtype))
-        self.clock.now += self.cost
-        self.during()
-        if clock() > deadline:  # the exchange measures time on the clock it is given
-            raise dnswire.Unreachable("timeout")
-        found = self.table.get((server[0], name, qtype), dnswire.Unreachable("timeout"))
-        if isinstance(found, Exception):
-            raise found
-        return found
-
-
-def make(
-    servers: tuple[str, ...] = ("192.0.2.1",), timeout: float = 2.0, cache_size: int = 1 << 20
-) -> tuple[Resolver, Fake, Clock, Metrics]:
-    clock = Clock()
-    fake = Fake(clock)
-    metrics = Metrics()
-    config = DnsConfig(
-        nameservers=tuple(Nameserver(s) for s in servers), timeout=timeout, cache_size=cache_size
-    )
-    return Resolver(config, metrics, clock=clock, exchange=fake), fake, clock, metrics
-
-
-def answer(*rrs: RR, rcode: int = 0, authority: tuple[RR, ...] = ()) -> Reply:
-    return Reply(rcode, rrs, authority, 100)
-
-
 def a_record(name: str, ttl: int = 60, address: str = "192.0.2.9") -> Reply:
-    return answer(RR(name, 1, ttl, address))
+    return reply(RR(name, 1, ttl, address))
 
 
 # --- the cache ------------------------------------------------------------------
@@ -157,7 +103,7 @@ def test_answers_say_until_when_their_records_hold() -> None:
 
 def test_the_cache_bound_given_to_the_resolver_overrides_the_configured_size() -> None:
     clock = Clock()
-    fake = Fake(clock)
+    fake = FakeDns(clock)
     config = DnsConfig(nameservers=(Nameserver("192.0.2.1"),), cache_size=1 << 20)
     resolver = Resolver(config, Metrics(), clock=clock, exchange=fake, cache_bytes=0)
     fake.table["192.0.2.1", "x.example", 1] = a_record("x.example")
@@ -195,7 +141,7 @@ def test_names_that_cannot_be_on_the_wire_are_not_cached() -> None:
 def test_a_refusal_is_accounted_as_an_empty_entry_and_its_message() -> None:
     resolver, fake, _, _ = make()
     many = tuple(RR("many.example", 1, 300, f"10.0.{i // 250}.{i % 250}") for i in range(300))
-    fake.table["192.0.2.1", "many.example", 1] = answer(*many)
+    fake.table["192.0.2.1", "many.example", 1] = reply(*many)
     with pytest.raises(DnsLimitError) as info:
         resolver.lookup("many.example", "A")
     message = str(info.value)
@@ -210,7 +156,7 @@ def test_a_failure_is_logged_once_as_a_warning_with_its_text(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     resolver, fake, _, _ = make()
-    fake.table["192.0.2.1", "x.example", 16] = answer(rcode=2)
+    fake.table["192.0.2.1", "x.example", 16] = reply(rcode=2)
     with pytest.raises(DnsTempError):
         resolver.lookup("x.example", "TXT")
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
@@ -257,9 +203,9 @@ def test_no_server_is_asked_once_the_budget_is_spent() -> None:
 def test_a_failure_names_each_server_and_what_it_did() -> None:
     servers = ("192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4")
     resolver, fake, _, metrics = make(servers=servers)
-    fake.table["192.0.2.1", "x.example", 1] = answer(rcode=2)
+    fake.table["192.0.2.1", "x.example", 1] = reply(rcode=2)
     fake.table["192.0.2.2", "x.example", 1] = dnswire.WireError("message ends early")
-    fake.table["192.0.2.3", "x.example", 1] = answer(rcode=9)  # no name for it
+    fake.table["192.0.2.3", "x.example", 1] = reply(rcode=9)  # no name for it
     fake.table["192.0.2.4", "x.example", 1] = dnswire.Unreachable("Connection refused")
     with pytest.raises(DnsTempError) as info:
         resolver.lookup("x.example", "A")
@@ -288,7 +234,7 @@ def test_an_internationalized_name_is_answered_under_the_name_asked() -> None:
     # The query carries the A-label; the evaluator looks the answer up by
     # the name it asked for (the U-label, lower-cased).
     resolver, fake, _, _ = make()
-    fake.table["192.0.2.1", "xn--bcher-kva.example", 16] = answer(
+    fake.table["192.0.2.1", "xn--bcher-kva.example", 16] = reply(
         RR("xn--bcher-kva.example", 16, 60, (b"v=spf1 -all",))
     )
     assert list(resolver.lookup("Bücher.example", "TXT")) == [
@@ -298,7 +244,7 @@ def test_an_internationalized_name_is_answered_under_the_name_asked() -> None:
 
 def test_a_cname_loop_stops_at_the_first_repeated_name() -> None:
     resolver, fake, _, _ = make()
-    fake.table["192.0.2.1", "a.example", 1] = answer(
+    fake.table["192.0.2.1", "a.example", 1] = reply(
         RR("a.example", 5, 60, "b.example"),
         RR("b.example", 5, 60, "c.example"),
         RR("c.example", 5, 60, "b.example"),
@@ -356,7 +302,7 @@ def held_by_cache(answers: Callable[[int], Reply], qtype: str, count: int) -> fl
 def test_negative_answers_are_accounted_as_the_memory_they_hold() -> None:
     # A flood of NXDOMAIN answers (random names from macros) must not take
     # more memory than cache_size says.
-    ratio = held_by_cache(lambda i: answer(authority=(SOA,), rcode=3), "AAAA", 4000)
+    ratio = held_by_cache(lambda i: reply(authority=(SOA,), rcode=3), "AAAA", 4000)
     assert 0.75 < ratio < 1.25, ratio
 
 

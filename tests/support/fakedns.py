@@ -1,0 +1,75 @@
+"""A stand-in for spfmilter.dnswire.exchange, for unit tests of the resolver.
+
+This module owns the fake: a clock the tests move by hand, and an exchange
+that answers (server, name, type code) from a table, costs `cost` seconds of
+that clock per call and runs `during` inside it; `make` builds a Resolver on
+both.  No sockets: the resolver's cache, budget and server order are tested
+without timing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from spfmilter import dnswire
+from spfmilter.dns import Resolver
+from spfmilter.dnswire import RR, Reply
+from spfmilter.metrics import Metrics
+from spfmilter.schema import DnsConfig
+from spfmilter.values import Nameserver
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeDns:
+    """Answers (server, name text, type code) from a table: a Reply or an
+    exception to raise; a name not in it times out."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.table: dict[tuple[str, str, int], Reply | Exception] = {}
+        self.asked: list[tuple[str, str, int]] = []
+        self.cost = 0.0  # seconds each exchange takes
+        self.during: Callable[[], None] = lambda: None
+
+    def __call__(
+        self,
+        server: tuple[str, int],
+        qname: bytes,
+        qtype: int,
+        deadline: float,
+        clock: Callable[[], float],
+    ) -> Reply:
+        name = dnswire.name_text(qname)
+        self.asked.append((server[0], name, qtype))
+        self.clock.now += self.cost
+        self.during()
+        if clock() > deadline:  # the exchange measures time on the clock it is given
+            raise dnswire.Unreachable("timeout")
+        found = self.table.get((server[0], name, qtype), dnswire.Unreachable("timeout"))
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+
+def make(
+    servers: tuple[str, ...] = ("192.0.2.1",), timeout: float = 2.0, cache_size: int = 1 << 20
+) -> tuple[Resolver, FakeDns, Clock, Metrics]:
+    """A Resolver asking `servers` (port 53) through a FakeDns on a Clock."""
+    clock = Clock()
+    fake = FakeDns(clock)
+    metrics = Metrics()
+    config = DnsConfig(
+        nameservers=tuple(Nameserver(s) for s in servers), timeout=timeout, cache_size=cache_size
+    )
+    return Resolver(config, metrics, clock=clock, exchange=fake), fake, clock, metrics
+
+
+def reply(*answer: RR, authority: tuple[RR, ...] = (), rcode: int = 0) -> Reply:
+    return Reply(rcode, answer, authority, 100)

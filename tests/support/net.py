@@ -1,5 +1,6 @@
-"""Loopback TCP ports for the processes the tests start: a free one to give
-a server, and whether a server listens on one yet.
+"""Loopback ports for the servers the tests start: a free TCP one to give a
+server, a UDP and a TCP socket bound to one port (a DNS server's pair), and
+whether a server listens on a TCP port yet.
 
 Readiness is read from the kernel's socket table rather than probed with a
 connection: a probe would be a real session for the server (an SMTP
@@ -36,3 +37,20 @@ def tcp_listening(port: int, address: str = "127.0.0.1") -> bool:
             fields[1] == wanted and fields[3] == _TCP_LISTEN
             for fields in (line.split() for line in table)
         )
+
+
+def udp_and_tcp_on_one_port() -> tuple[socket.socket, socket.socket]:
+    """A UDP and a TCP socket bound to the same port on 127.0.0.1, the TCP one
+    not yet listening (the caller decides whether it will)."""
+    for _ in range(50):  # the UDP port's TCP twin may be taken: try others
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        tcp = socket.socket()
+        try:
+            tcp.bind(udp.getsockname())
+        except OSError:
+            udp.close()
+            tcp.close()
+            continue
+        return udp, tcp
+    raise RuntimeError("no port free for both UDP and TCP")

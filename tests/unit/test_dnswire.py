@@ -15,6 +15,7 @@ from dnslib import AAAA, CNAME, MX, PTR, QTYPE, RR, SOA, TXT, A, DNSRecord
 
 from spfmilter import dnswire
 from spfmilter.dnswire import BadName, WireError, encode_name, make_query, name_text, parse_reply
+from tests.support.net import udp_and_tcp_on_one_port
 
 
 def test_encode_name_plain_and_root() -> None:
@@ -245,25 +246,10 @@ def test_formerr_is_retried_without_edns(udp_server: Callable[[Handler], tuple[s
     assert reply.rcode == 0 and seen == [1, 0]
 
 
-def udp_and_tcp_on_one_port() -> tuple[socket.socket, socket.socket]:
-    for _ in range(50):  # the UDP port's TCP twin may be taken: try others
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        udp.bind(("127.0.0.1", 0))
-        tcp = socket.socket()
-        try:
-            tcp.bind(udp.getsockname())
-        except OSError:
-            udp.close()
-            tcp.close()
-            continue
-        tcp.listen()
-        return udp, tcp
-    raise RuntimeError("no port free for both UDP and TCP")
-
-
 def test_truncated_answer_is_fetched_over_tcp() -> None:
     big = TXT([b"x" * 255] * 8)
     udp, tcp = udp_and_tcp_on_one_port()
+    tcp.listen()
     with udp, tcp:
         port = udp.getsockname()[1]
 

@@ -24,6 +24,7 @@ import pytest
 
 from spfmilter import dnswire
 from spfmilter.dnswire import BadName, Unreachable, WireError, encode_name, name_text
+from tests.support.net import udp_and_tcp_on_one_port
 
 QNAME = encode_name("example.org")
 A = 1
@@ -147,20 +148,9 @@ Handler = Callable[[socket.socket, bytes, tuple[str, int]], None]
 @pytest.fixture
 def udp_and_tcp() -> Iterator[tuple[socket.socket, socket.socket]]:
     """A UDP and a TCP socket bound to one loopback port (TCP not listening)."""
-    for _ in range(50):
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        udp.bind(("127.0.0.1", 0))
-        tcp = socket.socket()
-        try:
-            tcp.bind(udp.getsockname())
-        except OSError:
-            udp.close()
-            tcp.close()
-            continue
-        with udp, tcp:
-            yield udp, tcp
-        return
-    raise RuntimeError("no port free for both UDP and TCP")
+    udp, tcp = udp_and_tcp_on_one_port()
+    with udp, tcp:
+        yield udp, tcp
 
 
 def serve_udp(udp: socket.socket, handler: Handler) -> threading.Thread:

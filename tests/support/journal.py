@@ -358,17 +358,9 @@ class Journald:
             STDOUT_SOCKET,
             JOURNALD,
         ]
-        # The activation tool's own notes ("Listening on ...") stay out of the log.
-        env = dict(os.environ, SYSTEMD_LOG_LEVEL="warning", SYSTEMD_LOG_COLOR="0")
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.namespace.command(activate),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        _wait_for_socket(self.process, self.namespace.host_path(STDOUT_SOCKET), self.log_text)
+        self.process = _activate(
+            self.namespace, activate, self.log_path, STDOUT_SOCKET, self.log_text
+        )
 
     @property
     def pid(self) -> int:
@@ -445,8 +437,27 @@ def _connected(stream: socket.socket, path: str) -> bool:
     return True
 
 
-def _wait_for_socket(process: subprocess.Popen[bytes], path: Path, log: Callable[[], str]) -> None:
-    """Wait until the socket activation tool has bound `path`."""
+def _activate(
+    namespace: Namespace,
+    argv: Sequence[str],
+    log_path: Path,
+    socket_path: str,
+    log: Callable[[], str],
+) -> subprocess.Popen[bytes]:
+    """Start `argv` (systemd-socket-activate and the daemon it serves) in the
+    namespace, its output appended to `log_path`, and wait until it has bound
+    `socket_path` (a path inside the namespace)."""
+    # The activation tool's own notes ("Listening on ...") stay out of the log.
+    env = dict(os.environ, SYSTEMD_LOG_LEVEL="warning", SYSTEMD_LOG_COLOR="0")
+    with log_path.open("ab") as output:
+        process = subprocess.Popen(
+            namespace.command(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    path = namespace.host_path(socket_path)
 
     def bound() -> bool:
         if process.poll() is not None:
@@ -454,6 +465,7 @@ def _wait_for_socket(process: subprocess.Popen[bytes], path: Path, log: Callable
         return path.is_socket()
 
     wait_for(bound, _START_TIMEOUT, f"a socket at {path}")
+    return process
 
 
 # --- rsyslog ---------------------------------------------------------------
@@ -551,16 +563,9 @@ class Rsyslog:
             "-f",
             str(self.config_path),
         ]
-        env = dict(os.environ, SYSTEMD_LOG_LEVEL="warning", SYSTEMD_LOG_COLOR="0")
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.namespace.command(activate),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        _wait_for_socket(self.process, self.namespace.host_path(SYSLOG_SOCKET), self.log_text)
+        self.process = _activate(
+            self.namespace, activate, self.log_path, SYSLOG_SOCKET, self.log_text
+        )
 
     def file(self, name: str) -> Path:
         return self.log_dir / name

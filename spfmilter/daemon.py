@@ -282,7 +282,7 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
         supervisor = workers.Supervisor(
             worker.forked,
             count,
-            on_exit=metrics.clear_gauges,
+            on_exit=metrics.retire_slot,
             stop_grace=STOP_GRACE + LIBMILTER_POLL,
             on_reload=holder.reload,
         )

@@ -115,6 +115,6 @@ def histogram_problems(families: Iterable[Metric]) -> list[str]:
                 problems.append(f"{where}: buckets not cumulative: {buckets}")
             if not buckets or buckets[-1][0] != float("inf"):
                 problems.append(f"{where}: no +Inf bucket")
-            elif [buckets[-1][1]] != [value for _, value in parts.get("_count", [])]:
-                problems.append(f"{where}: +Inf {buckets[-1][1]} != _count {parts.get('_count')}")
+            elif [buckets[-1][1]] != (count := [value for _, value in parts.get("_count", [])]):
+                problems.append(f"{where}: +Inf {buckets[-1][1]} != _count {count}")
     return problems

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -195,6 +196,22 @@ class Hostile:
         self.reopened += 1
 
 
+@contextmanager
+def descriptors(needed: int) -> Iterator[None]:
+    """Room for `needed` descriptors in this process while the block runs:
+    the soft limit (often 1,024) raised, and put back after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        yield
+        return
+    assert hard == resource.RLIM_INFINITY or hard >= needed, f"RLIMIT_NOFILE hard {hard}"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 SCRAPES = 48
 
 
@@ -211,7 +228,7 @@ def test_scrapes_are_answered_beside_hostile_connections(
     # pushed out), so that the scrapes met it holding them.
     enough = min(dripping + idle, 2 * MAX_CLIENTS)
     deadline = time.monotonic() + 60
-    with Hostile(port, dripping, idle) as hostile:
+    with descriptors(dripping + idle + 256), Hostile(port, dripping, idle) as hostile:
         while (scrapes < SCRAPES or hostile.reopened < enough) and time.monotonic() < deadline:
             scrapes += 1
             try:

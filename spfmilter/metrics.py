@@ -46,7 +46,9 @@ Change = tuple[tuple[int, float], ...]  # (place in the slot, amount to add)
 
 class _Store:
     """Doubles in slots: one slot per process that counts, each led by its
-    sequence number."""
+    sequence number.  Reads and writes of the mapping are plain loads and
+    stores of aligned doubles, which x86-64 (Debian's amd64) keeps in
+    program order, as the sequence number needs."""
 
     def __init__(self, size: int, slots: int) -> None:
         self.size = size

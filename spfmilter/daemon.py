@@ -272,7 +272,7 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     # alone, so that their pages stay shared (copy-on-write).
     gc.freeze()
     holder = ConfigHolder(config, path, socket_override, metrics)
-    worker = Worker(holder, metrics, count, listener)
+    worker = Worker(holder, metrics, count)
     if listener is not None:
         listener.start()
     if count == 1:
@@ -282,7 +282,7 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
         supervisor = workers.Supervisor(
             worker.forked,
             count,
-            on_exit=metrics.clear_gauges,
+            on_exit=metrics.retire_slot,
             stop_grace=STOP_GRACE + LIBMILTER_POLL,
             on_reload=holder.reload,
         )
@@ -300,14 +300,11 @@ class Worker:
     holder: ConfigHolder
     metrics: Metrics
     count: int
-    listener: Listener | None
 
     def forked(self, slot: int) -> int:
-        """serve() in a forked worker: the supervisor's metrics listener is
-        let go, and the worker gets a holder of its own, starting from the
-        supervisor's current configuration."""
-        if self.listener is not None:
-            self.listener.close()
+        """serve() in a forked worker, with a holder of its own, starting
+        from the supervisor's current configuration (the metrics listener
+        let go of its descriptors in the fork)."""
         main = self.holder
         holder = ConfigHolder(
             main.config, main.path, main.socket_override, self.metrics, worker=slot

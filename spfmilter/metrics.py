@@ -1,20 +1,26 @@
-"""Prometheus metrics: their names, labels and buckets, and their storage.
+"""Prometheus metrics: their names, labels and buckets, their storage and text.
 
-This module owns every metric spfmilter exports and how it is kept: each
-series has a fixed place in one block of doubles (every label value is known
-in advance), so that the block can be a shared memory mapping in which each
-worker process counts in a slot of its own and a scrape adds the slots up
-(Metrics.exposition; spfmilter.scrape serves it).  The Metrics object is made
-once in daemon.py and passed to its users through their constructors.  It
-imports the package version and the value enums of model.
+This module owns every metric spfmilter exports, how it is kept and how it is
+written out.  Each series has a fixed place in one block of doubles (every
+label value is known in advance), so that the block can be a shared memory
+mapping in which each worker process counts in a slot of its own while the
+process serving /metrics reads every slot and adds them up.  Writers and that
+reader never wait for each other: each slot starts with a sequence number
+that its one writing process makes odd while it changes the slot and even
+again after, and a reader copies a slot until it finds the same even number
+before and after the copy, so that a scrape never sees half an observation.
+The exposition is the text format 0.0.4 as Prometheus parses it, or
+OpenMetrics 1.0.0 for scrapers that ask for it.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import mmap
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterator, Sequence
 
 from spfmilter import __version__
 from spfmilter.model import Action, Identity, SkipReason, SpfResult
@@ -25,36 +31,93 @@ DNS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 
 # Every type spfmilter.dnswire can ask for.
 QTYPES = ("A", "AAAA", "CNAME", "MX", "PTR", "SOA", "SPF", "TXT")
 DNS_OUTCOMES = ("answer", "empty", "refused", "timeout", "failure", "error")
+# How long a reader waits for a slot that is being changed before it uses
+# the slot's last consistent copy instead: a change takes microseconds, so
+# only a writer that stopped halfway (killed, or SIGSTOPped) makes it wait
+# this long.
+SLOT_PATIENCE = 0.1
+
+# Media types of the two expositions.
+TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+Change = tuple[tuple[int, float], ...]  # (place in the slot, amount to add)
 
 
 class _Store:
-    """Doubles in slots: one slot per process that counts."""
+    """Doubles in slots: one slot per process that counts, each led by its
+    sequence number.  Reads and writes of the mapping are plain loads and
+    stores of aligned doubles, which x86-64 (Debian's amd64) keeps in
+    program order, as the sequence number needs."""
 
     def __init__(self, size: int, slots: int) -> None:
         self.size = size
         self.slots = slots
+        self._stride = size + 1
         # An anonymous shared mapping: a forked worker writes into the very
         # memory its parent reads.
-        self._memory = mmap.mmap(-1, max(8, size * slots * 8))
-        self.values = memoryview(self._memory).cast("d")
-        self.base = 0
-        self.lock = threading.Lock()
+        self._memory = mmap.mmap(-1, slots * self._stride * 8)
+        self._values = memoryview(self._memory).cast("d")
+        self._start = 0
+        self._lock = threading.Lock()
+        # The last consistent copy of each slot, read by this process.
+        self._copies: list[Sequence[float]] = [[0.0] * size for _ in range(slots)]
 
     def use_slot(self, slot: int) -> None:
         """Count in `slot` from now on (a worker after the fork)."""
-        self.base = slot * self.size
-        self.lock = threading.Lock()  # one the fork may have copied locked is dropped
+        self._start = slot * self._stride
+        self._lock = threading.Lock()  # one the fork may have copied locked is dropped
 
-    def add(self, index: int, amount: float) -> None:
-        with self.lock:
-            self.values[self.base + index] += amount
+    def add(self, change: Change) -> None:
+        """Add to this process's slot, as one change that readers see whole
+        or not at all.  The lock keeps this process's threads to one writer
+        at a time (`+=` on shared memory is a read, then a write)."""
+        values, start = self._values, self._start
+        with self._lock:
+            values[start] += 1.0
+            for index, amount in change:
+                values[start + 1 + index] += amount
+            values[start] += 1.0
 
-    def total(self, index: int) -> float:
-        return sum(self.values[slot * self.size + index] for slot in range(self.slots))
-
-    def reset_slot(self, slot: int, indexes: Iterable[int]) -> None:
+    def reset(self, slot: int, indexes: Sequence[int]) -> None:
+        """Zero places of the slot of a process that is gone, and end the
+        change it may have been making when it ended (its sequence number
+        odd), so that the slot's next process writes from an even one."""
+        start = slot * self._stride
+        values = self._values
+        sequence = values[start]
+        values[start] = sequence + 1.0 + sequence % 2.0
         for index in indexes:
-            self.values[slot * self.size + index] = 0.0
+            values[start + 1 + index] = 0.0
+        values[start] += 1.0
+
+    def totals(self) -> list[float]:
+        """Every place, added up over the slots, each slot read consistently."""
+        totals = [0.0] * self.size
+        for slot in range(self.slots):
+            for index, value in enumerate(self._read(slot)):
+                totals[index] += value
+        return totals
+
+    def _read(self, slot: int) -> Sequence[float]:
+        start = slot * self._stride
+        values = self._values
+        deadline = 0.0
+        while True:
+            sequence = values[start]
+            # Bytes first, floats after: the copy takes a moment, not the
+            # time to make a float of each place, for a writer to meet.
+            raw = bytes(values[start + 1 : start + self._stride])
+            if sequence % 2.0 == 0.0 and values[start] == sequence:
+                copy = memoryview(raw).cast("d").tolist()
+                self._copies[slot] = copy
+                return copy
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + SLOT_PATIENCE
+            elif now > deadline:
+                return self._copies[slot]
+            time.sleep(0)  # let a writer in this process finish
 
 
 class _Series:
@@ -65,29 +128,28 @@ class _Series:
         self._index = index
 
     def inc(self, amount: float = 1.0) -> None:
-        self._store.add(self._index, amount)
+        self._store.add(((self._index, amount),))
 
     def dec(self, amount: float = 1.0) -> None:
-        self._store.add(self._index, -amount)
+        self._store.add(((self._index, -amount),))
 
     def observe(self, value: float) -> None:
         raise TypeError("only histograms observe")
 
 
 class _Histogram(_Series):
-    """Buckets, then sum, then count, in consecutive places."""
+    """The count of each bucket alone (the last one for values above every
+    bound), then the sum, in consecutive places.  The total count is the
+    buckets' added up, so that it and the +Inf bucket are one number."""
 
     def __init__(self, store: _Store, index: int, buckets: Sequence[float]) -> None:
         super().__init__(store, index)
         self._buckets = buckets
+        self._sum = index + len(buckets) + 1
 
     def observe(self, value: float) -> None:
-        for offset, bound in enumerate(self._buckets):
-            if value <= bound:
-                self._store.add(self._index + offset, 1.0)
-                break
-        self._store.add(self._index + len(self._buckets), value)
-        self._store.add(self._index + len(self._buckets) + 1, 1.0)
+        bucket = self._index + bisect.bisect_left(self._buckets, value)
+        self._store.add(((bucket, 1.0), (self._sum, value)))
 
 
 class Metric:
@@ -132,6 +194,23 @@ class Metric:
 
     def dec(self, amount: float = 1.0) -> None:
         self._series[()].dec(amount)
+
+    def samples(self, totals: Sequence[float]) -> Iterator[tuple[str, dict[str, str], float]]:
+        """(sample name, labels, value) of every series, from the store's totals."""
+        suffix = "_total" if self.kind == "counter" else ""
+        for number, combination in enumerate(self.combinations):
+            labels = dict(zip(self.label_names, combination, strict=True))
+            at = self.index + number * self.width
+            if self.kind != "histogram":
+                yield self.name + suffix, labels, totals[at]
+                continue
+            running = 0.0
+            for offset, bound in enumerate((*self.buckets, float("inf"))):
+                running += totals[at + offset]
+                le = "+Inf" if offset == len(self.buckets) else repr(float(bound))
+                yield f"{self.name}_bucket", {**labels, "le": le}, running
+            yield f"{self.name}_sum", labels, totals[at + len(self.buckets) + 1]
+            yield f"{self.name}_count", labels, running
 
 
 class Metrics:
@@ -216,51 +295,46 @@ class Metrics:
         """Count in `slot` (a worker process after the fork)."""
         self._store.use_slot(slot)
 
-    def clear_gauges(self, slot: int) -> None:
-        """Zero the gauges of a slot whose process is gone."""
-        for metric in self.all:
-            if metric.kind == "gauge":
-                self._store.reset_slot(slot, [metric.index])
+    def retire_slot(self, slot: int) -> None:
+        """Tidy the slot of a worker that is gone, for its replacement: its
+        gauges are zeroed (its connections went with it), its counts stay."""
+        gauges = [m.index for m in self.all if m.kind == "gauge"]
+        self._store.reset(slot, gauges)
 
     def value(self, name: str, **labels: str) -> float:
         """One sample by its exposition name (tests, and a look from outside)."""
+        totals = self._store.totals()
         for metric in self.all:
-            for sample, sample_labels, amount in self._samples(metric):
+            for sample, sample_labels, amount in metric.samples(totals):
                 if sample == name and sample_labels == labels:
                     return amount
         raise KeyError(f"no sample {name}{labels}")
 
-    def exposition(self) -> str:
-        """The text format (version 0.0.4) of every metric, slots added up."""
+    def exposition(self, openmetrics: bool = False) -> str:
+        """Every metric, slots added up: the text format 0.0.4 (TEXT_TYPE),
+        or OpenMetrics (OPENMETRICS_TYPE)."""
+        totals = self._store.totals()
         out = []
         for metric in self.all:
-            out.append(f"# HELP {metric.name} {metric.documentation}")
-            out.append(f"# TYPE {metric.name} {metric.kind}")
-            for sample, labels, amount in self._samples(metric):
+            # Prometheus's 0.0.4 parser takes a counter's HELP and TYPE from
+            # the lines that name its samples (name_total); OpenMetrics names
+            # the family, without the suffix.
+            family = metric.name
+            if metric.kind == "counter" and not openmetrics:
+                family += "_total"
+            out.append(f"# HELP {family} {metric.documentation}")
+            out.append(f"# TYPE {family} {metric.kind}")
+            for sample, labels, amount in metric.samples(totals):
                 out.append(f"{sample}{_labels(labels)} {amount!r}")
-        out.append("# HELP spfmilter_build Version of spfmilter")
-        out.append("# TYPE spfmilter_build gauge")
+        # OpenMetrics has a type for a build's facts; in 0.0.4 they are a
+        # gauge of value 1 named *_info, as client libraries write them.
+        build = "spfmilter_build" if openmetrics else "spfmilter_build_info"
+        out.append(f"# HELP {build} Version of spfmilter")
+        out.append(f"# TYPE {build} {'info' if openmetrics else 'gauge'}")
         out.append(f'spfmilter_build_info{{version="{__version__}"}} 1.0')
+        if openmetrics:
+            out.append("# EOF")
         return "\n".join(out) + "\n"
-
-    def _samples(self, metric: Metric) -> Iterable[tuple[str, dict[str, str], float]]:
-        suffix = "_total" if metric.kind == "counter" else ""
-        for number, combination in enumerate(metric.combinations):
-            labels = dict(zip(metric.label_names, combination, strict=True))
-            at = metric.index + number * metric.width
-            if metric.kind != "histogram":
-                yield metric.name + suffix, labels, self._store.total(at)
-                continue
-            running = 0.0
-            for offset, bound in enumerate((*metric.buckets, float("inf"))):
-                if offset < len(metric.buckets):
-                    running += self._store.total(at + offset)
-                else:
-                    running = self._store.total(at + len(metric.buckets) + 1)
-                le = "+Inf" if bound == float("inf") else repr(float(bound))
-                yield f"{metric.name}_bucket", {**labels, "le": le}, running
-            yield f"{metric.name}_sum", labels, self._store.total(at + len(metric.buckets))
-            yield f"{metric.name}_count", labels, self._store.total(at + len(metric.buckets) + 1)
 
 
 def _labels(labels: dict[str, str]) -> str:

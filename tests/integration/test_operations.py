@@ -1,4 +1,7 @@
-"""Running it in production: privileges, the socket, stopping, metrics, syslog."""
+"""Running it in production: privileges, the socket, stopping, syslog.
+
+The metrics listener has a module of its own: test_metrics.py.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +17,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import MakeDaemon, config_text
-from tests.support.daemon import REPO, free_port, process_stats, wait_for
+from tests.support.daemon import REPO, free_port, wait_for
 from tests.support.dnsserver import DNSTestServer
 from tests.support.milterclient import MilterClient, Response, one_transaction
 
@@ -134,80 +136,6 @@ def test_sigterm_lets_a_transaction_in_flight_finish(
     assert (replies[0].text or "").startswith("451 4.7.24 SPF MAIL FROM check")
     assert daemon.stop() == 0
     assert "spfmilter stopped" in daemon.log_text()
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text: str = response.read().decode()
-        return text
-
-
-def sample(text: str, name: str, labels: str = "") -> float:
-    match = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
-    assert match, f"{name}{labels} not in metrics"
-    return float(match.group(1))
-
-
-def test_metrics_endpoint_counts_real_transactions(make_daemon: MakeDaemon) -> None:
-    port = free_port()
-    # One process, so that the second pass meets the first one's results
-    # (each worker has caches of its own; tests/integration/test_workers.py
-    # adds up counts across workers).
-    daemon = make_daemon({"metrics": {"listen": f"127.0.0.1:{port}"}, "milter": {"workers": "1"}})
-    for _ in range(2):
-        one_transaction(
-            daemon.socket, "198.51.100.7", "helo-pass.example.org", "a@spf-pass.example.org"
-        )
-    one_transaction(
-        daemon.socket, "203.0.113.5", "helo-none.example.org", "m@spf-fail-noexp.example.org"
-    )
-    one_transaction(daemon.socket, "127.0.0.1", "localhost", "root@localhost")
-    daemon.reload()
-    text = scrape(port)
-    verdict = "spfmilter_verdicts_total"
-    assert sample(text, verdict, '{action="accept",identity="mailfrom",result="pass"}') == 2
-    assert sample(text, verdict, '{action="reject",identity="mailfrom",result="fail"}') == 1
-    assert sample(text, "spfmilter_skips_total", '{reason="localhost"}') == 1
-    assert sample(text, "spfmilter_connections_in_flight") == 0
-    assert sample(text, "spfmilter_internal_errors_total") == 0
-    assert sample(text, "spfmilter_config_reloads_total", '{outcome="ok"}') == 1
-    # The second pass reuses the first one's results (HELO and MAIL FROM).
-    assert sample(text, "spfmilter_result_cache_hits_total") >= 2
-    assert sample(text, "spfmilter_result_cache_misses_total") >= 3
-    assert sample(text, "spfmilter_dns_queries_total", '{outcome="answer",qtype="TXT"}') >= 2
-    assert sample(text, "spfmilter_dns_query_seconds_count", '{qtype="TXT"}') >= 2
-    assert 'spfmilter_build_info{version="' in text
-
-
-def test_metrics_clients_cannot_starve_the_milter(make_daemon: MakeDaemon) -> None:
-    # 80 scrapers that send half a request and wait used to hold 80 threads
-    # and descriptors until the milter could not accept its MTA.
-    port = free_port()
-    daemon = make_daemon({"metrics": {"listen": f"127.0.0.1:{port}"}})
-    scrape(port)
-    before = process_stats(daemon.pid)
-    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(80)]
-    try:
-        for sock in idle:
-            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
-        during = process_stats(daemon.pid)
-        result = one_transaction(
-            daemon.socket, "198.51.100.7", "helo-pass.example.org", "a@spf-pass.example.org"
-        )
-        assert result.eom is not None and result.eom.modifications[0].name == "Received-SPF"
-    finally:
-        for sock in idle:
-            sock.close()
-    assert during.threads == before.threads
-    assert during.fds <= before.fds + 8  # the listener's bound, whatever came
-    wait_for(lambda: scrape_ok(port), 15, "the metrics listener to answer again")
-
-
-def scrape_ok(port: int) -> bool:
-    try:
-        return "spfmilter_verdicts_total" in scrape(port)
-    except OSError:
-        return False
 
 
 def test_syslog_target(make_daemon: MakeDaemon, tmp_path: Path) -> None:

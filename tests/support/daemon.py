@@ -96,6 +96,8 @@ class Daemon:
         self.process: subprocess.Popen[bytes] | None = None
         # How the daemon is started; options follow.
         self.command = [sys.executable, "-m", "spfmilter"]
+        # Variables added to the tests' environment for the daemon.
+        self.env: dict[str, str] = {}
 
     @property
     def postfix_socket(self) -> str:
@@ -110,7 +112,7 @@ class Daemon:
 
     def start(self, *extra: str, timeout: float = 20) -> None:
         """Start and return once the socket accepts connections."""
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.argv(*extra),

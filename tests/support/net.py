@@ -1,6 +1,7 @@
 """Loopback ports for the servers the tests start: a free TCP one to give a
-server, a UDP and a TCP socket bound to one port (a DNS server's pair), and
-whether a server listens on a TCP port yet.
+server, a UDP and a TCP socket bound to one port (a DNS server's pair),
+whether a server listens on a TCP port yet, and how many of a process's
+descriptors are TCP sockets on a port (listening or connected).
 
 Readiness is read from the kernel's socket table rather than probed with a
 connection: a probe would be a real session for the server (an SMTP
@@ -9,6 +10,7 @@ session through the milter, a milter session OpenDMARC logs as an error).
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 
@@ -37,6 +39,26 @@ def tcp_listening(port: int, address: str = "127.0.0.1") -> bool:
             fields[1] == wanted and fields[3] == _TCP_LISTEN
             for fields in (line.split() for line in table)
         )
+
+
+def sockets_on_port(pid: int, port: int) -> int:
+    """How many descriptors of process `pid` are IPv4 TCP sockets whose
+    local port is `port`: a server's listening socket and the connections
+    it accepted."""
+    inodes = set()
+    with open("/proc/net/tcp", encoding="ascii") as table:
+        next(table)  # the heading
+        for fields in (line.split() for line in table):
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    count = 0
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except FileNotFoundError:
+            continue  # closed meanwhile
+        count += target.startswith("socket:[") and target[8:-1] in inodes
+    return count
 
 
 def udp_and_tcp_on_one_port() -> tuple[socket.socket, socket.socket]:

@@ -20,6 +20,14 @@ TIMEOUT
 SERVFAIL
     Our extension: the same queries are answered with rcode SERVFAIL.
 
+Another marker of ours makes hostile replies to queries for the name
+itself (not through a CNAME or a wildcard):
+
+POINTER_CHAIN
+    Over UDP the reply is truncated; over TCP it is 65,535 octets of NULL
+    records whose owners are a chain of compression pointers
+    (pointer_chain), whatever the zone holds.
+
 Another extension, ``{FOREIGN: [owner, TYPE, value]}``, adds a record of
 another owner to every answer for the name, in the answer section: what a
 resolver that does not scrub its replies passes on, or a spoofed reply.
@@ -53,6 +61,7 @@ import logging
 import os
 import queue
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -115,6 +124,12 @@ class _Failure(enum.Enum):
     SERVFAIL = "SERVFAIL"
 
 
+class _Hostile(enum.Enum):
+    """What a marker entry makes the server do to its replies for the name."""
+
+    POINTER_CHAIN = "POINTER_CHAIN"
+
+
 @dataclass(frozen=True)
 class _Node:
     """The records at one owner name, ready to put on the wire."""
@@ -122,6 +137,7 @@ class _Node:
     records: Mapping[int, tuple[_RData, ...]]
     failure: _Failure | None
     foreign: tuple[tuple[_Name, int, _RData], ...] = ()  # owner, type, data
+    hostile: frozenset[_Hostile] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -252,6 +268,7 @@ def _make_rdata(name: str, rtype: str, value: object) -> _RData | None:
 def _compile_node(name: str, entries: Sequence[object], spf_as_txt: bool) -> _Node:
     records: dict[int, list[_RData]] = {}
     failure: _Failure | None = None
+    hostile: set[_Hostile] = set()
     has_own_txt = False
     foreign: list[tuple[_Name, int, _RData]] = []
     for entry in entries:
@@ -262,6 +279,9 @@ def _compile_node(name: str, entries: Sequence[object], spf_as_txt: bool) -> _No
                 foreign.append((DNSLabel(owner), _BUILDERS[rtype][0], rdata))
             continue
         if isinstance(entry, str):
+            if entry in _Hostile.__members__:
+                hostile.add(_Hostile(entry))
+                continue
             try:
                 failure = _Failure(entry)
             except ValueError:
@@ -275,7 +295,10 @@ def _compile_node(name: str, entries: Sequence[object], spf_as_txt: bool) -> _No
     if spf_as_txt and not has_own_txt and QTYPE.SPF in records:
         records[QTYPE.TXT] = records[QTYPE.SPF]
     return _Node(
-        {qtype: tuple(rdatas) for qtype, rdatas in records.items()}, failure, tuple(foreign)
+        {qtype: tuple(rdatas) for qtype, rdatas in records.items()},
+        failure,
+        tuple(foreign),
+        frozenset(hostile),
     )
 
 
@@ -308,9 +331,7 @@ def _resolve(zone: _Zone, qname: _Name, qtype: int, ttl: int) -> _Answer | None:
     while True:
         key = _key(owner.label)
         seen.add(key)
-        node = zone.nodes.get(key)
-        if node is None and key not in zone.names:
-            node = _wildcard(zone, key)
+        node = _node(zone, key)
         if node is None:
             rcode = RCODE.NOERROR if key in zone.names else RCODE.NXDOMAIN
             return _Answer(rcode, answers, negative=True)
@@ -325,6 +346,14 @@ def _resolve(zone: _Zone, qname: _Name, qtype: int, ttl: int) -> _Answer | None:
         owner = alias.label
         if _key(owner.label) in seen or len(answers) >= _CNAME_LIMIT:
             return _Answer(RCODE.NOERROR, answers, negative=True)
+
+
+def _node(zone: _Zone, key: _Key) -> _Node | None:
+    """The node that answers for key: its own, or a wildcard's."""
+    node = zone.nodes.get(key)
+    if node is None and key not in zone.names:
+        node = _wildcard(zone, key)
+    return node
 
 
 def _wildcard(zone: _Zone, key: _Key) -> _Node | None:
@@ -390,6 +419,34 @@ def _reply(request: _Message, answer: _Answer, ttl: int) -> _Message:
     if _client_opt(request) is not None:
         reply.add_ar(EDNS0(udp_len=_EDNS_PAYLOAD))  # RFC 6891 6.1.1: echo OPT
     return reply
+
+
+def _question(data: bytes) -> bytes:
+    """The question section of a one-question query, as sent (uncompressed)."""
+    end = 12
+    while data[end]:
+        end += data[end] + 1
+    return data[12 : end + 5]
+
+
+def pointer_chain(qid: int, question: bytes, size: int = _MAX_MESSAGE) -> bytes:
+    """A reply of at most `size` octets to a query with this ID and question
+    section: NULL records (a type SPF does not use) with empty data, each
+    owned by a pointer to the previous record's owner as far as a pointer
+    reaches (offset 16383, RFC 1035 section 4.1.4), then by a pointer to
+    the last of those.  Valid DNS; read naively, one owner takes as many
+    hops as there are records before it in the first 16 KiB."""
+    records = bytearray()
+    previous = 12  # the question's name
+    count = 0
+    while 12 + len(question) + len(records) + 12 <= size:
+        here = 12 + len(question) + len(records)
+        records += struct.pack("!HHHIH", 0xC000 | previous, QTYPE.NULL, CLASS.IN, 60, 0)
+        count += 1
+        if here < 0x4000:
+            previous = here
+    header = struct.pack("!6H", qid, 0x8180, 1, count, 0, 0)  # QR, RD, RA
+    return header + question + bytes(records)
 
 
 def _wire(request: _Message, reply: _Message, transport: str) -> bytes:
@@ -550,13 +607,11 @@ class DNSTestServer:
                 data, peer = sock.recvfrom(_MAX_MESSAGE)
             except TimeoutError:
                 continue
-            reply = self._handle(data, "udp")
-            if reply is None:
-                continue
-            if self.delay > 0:
-                self._held.put((time.monotonic() + self.delay, reply, peer))
-            else:
-                _send_datagram(sock, reply, peer)
+            for reply in self._handle(data, "udp"):
+                if self.delay > 0:
+                    self._held.put((time.monotonic() + self.delay, reply, peer))
+                else:
+                    _send_datagram(sock, reply, peer)
 
     def _send_held(self, sock: socket.socket) -> None:
         """Send the UDP answers that delay holds back, each when it is due."""
@@ -592,35 +647,42 @@ class DNSTestServer:
                         return
                     pending += chunk
                     for message in _take_messages(pending):
-                        reply = self._handle(message, "tcp")
-                        if reply is not None:
+                        for reply in self._handle(message, "tcp"):
                             if self.delay > 0:
                                 time.sleep(self.delay)  # the artificial latency
                             conn.sendall(len(reply).to_bytes(2, "big") + reply)
             except OSError as exc:  # the client went away mid-exchange
                 _LOG.debug("tcp connection ended: %s", exc)
 
-    def _handle(self, data: bytes, transport: str) -> bytes | None:
+    def _handle(self, data: bytes, transport: str) -> list[bytes]:
         try:
             return self._respond(data, transport)
         except Exception:  # a bug here must not end the serving thread
             _LOG.exception("failed to answer a %s query", transport)
-            return None
+            return []
 
-    def _respond(self, data: bytes, transport: str) -> bytes | None:
+    def _respond(self, data: bytes, transport: str) -> list[bytes]:
+        """The messages to send, in order."""
         request = _parse_query(data)
         if request is None:
-            return None
+            return []
         question = request.q
         name = b".".join(question.qname.label).lower().decode("utf-8", "backslashreplace")
         with self._lock:
             self.queries.append((name, QTYPE.get(question.qtype), transport))
             zone = self._zone
+        node = zone.nodes.get(_key(question.qname.label))
+        hostile = node.hostile if node is not None else frozenset()
+        qid = request.header.id
+        if _Hostile.POINTER_CHAIN in hostile:
+            if transport == "udp":  # TC set: ask again over TCP
+                return [struct.pack("!6H", qid, 0x8380, 1, 0, 0, 0) + _question(data)]
+            return [pointer_chain(qid, _question(data))]
         answer = _resolve(zone, question.qname, question.qtype, self.ttl)
         if answer is None:
             _LOG.debug("not answering %s %s: TIMEOUT", name, QTYPE.get(question.qtype))
-            return None
-        return _wire(request, _reply(request, answer, self.ttl), transport)
+            return []
+        return [_wire(request, _reply(request, answer, self.ttl), transport)]
 
 
 # ---------------------------------------------------------------- CLI

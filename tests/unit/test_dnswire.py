@@ -15,6 +15,7 @@ from dnslib import AAAA, CNAME, MX, PTR, QTYPE, RR, SOA, TXT, A, DNSRecord
 
 from spfmilter import dnswire
 from spfmilter.dnswire import BadName, WireError, encode_name, make_query, name_text, parse_reply
+from tests.support.dnsserver import pointer_chain
 from tests.support.net import udp_and_tcp_on_one_port
 
 
@@ -292,3 +293,86 @@ def test_system_nameservers(tmp_path: Path) -> None:
     empty.write_text("")
     assert dnswire.system_nameservers(str(empty)) == (("127.0.0.1", 53),)
     assert dnswire.system_nameservers(str(tmp_path / "missing")) == (("127.0.0.1", 53),)
+
+
+# --- what hostile replies cost and how they are read ----------------------
+
+
+def test_names_are_read_once_in_linear_time_and_as_if_written_in_full() -> None:
+    # Read naively, each owner walked the chain again: about 1.5 s.
+    data = pointer_chain(5, QNAME + struct.pack("!HH", 16, 1))
+    assert len(data) > 65000
+    started = time.process_time()
+    reply = parse_reply(data, 5, QNAME, 16)
+    assert time.process_time() - started < 0.5
+    assert reply is not None and reply.answer == () and not reply.oversized
+    # Owners that point into the middle of earlier names, and names inside
+    # record data that point at owners: each text as if written in full.
+    head = struct.pack("!6H", 5, 0x8180, 1, 4, 0, 0) + QNAME + struct.pack("!HH", 15, 1)
+    first = b"\x04mail\xc0\x0c"  # mail.example.org, at offset len(head)
+    mx = len(head)
+    records = (
+        first + struct.pack("!HHIH", 15, 1, 60, 4) + b"\x00\x0a" + struct.pack("!H", 0xC000 | mx)
+    )
+    records += b"\x03sub" + struct.pack("!H", 0xC000 | mx) + struct.pack("!HHIH", 15, 1, 60, 8)
+    records += b"\x00\x14\x03two" + struct.pack("!H", 0xC000 | (mx + 5))
+    records += struct.pack("!H", 0xC000 | (mx + 5)) + struct.pack("!HHIH", 15, 1, 60, 4)
+    records += b"\x00\x1e" + struct.pack("!H", 0xC000 | 12)
+    records += b"\xc0\x0c" + struct.pack("!HHIH", 15, 1, 60, 4) + b"\x00\x28" + b"\xc0\x0c"
+    reply = parse_reply(head + records, 5, QNAME, 15)
+    assert reply is not None
+    assert [(rr.owner, rr.value) for rr in reply.answer] == [
+        ("mail.example.org", (10, "mail.example.org")),
+        ("sub.mail.example.org", (20, "two.example.org")),
+        ("example.org", (30, "example.org")),
+        ("example.org", (40, "example.org")),
+    ]
+
+
+def test_a_name_of_more_pointers_than_labels_a_name_can_have_is_refused() -> None:
+    # RFC 1035 section 4.1.4 sets no bound; no encoder points at a pointer.
+    head = struct.pack("!6H", 5, 0x8180, 1, 1, 0, 0) + QNAME + struct.pack("!HH", 1, 1)
+
+    def chained(hops: int) -> bytes:
+        # A NULL record whose data is `hops` - 1 pointers each to the one
+        # before, the first to the question; then an A record owned by a
+        # pointer to the last of them.
+        data = bytearray()
+        start = len(head) + 12
+        for n in range(hops - 1):
+            data += struct.pack("!H", 0xC000 | (start + 2 * (n - 1) if n else 12))
+        null = b"\xc0\x0c" + struct.pack("!HHIH", 10, 1, 60, len(data)) + bytes(data)
+        last = start + 2 * (hops - 2)
+        a = (
+            struct.pack("!H", 0xC000 | last)
+            + struct.pack("!HHIH", 1, 1, 60, 4)
+            + b"\x01\x02\x03\x04"
+        )
+        counted = bytearray(head)
+        counted[7] = 2
+        return bytes(counted) + null + a
+
+    reply = parse_reply(chained(dnswire.MAX_POINTERS), 5, QNAME, 1)
+    assert reply is not None and reply.answer[0].owner == "example.org"
+    with pytest.raises(WireError, match="too many compression pointers"):
+        parse_reply(chained(dnswire.MAX_POINTERS + 1), 5, QNAME, 1)
+
+
+def test_reading_stops_past_the_records_an_answer_may_have() -> None:
+    # 5,000 TXT records on a name of 123 labels: refused whole, so only the
+    # first 257 are read; what follows them (here garbage) is not looked at.
+    name = encode_name(".".join(["a"] * 121 + ["example", "org"]))
+    head = struct.pack("!6H", 5, 0x8180, 1, 5000, 0, 0) + name + struct.pack("!HH", 16, 1)
+    record = b"\xc0\x0c" + struct.pack("!HHIH", 16, 1, 60, 1) + b"\x00"
+    data = head + record * 300 + b"\xff" * 100
+    started = time.process_time()
+    reply = parse_reply(data, 5, name, 16)
+    assert time.process_time() - started < 0.1
+    assert reply is not None and reply.oversized
+    assert len(reply.answer) == dnswire.MAX_ANSWER_RECORDS + 1
+    assert reply.answer[0].owner == name_text(name)
+    # Records of other types do not count, and 256 of the asked one are read whole.
+    cname = b"\xc0\x0c" + struct.pack("!HHIH", 5, 1, 60, 2) + b"\xc0\x0c"
+    head = struct.pack("!6H", 5, 0x8180, 1, 556, 0, 0) + name + struct.pack("!HH", 16, 1)
+    reply = parse_reply(head + cname * 300 + record * 256, 5, name, 16)
+    assert reply is not None and not reply.oversized and len(reply.answer) == 556

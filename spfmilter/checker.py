@@ -5,11 +5,11 @@ pyspf: what it reads from DNS passes through :meth:`Checker.lookup`, which
 refuses SPF records it would spend unbounded CPU on (pyspf's domain checks
 take time growing with the square of a label's length), drops explanation
 texts too long to expand cheaply, and stops an evaluation whose CPU time
-exceeds a budget.  pyspf reads two module globals (its DNS lookup function
-and the void lookup limit); :meth:`Checker.install` sets them once at
-start-up, before any milter thread runs, and nothing changes them afterwards
-(callbacks run in parallel threads).  It imports model and dns; it must not
-import Milter or policy.
+exceeds a budget (the lookups' own, parsing included, counts).  pyspf reads
+two module globals (its DNS lookup function and the void lookup limit);
+:meth:`Checker.install` sets them once at start-up, before any milter
+thread runs, and nothing changes them afterwards (callbacks run in parallel
+threads).
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ MAX_EXPLANATION_LENGTH = 1024
 # An outcome is kept at most this long, however long its records live
 # (spfmilter.dns caps record TTLs the same way).
 MAX_RESULT_SECONDS = 86400
-# CPU seconds one evaluation may use, checked at each DNS lookup; a normal
-# one takes about a millisecond.  Garbage collection is not counted: a
+# CPU seconds one evaluation may use, checked before and after each DNS
+# lookup (which parses the answer in the evaluating thread); a normal one
+# takes about a millisecond.  Garbage collection is not counted: a
 # collection is charged to whichever thread happens to run it.
 CPU_BUDGET = 0.1
 
@@ -134,6 +135,23 @@ class Checker:
     ) -> Sequence[Record]:
         """pyspf's DNSLookup: (name, qtype, strict, timeout), where timeout is
         what is left of the evaluation's time budget."""
+        self._within_budget()
+        try:
+            records, expiry = self._answers(name, qtype, timeout)
+        except DnsTempError as error:
+            raise spf.TempError(str(error)) from None
+        except DnsLimitError as error:
+            raise spf.PermError(str(error)) from None
+        local = self._local
+        local.expiry = min(getattr(local, "expiry", expiry), expiry)
+        self._within_budget()
+        if qtype in ("TXT", "SPF"):
+            return [r for r in records if _acceptable_text(name, r)]
+        return records
+
+    def _within_budget(self) -> None:
+        """Raise PermError when the evaluation in this thread has used up
+        its CPU budget."""
         local = self._local
         cpu_deadline: float | None = getattr(local, "cpu_deadline", None)
         if cpu_deadline is not None and self._work() > cpu_deadline:
@@ -141,16 +159,6 @@ class Checker:
             raise spf.PermError(
                 f"evaluation needed more than {self._cpu_budget:g} s of CPU; stopped"
             )
-        try:
-            records, expiry = self._answers(name, qtype, timeout)
-        except DnsTempError as error:
-            raise spf.TempError(str(error)) from None
-        except DnsLimitError as error:
-            raise spf.PermError(str(error)) from None
-        local.expiry = min(getattr(local, "expiry", expiry), expiry)
-        if qtype in ("TXT", "SPF"):
-            return [r for r in records if _acceptable_text(name, r)]
-        return records
 
     def known(self, query: SpfQuery) -> bool:
         """Whether check() can answer `query` at once, without DNS: a HELO

@@ -345,3 +345,21 @@ def test_results_without_cache_room_are_not_kept() -> None:
     asked.clear()
     checker.check(mail_from("a@example.org"), 5)
     assert asked == [("example.org", "TXT")]
+
+
+def test_a_lookup_that_uses_up_the_budget_stops_the_evaluation() -> None:
+    # The lookup parses its answer in the evaluating thread: its CPU counts
+    # even when no lookup follows it.
+    clock = CpuClock(0.0)
+
+    def costly(name: str, qtype: str, budget: float | None) -> list[Record]:
+        clock.now += 0.5
+        return fake_lookup(name, qtype, budget)
+
+    checker = Checker(answers(costly), results_bytes=1 << 20, cpu_clock=clock)
+    checker.install(2)
+    query = mail_from("a@example.org")
+    out = checker.check(query, 5)
+    assert out.result is SpfResult.PERMERROR
+    assert "more than 0.1 s of CPU" in (out.problem or "")
+    assert not checker.known(query)  # a verdict of the load: not kept

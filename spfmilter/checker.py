@@ -141,9 +141,10 @@ class Checker:
         except DnsTempError as error:
             raise spf.TempError(str(error)) from None
         except DnsLimitError as error:
+            # A refusal holds only as long as the answer refused would have.
+            self._read_until(error.expiry)
             raise spf.PermError(str(error)) from None
-        local = self._local
-        local.expiry = min(getattr(local, "expiry", expiry), expiry)
+        self._read_until(expiry)
         self._within_budget()
         if qtype in ("TXT", "SPF"):
             return [r for r in records if _acceptable_text(name, r)]
@@ -159,6 +160,11 @@ class Checker:
             raise spf.PermError(
                 f"evaluation needed more than {self._cpu_budget:g} s of CPU; stopped"
             )
+
+    def _read_until(self, expiry: float) -> None:
+        """The evaluation in this thread read data that holds until `expiry`."""
+        local = self._local
+        local.expiry = min(getattr(local, "expiry", expiry), expiry)
 
     def known(self, query: SpfQuery) -> bool:
         """Whether check() can answer `query` at once, without DNS: a HELO

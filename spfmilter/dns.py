@@ -7,7 +7,8 @@ failures are temporary errors, RFC 7208 sections 4.4 and 5), which records
 of a reply are believed (only the queried name's CNAME chain and the records
 at its end), how many are accepted at all, and a thread-safe cache shared by
 all connections, bounded in bytes, that honours record TTLs (RFC 1035
-section 3.2.1, RFC 2308 for negative answers).  The bytes on the wire are
+section 3.2.1, RFC 2308 for negative answers) and keeps nothing, a refusal
+included, longer than its TTL or a day.  The bytes on the wire are
 dnswire's.
 """
 
@@ -33,7 +34,9 @@ log = logging.getLogger(__name__)
 Record = tuple[tuple[str, str], object]
 
 # RFC 2308 section 5: negative answers are cached for the SOA minimum; cap
-# both kinds so a mistaken huge TTL cannot pin stale data for days.
+# both kinds so a mistaken huge TTL cannot pin stale data for days.  A
+# refused answer holds no data either: it is kept like a negative one, so a
+# zone that mends its records is believed within minutes.
 MAX_TTL = 86400
 NEGATIVE_TTL_CAP = 900
 
@@ -69,7 +72,12 @@ class DnsTimeout(DnsTempError):
 
 
 class DnsLimitError(Exception):
-    """An answer larger than spfmilter accepts (a permanent condition)."""
+    """An answer larger than spfmilter accepts: a permanent condition, for
+    as long as the answer's TTL says (`expiry`, a clock() time)."""
+
+    def __init__(self, message: str, expiry: float = 0.0) -> None:
+        super().__init__(message)
+        self.expiry = expiry
 
 
 class Answer(NamedTuple):
@@ -139,7 +147,7 @@ class Resolver:
             self._metrics.cache_hits.inc()
         expiry, records, refused = entry
         if refused is not None:
-            raise DnsLimitError(refused)
+            raise DnsLimitError(refused, expiry)
         return records, expiry
 
     @property
@@ -215,7 +223,7 @@ def _answer(reply: dnswire.Reply, name: str, asked: str, qtype: str) -> Answer:
         )
         # The records read say how long the refusal holds; the rest of the
         # answer, its authority section among it, was not read.
-        ttl = min(rr.ttl for rr in reply.answer if rr.rtype == code)
+        ttl = min(min(rr.ttl for rr in reply.answer if rr.rtype == code), NEGATIVE_TTL_CAP)
         return Answer((), ttl, footprint(name, ()) + _STR_BYTES + len(refused), refused)
 
     def key(owner: str, kind: str) -> tuple[str, str]:

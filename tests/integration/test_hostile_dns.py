@@ -203,3 +203,23 @@ def test_answers_built_to_be_parsed_slowly_cost_milliseconds(
     assert [received_spf(result).split()[0] for result in hostile] == ["none"] * 16
     assert spent / 16 < 0.25, f"{spent:.2f} s of CPU for 16 transactions"
     assert statistics.median(harmless) < 0.5, harmless
+
+
+def test_a_refused_answer_is_kept_no_longer_than_its_ttl(make_daemon: MakeDaemon) -> None:
+    # 300 addresses of TTL 0: a permerror, kept by nobody; once the zone is
+    # mended, the next transaction sees it.
+    too_many = [{"A": f"10.0.1.{i % 250}"} for i in range(300)]
+    zone: dict[str, list[object]] = {
+        "ttl0.example": [{"TXT": "v=spf1 a:addresses.ttl0.example -all"}],
+        "addresses.ttl0.example": list(too_many),
+        "helo-none.example.org": [{"A": "198.51.100.7"}],
+    }
+    with DNSTestServer(zone, ttl=0) as server:
+        # One process: the second transaction meets the first one's caches.
+        sections = {"dns": {"nameservers": server.nameserver}, "milter": {"workers": "1"}}
+        daemon = make_daemon(sections)
+        value = received_spf(run(daemon, "a@ttl0.example"))
+        assert value.startswith("permerror ") and "256 are accepted" in value, value
+        zone["addresses.ttl0.example"] = [{"A": "198.51.100.7"}]
+        server.set_zone(zone)
+        assert received_spf(run(daemon, "a@ttl0.example")).startswith("pass ")

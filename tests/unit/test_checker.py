@@ -363,3 +363,20 @@ def test_a_lookup_that_uses_up_the_budget_stops_the_evaluation() -> None:
     assert out.result is SpfResult.PERMERROR
     assert "more than 0.1 s of CPU" in (out.problem or "")
     assert not checker.known(query)  # a verdict of the load: not kept
+
+
+def test_a_refusal_is_kept_no_longer_than_the_answer_refused() -> None:
+    # A refused answer of TTL 0: the permerror is not kept, the next
+    # evaluation asks again (and may see mended data).
+    clock = Clock()
+    calls: list[str] = []
+
+    def refusing(name: str, qtype: str, budget: float | None) -> tuple[list[Record], float]:
+        calls.append(name)
+        raise DnsLimitError(f"DNS answer for {name} {qtype} has more than 256 records", clock.now)
+
+    checker = Checker(refusing, results_bytes=1 << 20, clock=clock)
+    checker.install(2)
+    for _ in range(2):
+        assert checker.check(mail_from("a@many.example"), 5).result is SpfResult.PERMERROR
+    assert calls == ["many.example", "many.example"]

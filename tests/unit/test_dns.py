@@ -193,6 +193,24 @@ def test_too_many_records_are_refused_and_the_refusal_is_cached() -> None:
     assert len(resolver.lookup("ok.example", "A")) == MAX_ANSWER_RECORDS
 
 
+def test_a_refusal_is_kept_no_longer_than_its_ttl_and_at_most_a_negative_answer() -> None:
+    resolver, fake, clock, _ = make()
+    fake.table["192.0.2.1", "zero.example", 1] = oversized("zero.example", 0)
+    fake.table["192.0.2.1", "long.example", 1] = oversized("long.example", 2**31 - 1)
+    for _ in range(2):
+        with pytest.raises(DnsLimitError) as zero:
+            resolver.lookup("zero.example", "A")
+    assert zero.value.expiry == clock.now  # holds no time: asked afresh each time
+    assert [a[1] for a in fake.asked] == ["zero.example", "zero.example"]
+    with pytest.raises(DnsLimitError) as long:
+        resolver.lookup("long.example", "A")
+    assert long.value.expiry == clock.now + NEGATIVE_TTL_CAP
+    clock.now += NEGATIVE_TTL_CAP
+    with pytest.raises(DnsLimitError):
+        resolver.lookup("long.example", "A")
+    assert [a[1] for a in fake.asked].count("long.example") == 2
+
+
 def test_servers_are_tried_in_order() -> None:
     resolver, fake, _, _ = make(servers=("192.0.2.1", "192.0.2.2", "192.0.2.3"))
     fake.table["192.0.2.1", "x.example", 1] = reply(rcode=2)  # SERVFAIL

@@ -7,7 +7,10 @@ section 5), and parsing the reply's answer and authority sections for the
 record types SPF needs (A, AAAA, MX, PTR, TXT, SPF, CNAME, SOA).  A reply is
 accepted only if it answers the query that was sent: it comes from the
 server asked (a connected socket), carries the random query ID and echoes
-the question (RFC 5452 section 9).
+the question under the QUERY opcode (RFC 5452 section 9); a datagram that
+is not such a reply, malformed ones included, is ignored while the
+server's own reply may still come.  The response code includes the EDNS
+extended bits (RFC 6891 section 6.1.3).
 
 Parsing costs time linear in the message, whatever its content: each name
 is read once however often compression points at it (RFC 1035 section
@@ -33,9 +36,18 @@ TYPE_NAMES = {code: name for name, code in QTYPES.items()}
 CLASS_IN = 1
 OPT = 41
 
-# RFC 1035 section 4.1.1 response codes.
+# RFC 1035 section 4.1.1 response codes, and RFC 6891 section 9's BADVERS
+# (an extended code: its upper bits travel in the OPT record).
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN = 0, 1, 2, 3
-RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+RCODE_NAMES = {
+    0: "NOERROR",
+    1: "FORMERR",
+    2: "SERVFAIL",
+    3: "NXDOMAIN",
+    4: "NOTIMP",
+    5: "REFUSED",
+    16: "BADVERS",
+}
 
 # Records of the asked type read from one answer section.  An SPF evaluation
 # loops over them (RFC 7208 sections 5.3-5.5 compare the client with every
@@ -59,6 +71,7 @@ _HEADER = struct.Struct("!HHHHHH")
 _RR_FIXED = struct.Struct("!HHIH")
 _QUESTION_TAIL = struct.Struct("!HH")
 _FLAG_QR = 0x8000
+_OPCODE_SHIFT, _OPCODE_MASK = 11, 0xF  # QUERY is opcode 0 (RFC 1035 section 4.1.1)
 _FLAG_TC = 0x0200
 _FLAG_RD = 0x0100
 # An OPT pseudo-record: root owner, type 41, class = payload size, no options.
@@ -97,11 +110,12 @@ class RR:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """What a server answered: the response code, the answer and authority
-    sections (other classes and types dropped), the message size, whether
-    it was truncated, and whether the answer section holds more than
-    MAX_ANSWER_RECORDS records of the asked type (then `answer` has the
-    first of them and `authority` nothing)."""
+    """What a server answered: the response code (extended bits included),
+    the answer and authority sections (other classes and types dropped),
+    the message size, whether it was truncated (then no section is read),
+    and whether the answer section holds more than MAX_ANSWER_RECORDS
+    records of the asked type (then `answer` has the first of them and
+    `authority` nothing)."""
 
     rcode: int
     answer: tuple[RR, ...]
@@ -278,6 +292,23 @@ class _Parser:
         self.offset = end
         return None if value is None else RR(owner, rtype, ttl, value)
 
+    def extended_rcode(self, count: int) -> int:
+        """The upper 8 bits of the response code, from the OPT record among
+        the `count` additional records (RFC 6891 section 6.1.3); 0 without."""
+        upper = None
+        for _ in range(count):
+            self.skip_name()
+            rtype, _, ttl, rdlength = self.fixed()
+            if rtype == OPT:
+                # RFC 6891 section 6.1.1: at most one OPT record.
+                if upper is not None:
+                    raise WireError("more than one OPT record")
+                upper = ttl >> 24
+            self.offset += rdlength
+            if self.offset > len(self.data):
+                raise WireError("record data runs past the message")
+        return upper or 0
+
     def _rdata(self, rtype: int, rdlength: int) -> object:
         if rtype in (1, 28):
             family, size = (socket.AF_INET, 4) if rtype == 1 else (socket.AF_INET6, 16)
@@ -308,8 +339,9 @@ def parse_reply(data: bytes, qid: int, qname: bytes, qtype: int) -> Reply | None
     """
     if len(data) < _HEADER.size:
         return None
-    rid, flags, qdcount, ancount, nscount, _ = _HEADER.unpack_from(data)
-    if rid != qid or not flags & _FLAG_QR or qdcount != 1:
+    rid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
+    opcode = flags >> _OPCODE_SHIFT & _OPCODE_MASK
+    if rid != qid or not flags & _FLAG_QR or opcode != 0 or qdcount != 1:
         return None
     parser = _Parser(data)
     parser.offset = _HEADER.size
@@ -321,7 +353,11 @@ def parse_reply(data: bytes, qid: int, qname: bytes, qtype: int) -> Reply | None
     parser.offset += len(qname)
     if parser.take(4) != _QUESTION_TAIL.pack(qtype, CLASS_IN):
         return None
-    rcode, truncated = flags & 0x000F, bool(flags & _FLAG_TC)
+    rcode = flags & 0x000F
+    if flags & _FLAG_TC:
+        # Asked again over TCP: nothing here is used, and a truncated
+        # message may end mid-record (RFC 2181 section 9).
+        return Reply(rcode, (), (), len(data), truncated=True)
     answer: list[RR] = []
     of_type = 0
     for _ in range(ancount):
@@ -332,9 +368,10 @@ def parse_reply(data: bytes, qid: int, qname: bytes, qtype: int) -> Reply | None
         if rr.rtype == qtype:
             of_type += 1
             if of_type > MAX_ANSWER_RECORDS:
-                return Reply(rcode, tuple(answer), (), len(data), truncated, oversized=True)
+                return Reply(rcode, tuple(answer), (), len(data), oversized=True)
     authority = tuple(rr for rr in (parser.record() for _ in range(nscount)) if rr is not None)
-    return Reply(rcode, tuple(answer), authority, len(data), truncated)
+    rcode |= parser.extended_rcode(arcount) << 4
+    return Reply(rcode, tuple(answer), authority, len(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,13 +429,25 @@ def _udp(ask: _Ask, query: bytes, qid: int) -> Reply:
             # kernel picks a random source port (RFC 5452 section 9.2).
             sock.connect(ask.server)
             sock.send(query)
+            malformed: WireError | None = None
             while True:
-                sock.settimeout(ask.remaining())
-                reply = parse_reply(sock.recv(MAX_MESSAGE), qid, ask.qname, ask.qtype)
+                try:
+                    sock.settimeout(ask.remaining())
+                    data = sock.recv(MAX_MESSAGE)
+                except (TimeoutError, Unreachable):
+                    if malformed is not None:
+                        raise malformed from None
+                    raise Unreachable("timeout") from None
+                try:
+                    reply = parse_reply(data, qid, ask.qname, ask.qtype)
+                except WireError as error:
+                    # RFC 5452 section 9.1: a datagram with a guessed ID and
+                    # a forged source can come first; the server's own reply
+                    # is still awaited.  Said only if none comes in time.
+                    malformed = error
+                    continue
                 if reply is not None:
                     return reply
-        except TimeoutError:
-            raise Unreachable("timeout") from None
         except OSError as error:
             raise Unreachable(error.strerror or str(error)) from None
 

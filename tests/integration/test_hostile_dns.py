@@ -1,9 +1,10 @@
 """Hostile DNS through the real daemon: records built to freeze it, to grow
 it, to forge its log lines, or to slip foreign data into pyspf's cache;
-and answers built to be parsed slowly.
+answers built to be parsed slowly; and datagrams that are not the answer.
 
-Anyone can publish such records; the test DNS server here serves them (a
-62 KB record arrives over TCP) beside the usual test zone.
+Anyone can publish such records, and anyone can send datagrams with a
+guessed query ID; the test DNS server here serves them (a 62 KB record
+arrives over TCP) beside the usual test zone.
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ def hostile_zone() -> dict[str, list[object]]:
             "mx2.good-ptr.example": [{"A": "203.0.113.67"}],
             # 64 KiB of records owned by a chain of compression pointers.
             "chain.example": ["POINTER_CHAIN"],
+            # A decoy ahead of each reply: under opcode UPDATE, or malformed;
+            # and a reply whose OPT record makes its code BADVERS.
+            "update-first.example": [{"TXT": "v=spf1 -all"}, {"UPDATE_FIRST": "v=spf1 +all"}],
+            "malformed-first.example": [{"TXT": "v=spf1 -all"}, "MALFORMED_FIRST"],
+            "badvers.example": [{"TXT": "v=spf1 +all"}, "BADVERS"],
         }
     )
     return zone
@@ -203,6 +209,25 @@ def test_answers_built_to_be_parsed_slowly_cost_milliseconds(
     assert [received_spf(result).split()[0] for result in hostile] == ["none"] * 16
     assert spent / 16 < 0.25, f"{spent:.2f} s of CPU for 16 transactions"
     assert statistics.median(harmless) < 0.5, harmless
+
+
+@pytest.mark.parametrize(
+    ("sender", "code"),
+    [
+        # The decoy says +all; the server's own reply -all.
+        ("a@update-first.example", "550"),
+        # Not a server failure: the server's reply after it counts.
+        ("a@malformed-first.example", "550"),
+        # RFC 6891 section 6.1.3: BADVERS, a server failure, not +all.
+        ("a@badvers.example", "451"),
+    ],
+)
+def test_only_the_servers_reply_is_the_answer(
+    make_daemon: MakeDaemon, hostile_dns: DNSTestServer, sender: str, code: str
+) -> None:
+    daemon = configured(make_daemon, hostile_dns)
+    result = run(daemon, sender)
+    assert result.final.code == code, result
 
 
 def test_a_refused_answer_is_kept_no_longer_than_its_ttl(make_daemon: MakeDaemon) -> None:

@@ -20,9 +20,16 @@ TIMEOUT
 SERVFAIL
     Our extension: the same queries are answered with rcode SERVFAIL.
 
-Another marker of ours makes hostile replies to queries for the name
-itself (not through a CNAME or a wildcard):
+More markers of ours make hostile replies to queries for the name itself
+(not through a CNAME or a wildcard):
 
+BADVERS
+    The reply's OPT record carries extended RCODE bits 1 (RFC 6891 section
+    6.1.3): with NOERROR in the header, the code is BADVERS (16).
+MALFORMED_FIRST
+    Over UDP, a malformed message with the query's ID (its one answer
+    record breaks off) goes out before the reply, as anyone guessing the ID
+    could send it (RFC 5452).
 POINTER_CHAIN
     Over UDP the reply is truncated; over TCP it is 65,535 octets of NULL
     records whose owners are a chain of compression pointers
@@ -31,6 +38,9 @@ POINTER_CHAIN
 Another extension, ``{FOREIGN: [owner, TYPE, value]}``, adds a record of
 another owner to every answer for the name, in the answer section: what a
 resolver that does not scrub its replies passes on, or a spoofed reply.
+And ``{UPDATE_FIRST: value}`` sends, over UDP and before the reply, a reply
+under opcode UPDATE (RFC 2136) with the query's ID whose answer is a TXT
+record of that value.
 
 A name whose first label is ``*`` is a wildcard (RFC 4592 section 2):
 ``*.load.example`` answers, with the asked name as owner, for every name
@@ -127,6 +137,8 @@ class _Failure(enum.Enum):
 class _Hostile(enum.Enum):
     """What a marker entry makes the server do to its replies for the name."""
 
+    BADVERS = "BADVERS"
+    MALFORMED_FIRST = "MALFORMED_FIRST"
     POINTER_CHAIN = "POINTER_CHAIN"
 
 
@@ -138,6 +150,7 @@ class _Node:
     failure: _Failure | None
     foreign: tuple[tuple[_Name, int, _RData], ...] = ()  # owner, type, data
     hostile: frozenset[_Hostile] = frozenset()
+    update_first: _RData | None = None  # the TXT data of the UPDATE decoy
 
 
 @dataclass(frozen=True)
@@ -269,6 +282,7 @@ def _compile_node(name: str, entries: Sequence[object], spf_as_txt: bool) -> _No
     records: dict[int, list[_RData]] = {}
     failure: _Failure | None = None
     hostile: set[_Hostile] = set()
+    update_first: _RData | None = None
     has_own_txt = False
     foreign: list[tuple[_Name, int, _RData]] = []
     for entry in entries:
@@ -277,6 +291,9 @@ def _compile_node(name: str, entries: Sequence[object], spf_as_txt: bool) -> _No
             rdata = _make_rdata(owner, rtype, value)
             if rdata is not None:
                 foreign.append((DNSLabel(owner), _BUILDERS[rtype][0], rdata))
+            continue
+        if isinstance(entry, Mapping) and "UPDATE_FIRST" in entry:
+            update_first = _make_rdata(name, "TXT", entry["UPDATE_FIRST"])
             continue
         if isinstance(entry, str):
             if entry in _Hostile.__members__:
@@ -299,6 +316,7 @@ def _compile_node(name: str, entries: Sequence[object], spf_as_txt: bool) -> _No
         failure,
         tuple(foreign),
         frozenset(hostile),
+        update_first,
     )
 
 
@@ -411,13 +429,14 @@ def _client_opt(request: _Message) -> _Record | None:
     return next((rr for rr in request.ar if rr.rtype == QTYPE.OPT), None)
 
 
-def _reply(request: _Message, answer: _Answer, ttl: int) -> _Message:
+def _reply(request: _Message, answer: _Answer, ttl: int, extended_rcode: int = 0) -> _Message:
     header = DNSHeader(id=request.header.id, qr=1, aa=1, rd=request.header.rd, rcode=answer.rcode)
     reply = DNSRecord(header, questions=[request.q], rr=answer.records)
     if answer.negative:
         reply.add_auth(_soa(ttl))
     if _client_opt(request) is not None:
-        reply.add_ar(EDNS0(udp_len=_EDNS_PAYLOAD))  # RFC 6891 6.1.1: echo OPT
+        # RFC 6891 6.1.1: echo OPT
+        reply.add_ar(EDNS0(udp_len=_EDNS_PAYLOAD, ext_rcode=extended_rcode))
     return reply
 
 
@@ -447,6 +466,20 @@ def pointer_chain(qid: int, question: bytes, size: int = _MAX_MESSAGE) -> bytes:
             previous = here
     header = struct.pack("!6H", qid, 0x8180, 1, count, 0, 0)  # QR, RD, RA
     return header + question + bytes(records)
+
+
+def _malformed(qid: int, question: bytes) -> bytes:
+    """A reply with this ID whose one answer record breaks off."""
+    return struct.pack("!6H", qid, 0x8180, 1, 1, 0, 0) + question + b"\xc0\x0c\x00"
+
+
+def _update(request: _Message, text: _RData) -> bytes:
+    """A reply under opcode UPDATE with the query's ID and a TXT answer."""
+    header = DNSHeader(id=request.header.id, qr=1, opcode=OPCODE.UPDATE, aa=1, rd=1)
+    record = DNSRecord(header, questions=[request.q])
+    record.add_answer(RR(request.q.qname, QTYPE.TXT, ttl=60, rdata=text))
+    data: bytes = record.pack()
+    return data
 
 
 def _wire(request: _Message, reply: _Message, transport: str) -> bytes:
@@ -662,7 +695,7 @@ class DNSTestServer:
             return []
 
     def _respond(self, data: bytes, transport: str) -> list[bytes]:
-        """The messages to send, in order."""
+        """The messages to send, in order: decoys, then the reply."""
         request = _parse_query(data)
         if request is None:
             return []
@@ -682,7 +715,15 @@ class DNSTestServer:
         if answer is None:
             _LOG.debug("not answering %s %s: TIMEOUT", name, QTYPE.get(question.qtype))
             return []
-        return [_wire(request, _reply(request, answer, self.ttl), transport)]
+        extended = 1 if _Hostile.BADVERS in hostile else 0
+        reply = _wire(request, _reply(request, answer, self.ttl, extended), transport)
+        decoys = []
+        if transport == "udp" and node is not None:
+            if node.update_first is not None:
+                decoys.append(_update(request, node.update_first))
+            if _Hostile.MALFORMED_FIRST in hostile:
+                decoys.append(_malformed(qid, _question(data)))
+        return [*decoys, reply]
 
 
 # ---------------------------------------------------------------- CLI

@@ -376,3 +376,68 @@ def test_reading_stops_past_the_records_an_answer_may_have() -> None:
     head = struct.pack("!6H", 5, 0x8180, 1, 556, 0, 0) + name + struct.pack("!HH", 16, 1)
     reply = parse_reply(head + cname * 300 + record * 256, 5, name, 16)
     assert reply is not None and not reply.oversized and len(reply.answer) == 556
+
+
+def test_a_reply_under_another_opcode_is_not_the_answer() -> None:
+    query = make_query(9, QNAME, 16)
+    update = bytearray(reply_for(query, RR("example.org", QTYPE.TXT, rdata=TXT([b"forged"]))))
+    update[2] |= 5 << 3  # opcode UPDATE (RFC 2136)
+    assert parse_reply(bytes(update), 9, QNAME, 16) is None
+
+
+def with_opt(data: bytes, ttl: int, count: int = 1) -> bytes:
+    """`data` with `count` OPT records of this TTL in its additional section."""
+    opt = b"\x00" + struct.pack("!HHIH", 41, 1232, ttl, 0)
+    return data[:10] + struct.pack("!H", count) + data[12:] + opt * count
+
+
+def test_the_extended_rcode_of_the_opt_record_counts() -> None:
+    # RFC 6891 section 6.1.3: the OPT TTL's top 8 bits are the upper bits of
+    # the response code: 1 over NOERROR is BADVERS (16), not NOERROR.
+    query = make_query(9, QNAME, 16)
+    plain = reply_for(query)
+    reply = parse_reply(with_opt(plain, 0x01000000), 9, QNAME, 16)
+    assert reply is not None and reply.rcode == 16
+    reply = parse_reply(with_opt(plain, 0x00008000), 9, QNAME, 16)  # version 0, DO bit
+    assert reply is not None and reply.rcode == 0
+    with pytest.raises(WireError, match="more than one OPT"):
+        parse_reply(with_opt(plain, 0, 2), 9, QNAME, 16)
+    with pytest.raises(WireError, match="message ends early"):
+        parse_reply(with_opt(plain, 0)[:-3], 9, QNAME, 16)
+
+
+def test_a_truncated_reply_is_not_read_beyond_its_question() -> None:
+    data = bytearray(reply_for(make_query(3, QNAME, 16)))
+    data[2] |= 0x02
+    data[7] = 9  # nine answers claimed, none there
+    reply = parse_reply(bytes(data) + b"\xc0", 3, QNAME, 16)
+    assert reply is not None and reply.truncated and reply.answer == ()
+
+
+def test_a_malformed_or_foreign_datagram_does_not_end_the_wait(
+    udp_server: Callable[[Handler], tuple[str, int]],
+) -> None:
+    # RFC 5452: anyone can send datagrams with a guessed ID; the server's
+    # own reply, coming after them, is the answer.
+    def handler(query: bytes, send: Callable[[bytes], None]) -> None:
+        genuine = reply_for(query, RR("example.org", QTYPE.TXT, rdata=TXT([b"genuine"])))
+        send(genuine[:-3])  # the right ID, malformed
+        update = bytearray(genuine)
+        update[2] |= 5 << 3
+        send(bytes(update))
+        send(genuine)
+
+    reply = dnswire.exchange(udp_server(handler), QNAME, 16, time.monotonic() + 2)
+    assert [rr.value for rr in reply.answer] == [(b"genuine",)]
+
+
+def test_only_malformed_datagrams_until_the_deadline_say_so(
+    udp_server: Callable[[Handler], tuple[str, int]],
+) -> None:
+    def handler(query: bytes, send: Callable[[bytes], None]) -> None:
+        send(reply_for(query, RR("example.org", QTYPE.TXT, rdata=TXT([b"x"])))[:-3])
+
+    started = time.monotonic()
+    with pytest.raises(WireError, match="message ends early"):
+        dnswire.exchange(udp_server(handler), QNAME, 16, started + 0.3)
+    assert time.monotonic() - started >= 0.3

@@ -4,12 +4,12 @@ This module owns the only ``import spf`` in spfmilter, and the bounds put on
 pyspf: what it reads from DNS passes through :meth:`Checker.lookup`, which
 refuses SPF records it would spend unbounded CPU on (pyspf's domain checks
 take time growing with the square of a label's length), drops explanation
-texts too long to expand cheaply, and stops an evaluation whose CPU time
-exceeds a budget (the lookups' own, parsing included, counts).  pyspf reads
-two module globals (its DNS lookup function and the void lookup limit);
-:meth:`Checker.install` sets them once at start-up, before any milter
-thread runs, and nothing changes them afterwards (callbacks run in parallel
-threads).
+texts too long to expand cheaply, writes the modifier names pyspf would miss
+in lower case, and stops an evaluation whose CPU time exceeds a budget (the
+lookups' own, parsing included, counts).  pyspf reads two module globals
+(its DNS lookup function and the void lookup limit); :meth:`Checker.install`
+sets them once at start-up, before any milter thread runs, and nothing
+changes them afterwards (callbacks run in parallel threads).
 """
 
 from __future__ import annotations
@@ -63,6 +63,11 @@ _SPF_RECORD = re.compile(rb"v=spf1( |$)", re.IGNORECASE)
 _DOMAIN_TERM = re.compile(
     rb"[-+~?]?(?:(?:a|mx|ptr|include|exists):|(?:redirect|exp)=)(\S*)", re.IGNORECASE
 )
+# RFC 7208 section 4.6.1: modifier names are case-insensitive.  pyspf 2.0.14
+# compares them with "redirect" and "exp" as written, so "REDIRECT=" would be
+# an unknown modifier, ignored (section 6), and the domain's policy lost.  A
+# term starts after a space (section 4.6.1's terms = *( 1*SP ...)).
+_MODIFIER_NAME = re.compile(rb"(?<= )(redirect|exp)(?==)", re.IGNORECASE)
 
 
 class Checker:
@@ -147,7 +152,7 @@ class Checker:
         self._read_until(expiry)
         self._within_budget()
         if qtype in ("TXT", "SPF"):
-            return [r for r in records if _acceptable_text(name, r)]
+            return [_for_pyspf(r) for r in records if _acceptable_text(name, r)]
         return records
 
     def _within_budget(self) -> None:
@@ -277,6 +282,20 @@ def _acceptable_text(name: str, record: Record) -> bool:
                 f"characters in {term[:60].decode('ascii', 'replace')!r}"
             )
     return True
+
+
+def _for_pyspf(record: Record) -> Record:
+    """`record` with the names of its redirect= and exp= modifiers in lower
+    case, as pyspf recognises them; nothing else of it changes (macros and
+    domain-specs keep their case, other modifiers stay as they are)."""
+    (_, kind), value = record
+    if kind not in ("TXT", "SPF") or not isinstance(value, tuple | list):
+        return record
+    text = b"".join(part for part in value if isinstance(part, bytes))
+    if not _SPF_RECORD.match(text):
+        return record
+    lowered = _MODIFIER_NAME.sub(lambda name: name[0].lower(), text)
+    return record if lowered == text else (record[0], (lowered,))
 
 
 def is_checkable_helo(helo: str) -> bool:

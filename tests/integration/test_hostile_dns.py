@@ -1,6 +1,7 @@
 """Hostile DNS through the real daemon: records built to freeze it, to grow
 it, to forge its log lines, or to slip foreign data into pyspf's cache;
-answers built to be parsed slowly; and datagrams that are not the answer.
+answers built to be parsed slowly; datagrams that are not the answer; and
+records pyspf alone would misread.
 
 Anyone can publish such records, and anyone can send datagrams with a
 guessed query ID; the test DNS server here serves them (a 62 KB record
@@ -75,6 +76,7 @@ def hostile_zone() -> dict[str, list[object]]:
             "update-first.example": [{"TXT": "v=spf1 -all"}, {"UPDATE_FIRST": "v=spf1 +all"}],
             "malformed-first.example": [{"TXT": "v=spf1 -all"}, "MALFORMED_FIRST"],
             "badvers.example": [{"TXT": "v=spf1 +all"}, "BADVERS"],
+            **load_zone_file(ZONES / "modifiers.yaml"),
         }
     )
     return zone
@@ -228,6 +230,24 @@ def test_only_the_servers_reply_is_the_answer(
     daemon = configured(make_daemon, hostile_dns)
     result = run(daemon, sender)
     assert result.final.code == code, result
+
+
+@pytest.mark.parametrize(
+    ("sender", "ip", "text"),
+    [
+        # REDIRECT= is redirect= (RFC 7208 section 4.6.1): -all, not neutral.
+        ("a@redirect-upper.example.org", "198.51.100.7", None),
+        # Exp= is exp=: the domain's explanation in the reply.
+        ("a@exp-upper.example.org", "198.51.100.7", "198.51.100.7 is not one of our servers"),
+    ],
+)
+def test_modifier_names_in_capitals_are_followed(
+    make_daemon: MakeDaemon, hostile_dns: DNSTestServer, sender: str, ip: str, text: str | None
+) -> None:
+    daemon = configured(make_daemon, hostile_dns)
+    result = run(daemon, sender, ip=ip)
+    assert result.final.code == "550", result
+    assert text is None or text in (result.final.text or ""), result.final.text
 
 
 def test_a_refused_answer_is_kept_no_longer_than_its_ttl(make_daemon: MakeDaemon) -> None:

@@ -218,12 +218,14 @@ def _answer(reply: dnswire.Reply, name: str, asked: str, qtype: str) -> Answer:
     code = dnswire.QTYPES[qtype]
     if reply.oversized:
         refused = (
-            f"DNS answer for {name} {qtype} has more than {MAX_ANSWER_RECORDS} records; "
-            f"at most {MAX_ANSWER_RECORDS} are accepted"
+            f"DNS answer for {name} {qtype} has too many records: at most "
+            f"{MAX_ANSWER_RECORDS} of its type and {dnswire.MAX_SECTION_RECORDS} in all "
+            "are accepted"
         )
-        # The records read say how long the refusal holds; the rest of the
-        # answer, its authority section among it, was not read.
-        ttl = min(min(rr.ttl for rr in reply.answer if rr.rtype == code), NEGATIVE_TTL_CAP)
+        # The records read say how long the refusal holds (none read: it is
+        # not kept); the rest of the answer, its authority section among
+        # it, was not read.
+        ttl = min(min((rr.ttl for rr in reply.answer), default=0), NEGATIVE_TTL_CAP)
         return Answer((), ttl, footprint(name, ()) + _STR_BYTES + len(refused), refused)
 
     def key(owner: str, kind: str) -> tuple[str, str]:

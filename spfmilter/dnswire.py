@@ -16,8 +16,9 @@ Parsing costs time linear in the message, whatever its content: each name
 is read once however often compression points at it (RFC 1035 section
 4.1.4), pointers may only point backwards, and reading an answer section
 stops at the first record of the asked type beyond what the resolver
-accepts (MAX_ANSWER_RECORDS), since such an answer is refused whole.  A
-message is at most 65535 octets, so no reply costs more than
+accepts (MAX_ANSWER_RECORDS), since such an answer is refused whole; a
+section of more records than an acceptable reply holds is not read at all.
+A message is at most 65535 octets, so no reply costs more than
 milliseconds.
 """
 
@@ -55,6 +56,13 @@ RCODE_NAMES = {
 # return thousands per query.  Real SPF data has a handful.  The resolver
 # refuses an answer with more, so reading stops at the first one past it.
 MAX_ANSWER_RECORDS = 256
+
+# Records one section may hold.  The largest answer accepted, 256 records of
+# the asked type behind a CNAME chain, with a DNAME (RFC 6672) and a
+# signature (RFC 4034) beside each, stays well below; an answer section of
+# more is refused unread like one of too many records of the asked type,
+# and another section of more is malformed.
+MAX_SECTION_RECORDS = 1024
 
 # Compression pointers followed for one name.  Names already read are not
 # read again, so this bounds no cost; it refuses what no encoder writes: a
@@ -114,8 +122,8 @@ class Reply:
     the answer and authority sections (other classes and types dropped),
     the message size, whether it was truncated (then no section is read),
     and whether the answer section holds more than MAX_ANSWER_RECORDS
-    records of the asked type (then `answer` has the first of them and
-    `authority` nothing)."""
+    records of the asked type or MAX_SECTION_RECORDS in all (then `answer`
+    has what was read of it, and `authority` nothing)."""
 
     rcode: int
     answer: tuple[RR, ...]
@@ -358,6 +366,10 @@ def parse_reply(data: bytes, qid: int, qname: bytes, qtype: int) -> Reply | None
         # Asked again over TCP: nothing here is used, and a truncated
         # message may end mid-record (RFC 2181 section 9).
         return Reply(rcode, (), (), len(data), truncated=True)
+    if nscount > MAX_SECTION_RECORDS or arcount > MAX_SECTION_RECORDS:
+        raise WireError(f"more than {MAX_SECTION_RECORDS} records in a section")
+    if ancount > MAX_SECTION_RECORDS:
+        return Reply(rcode, (), (), len(data), oversized=True)
     answer: list[RR] = []
     of_type = 0
     for _ in range(ancount):

@@ -31,9 +31,9 @@ MALFORMED_FIRST
     record breaks off) goes out before the reply, as anyone guessing the ID
     could send it (RFC 5452).
 POINTER_CHAIN
-    Over UDP the reply is truncated; over TCP it is 65,535 octets of NULL
-    records whose owners are a chain of compression pointers
-    (pointer_chain), whatever the zone holds.
+    Over UDP the reply is truncated; over TCP it is 3,072 NULL records
+    (1,024 in each section, 37 KB) whose owners are a chain of compression
+    pointers (pointer_chain), whatever the zone holds.
 
 Another extension, ``{FOREIGN: [owner, TYPE, value]}``, adds a record of
 another owner to every answer for the name, in the answer section: what a
@@ -125,6 +125,9 @@ _EDNS_PAYLOAD = 1232  # the payload size we advertise back (DNS Flag Day 2020)
 _CNAME_LIMIT = 10  # most CNAME records put into one answer
 _TXT_CHUNK = 255  # longest character-string (RFC 1035 3.3)
 _UDP_RECEIVE_BUFFER = 4 * 1024 * 1024  # asked for; the kernel caps it at rmem_max
+# Records in each section of a POINTER_CHAIN reply: as many as a sane reply
+# could hold (spfmilter reads no more from one section).
+_CHAIN_SECTION = 1024
 
 
 class _Failure(enum.Enum):
@@ -448,23 +451,28 @@ def _question(data: bytes) -> bytes:
     return data[12 : end + 5]
 
 
-def pointer_chain(qid: int, question: bytes, size: int = _MAX_MESSAGE) -> bytes:
+def pointer_chain(
+    qid: int, question: bytes, size: int = _MAX_MESSAGE, per_section: int = _CHAIN_SECTION
+) -> bytes:
     """A reply of at most `size` octets to a query with this ID and question
-    section: NULL records (a type SPF does not use) with empty data, each
-    owned by a pointer to the previous record's owner as far as a pointer
-    reaches (offset 16383, RFC 1035 section 4.1.4), then by a pointer to
-    the last of those.  Valid DNS; read naively, one owner takes as many
-    hops as there are records before it in the first 16 KiB."""
+    section: NULL records (a type SPF does not use) with empty data, up to
+    `per_section` in each of the answer, authority and additional sections,
+    each owned by a pointer to the previous record's owner as far as a
+    pointer reaches (offset 16383, RFC 1035 section 4.1.4), then by a
+    pointer to the last of those.  Valid DNS; read naively, one owner takes
+    as many hops as there are records before it in the first 16 KiB."""
     records = bytearray()
     previous = 12  # the question's name
-    count = 0
-    while 12 + len(question) + len(records) + 12 <= size:
+    counts = [0, 0, 0]
+    section = 0
+    while 12 + len(question) + len(records) + 12 <= size and section < len(counts):
         here = 12 + len(question) + len(records)
         records += struct.pack("!HHHIH", 0xC000 | previous, QTYPE.NULL, CLASS.IN, 60, 0)
-        count += 1
+        counts[section] += 1
+        section += counts[section] == per_section
         if here < 0x4000:
             previous = here
-    header = struct.pack("!6H", qid, 0x8180, 1, count, 0, 0)  # QR, RD, RA
+    header = struct.pack("!6H", qid, 0x8180, 1, *counts)  # QR, RD, RA
     return header + question + bytes(records)
 
 

@@ -184,7 +184,7 @@ def test_too_many_records_are_refused_and_the_refusal_is_cached() -> None:
     resolver, fake, _, metrics = make()
     fake.table["192.0.2.1", "many.example", 1] = oversized("many.example", 300)
     for _ in range(2):
-        with pytest.raises(DnsLimitError, match="more than 256 records; at most 256"):
+        with pytest.raises(DnsLimitError, match="too many records: at most 256 of its type"):
             resolver.lookup("many.example", "A")
     assert len(fake.asked) == 1 and resolver.cached_bytes < 1000
     assert value(metrics, "spfmilter_dns_queries_total", {"qtype": "A", "outcome": "refused"}) == 1

@@ -146,7 +146,8 @@ def test_a_refusal_is_accounted_as_an_empty_entry_and_its_message() -> None:
         resolver.lookup("many.example", "A")
     message = str(info.value)
     assert message == (
-        "DNS answer for many.example A has more than 256 records; at most 256 are accepted"
+        "DNS answer for many.example A has too many records: at most 256 of its type and "
+        "1024 in all are accepted"
     )
     assert resolver.cached_bytes == dns_footprint("many.example", ()) + 49 + len(message)
 

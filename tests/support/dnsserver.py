@@ -40,7 +40,8 @@ another owner to every answer for the name, in the answer section: what a
 resolver that does not scrub its replies passes on, or a spoofed reply.
 And ``{UPDATE_FIRST: value}`` sends, over UDP and before the reply, a reply
 under opcode UPDATE (RFC 2136) with the query's ID whose answer is a TXT
-record of that value.
+record of that value.  ``{TTL: seconds}`` gives the name's records a TTL
+of their own instead of the server's.
 
 A name whose first label is ``*`` is a wildcard (RFC 4592 section 2):
 ``*.load.example`` answers, with the asked name as owner, for every name
@@ -154,6 +155,7 @@ class _Node:
     foreign: tuple[tuple[_Name, int, _RData], ...] = ()  # owner, type, data
     hostile: frozenset[_Hostile] = frozenset()
     update_first: _RData | None = None  # the TXT data of the UPDATE decoy
+    ttl: int | None = None  # of its records, instead of the server's
 
 
 @dataclass(frozen=True)
@@ -286,6 +288,7 @@ def _compile_node(name: str, entries: Sequence[object], spf_as_txt: bool) -> _No
     failure: _Failure | None = None
     hostile: set[_Hostile] = set()
     update_first: _RData | None = None
+    ttl: int | None = None
     has_own_txt = False
     foreign: list[tuple[_Name, int, _RData]] = []
     for entry in entries:
@@ -297,6 +300,9 @@ def _compile_node(name: str, entries: Sequence[object], spf_as_txt: bool) -> _No
             continue
         if isinstance(entry, Mapping) and "UPDATE_FIRST" in entry:
             update_first = _make_rdata(name, "TXT", entry["UPDATE_FIRST"])
+            continue
+        if isinstance(entry, Mapping) and "TTL" in entry:
+            ttl = int(entry["TTL"])
             continue
         if isinstance(entry, str):
             if entry in _Hostile.__members__:
@@ -320,6 +326,7 @@ def _compile_node(name: str, entries: Sequence[object], spf_as_txt: bool) -> _No
         tuple(foreign),
         frozenset(hostile),
         update_first,
+        ttl,
     )
 
 
@@ -357,7 +364,8 @@ def _resolve(zone: _Zone, qname: _Name, qtype: int, ttl: int) -> _Answer | None:
             rcode = RCODE.NOERROR if key in zone.names else RCODE.NXDOMAIN
             return _Answer(rcode, answers, negative=True)
         if qtype in node.records:
-            answers += [_record(owner, qtype, rdata, ttl) for rdata in node.records[qtype]]
+            own = ttl if node.ttl is None else node.ttl
+            answers += [_record(owner, qtype, rdata, own) for rdata in node.records[qtype]]
             answers += [_record(name, rtype, rdata, ttl) for name, rtype, rdata in node.foreign]
             return _Answer(RCODE.NOERROR, answers, negative=False)
         if QTYPE.CNAME not in node.records:

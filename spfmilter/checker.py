@@ -4,12 +4,12 @@ This module owns the only ``import spf`` in spfmilter, and the bounds put on
 pyspf: what it reads from DNS passes through :meth:`Checker.lookup`, which
 refuses SPF records it would spend unbounded CPU on (pyspf's domain checks
 take time growing with the square of a label's length), drops explanation
-texts too long to expand cheaply, and stops an evaluation whose CPU time
-exceeds a budget.  pyspf reads two module globals (its DNS lookup function
-and the void lookup limit); :meth:`Checker.install` sets them once at
-start-up, before any milter thread runs, and nothing changes them afterwards
-(callbacks run in parallel threads).  It imports model and dns; it must not
-import Milter or policy.
+texts too long to expand cheaply, writes the modifier names pyspf would miss
+in lower case, and stops an evaluation whose CPU time exceeds a budget (the
+lookups' own, parsing included, counts).  pyspf reads two module globals
+(its DNS lookup function and the void lookup limit); :meth:`Checker.install`
+sets them once at start-up, before any milter thread runs, and nothing
+changes them afterwards (callbacks run in parallel threads).
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ MAX_EXPLANATION_LENGTH = 1024
 # An outcome is kept at most this long, however long its records live
 # (spfmilter.dns caps record TTLs the same way).
 MAX_RESULT_SECONDS = 86400
-# CPU seconds one evaluation may use, checked at each DNS lookup; a normal
-# one takes about a millisecond.  Garbage collection is not counted: a
+# CPU seconds one evaluation may use, checked before and after each DNS
+# lookup (which parses the answer in the evaluating thread); a normal one
+# takes about a millisecond.  Garbage collection is not counted: a
 # collection is charged to whichever thread happens to run it.
 CPU_BUDGET = 0.1
 
@@ -62,6 +63,11 @@ _SPF_RECORD = re.compile(rb"v=spf1( |$)", re.IGNORECASE)
 _DOMAIN_TERM = re.compile(
     rb"[-+~?]?(?:(?:a|mx|ptr|include|exists):|(?:redirect|exp)=)(\S*)", re.IGNORECASE
 )
+# RFC 7208 section 4.6.1: modifier names are case-insensitive.  pyspf 2.0.14
+# compares them with "redirect" and "exp" as written, so "REDIRECT=" would be
+# an unknown modifier, ignored (section 6), and the domain's policy lost.  A
+# term starts after a space (section 4.6.1's terms = *( 1*SP ...)).
+_MODIFIER_NAME = re.compile(rb"(?<= )(redirect|exp)(?==)", re.IGNORECASE)
 
 
 class Checker:
@@ -134,6 +140,24 @@ class Checker:
     ) -> Sequence[Record]:
         """pyspf's DNSLookup: (name, qtype, strict, timeout), where timeout is
         what is left of the evaluation's time budget."""
+        self._within_budget()
+        try:
+            records, expiry = self._answers(name, qtype, timeout)
+        except DnsTempError as error:
+            raise spf.TempError(str(error)) from None
+        except DnsLimitError as error:
+            # A refusal holds only as long as the answer refused would have.
+            self._read_until(error.expiry)
+            raise spf.PermError(str(error)) from None
+        self._read_until(expiry)
+        self._within_budget()
+        if qtype in ("TXT", "SPF"):
+            return [_for_pyspf(r) for r in records if _acceptable_text(name, r)]
+        return records
+
+    def _within_budget(self) -> None:
+        """Raise PermError when the evaluation in this thread has used up
+        its CPU budget."""
         local = self._local
         cpu_deadline: float | None = getattr(local, "cpu_deadline", None)
         if cpu_deadline is not None and self._work() > cpu_deadline:
@@ -141,16 +165,11 @@ class Checker:
             raise spf.PermError(
                 f"evaluation needed more than {self._cpu_budget:g} s of CPU; stopped"
             )
-        try:
-            records, expiry = self._answers(name, qtype, timeout)
-        except DnsTempError as error:
-            raise spf.TempError(str(error)) from None
-        except DnsLimitError as error:
-            raise spf.PermError(str(error)) from None
+
+    def _read_until(self, expiry: float) -> None:
+        """The evaluation in this thread read data that holds until `expiry`."""
+        local = self._local
         local.expiry = min(getattr(local, "expiry", expiry), expiry)
-        if qtype in ("TXT", "SPF"):
-            return [r for r in records if _acceptable_text(name, r)]
-        return records
 
     def known(self, query: SpfQuery) -> bool:
         """Whether check() can answer `query` at once, without DNS: a HELO
@@ -263,6 +282,20 @@ def _acceptable_text(name: str, record: Record) -> bool:
                 f"characters in {term[:60].decode('ascii', 'replace')!r}"
             )
     return True
+
+
+def _for_pyspf(record: Record) -> Record:
+    """`record` with the names of its redirect= and exp= modifiers in lower
+    case, as pyspf recognises them; nothing else of it changes (macros and
+    domain-specs keep their case, other modifiers stay as they are)."""
+    (_, kind), value = record
+    if kind not in ("TXT", "SPF") or not isinstance(value, tuple | list):
+        return record
+    text = b"".join(part for part in value if isinstance(part, bytes))
+    if not _SPF_RECORD.match(text):
+        return record
+    lowered = _MODIFIER_NAME.sub(lambda name: name[0].lower(), text)
+    return record if lowered == text else (record[0], (lowered,))
 
 
 def is_checkable_helo(helo: str) -> bool:

@@ -7,9 +7,9 @@ failures are temporary errors, RFC 7208 sections 4.4 and 5), which records
 of a reply are believed (only the queried name's CNAME chain and the records
 at its end), how many are accepted at all, and a thread-safe cache shared by
 all connections, bounded in bytes, that honours record TTLs (RFC 1035
-section 3.2.1, RFC 2308 for negative answers).  The bytes on the wire are
-dnswire's.  It imports config, metrics, model and dnswire; it must not
-import spf or Milter.
+section 3.2.1, RFC 2308 for negative answers) and keeps nothing, a refusal
+included, longer than its TTL or a day.  The bytes on the wire are
+dnswire's.
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 Record = tuple[tuple[str, str], object]
 
 # RFC 2308 section 5: negative answers are cached for the SOA minimum; cap
-# both kinds so a mistaken huge TTL cannot pin stale data for days.
+# both kinds so a mistaken huge TTL cannot pin stale data for days.  A
+# refused answer holds no data either: it is kept like a negative one, so a
+# zone that mends its records is believed within minutes.
 MAX_TTL = 86400
 NEGATIVE_TTL_CAP = 900
 
@@ -42,11 +44,9 @@ NEGATIVE_TTL_CAP = 900
 # 3.6.2 asks resolvers to bound it; dnspython and BIND use similar limits).
 MAX_CHAIN = 8
 
-# Records of the asked type accepted in one answer.  An SPF evaluation loops
-# over them (RFC 7208 sections 5.3-5.5 compare the client with every
-# address), so their number bounds its CPU; a hostile zone can otherwise
-# return thousands per query.  Real SPF data has a handful.
-MAX_ANSWER_RECORDS = 256
+# Records of the asked type accepted in one answer (the codec stops reading
+# an answer section past them).
+MAX_ANSWER_RECORDS = dnswire.MAX_ANSWER_RECORDS
 
 # The lookup function handed to the session: (name, type, time budget or
 # None) -> records.
@@ -72,7 +72,12 @@ class DnsTimeout(DnsTempError):
 
 
 class DnsLimitError(Exception):
-    """An answer larger than spfmilter accepts (a permanent condition)."""
+    """An answer larger than spfmilter accepts: a permanent condition, for
+    as long as the answer's TTL says (`expiry`, a clock() time)."""
+
+    def __init__(self, message: str, expiry: float = 0.0) -> None:
+        super().__init__(message)
+        self.expiry = expiry
 
 
 class Answer(NamedTuple):
@@ -142,7 +147,7 @@ class Resolver:
             self._metrics.cache_hits.inc()
         expiry, records, refused = entry
         if refused is not None:
-            raise DnsLimitError(refused)
+            raise DnsLimitError(refused, expiry)
         return records, expiry
 
     @property
@@ -211,6 +216,17 @@ def _answer(reply: dnswire.Reply, name: str, asked: str, qtype: str) -> Answer:
     it asked for.
     """
     code = dnswire.QTYPES[qtype]
+    if reply.oversized:
+        refused = (
+            f"DNS answer for {name} {qtype} has too many records: at most "
+            f"{MAX_ANSWER_RECORDS} of its type and {dnswire.MAX_SECTION_RECORDS} in all "
+            "are accepted"
+        )
+        # The records read say how long the refusal holds (none read: it is
+        # not kept); the rest of the answer, its authority section among
+        # it, was not read.
+        ttl = min(min((rr.ttl for rr in reply.answer), default=0), NEGATIVE_TTL_CAP)
+        return Answer((), ttl, footprint(name, ()) + _STR_BYTES + len(refused), refused)
 
     def key(owner: str, kind: str) -> tuple[str, str]:
         return (name if owner == asked else owner, kind)
@@ -232,13 +248,6 @@ def _answer(reply: dnswire.Reply, name: str, asked: str, qtype: str) -> Answer:
             break
         seen.add(current)
     found = [rr for rr in reply.answer if rr.rtype == code and rr.owner == current]
-    if len(found) > MAX_ANSWER_RECORDS:
-        refused = (
-            f"DNS answer for {name} {qtype} has {len(found)} records; "
-            f"at most {MAX_ANSWER_RECORDS} are accepted"
-        )
-        ttl = _negative_ttl(reply) or min(rr.ttl for rr in found)
-        return Answer((), ttl, footprint(name, ()) + len(refused), refused)
     records.extend((key(rr.owner, qtype), rr.value) for rr in found)
     ttls.extend(rr.ttl for rr in found)
     ttl = min(min(ttls), MAX_TTL) if found else _negative_ttl(reply)

@@ -7,9 +7,19 @@ section 5), and parsing the reply's answer and authority sections for the
 record types SPF needs (A, AAAA, MX, PTR, TXT, SPF, CNAME, SOA).  A reply is
 accepted only if it answers the query that was sent: it comes from the
 server asked (a connected socket), carries the random query ID and echoes
-the question (RFC 5452 section 9).  What is parsed is bounded: name
-compression may only point backwards, and sections hold at most what one
-65535-octet message can.  It imports nothing from spfmilter.
+the question under the QUERY opcode (RFC 5452 section 9); a datagram that
+is not such a reply, malformed ones included, is ignored while the
+server's own reply may still come.  The response code includes the EDNS
+extended bits (RFC 6891 section 6.1.3).
+
+Parsing costs time linear in the message, whatever its content: each name
+is read once however often compression points at it (RFC 1035 section
+4.1.4), pointers may only point backwards, and reading an answer section
+stops at the first record of the asked type beyond what the resolver
+accepts (MAX_ANSWER_RECORDS), since such an answer is refused whole; a
+section of more records than an acceptable reply holds is not read at all.
+A message is at most 65535 octets, so no reply costs more than
+milliseconds.
 """
 
 from __future__ import annotations
@@ -27,9 +37,38 @@ TYPE_NAMES = {code: name for name, code in QTYPES.items()}
 CLASS_IN = 1
 OPT = 41
 
-# RFC 1035 section 4.1.1 response codes.
+# RFC 1035 section 4.1.1 response codes, and RFC 6891 section 9's BADVERS
+# (an extended code: its upper bits travel in the OPT record).
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN = 0, 1, 2, 3
-RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+RCODE_NAMES = {
+    0: "NOERROR",
+    1: "FORMERR",
+    2: "SERVFAIL",
+    3: "NXDOMAIN",
+    4: "NOTIMP",
+    5: "REFUSED",
+    16: "BADVERS",
+}
+
+# Records of the asked type read from one answer section.  An SPF evaluation
+# loops over them (RFC 7208 sections 5.3-5.5 compare the client with every
+# address), so their number bounds its CPU; a hostile zone can otherwise
+# return thousands per query.  Real SPF data has a handful.  The resolver
+# refuses an answer with more, so reading stops at the first one past it.
+MAX_ANSWER_RECORDS = 256
+
+# Records one section may hold.  The largest answer accepted, 256 records of
+# the asked type behind a CNAME chain, with a DNAME (RFC 6672) and a
+# signature (RFC 4034) beside each, stays well below; an answer section of
+# more is refused unread like one of too many records of the asked type,
+# and another section of more is malformed.
+MAX_SECTION_RECORDS = 1024
+
+# Compression pointers followed for one name.  Names already read are not
+# read again, so this bounds no cost; it refuses what no encoder writes: a
+# name has at most 127 labels, and each pointer of a compressed name leads
+# to at least one label (RFC 1035 section 4.1.4).
+MAX_POINTERS = 127
 
 # The EDNS0 payload size of DNS flag day 2020: large enough for most SPF
 # answers over UDP, small enough to avoid IP fragmentation.
@@ -40,6 +79,7 @@ _HEADER = struct.Struct("!HHHHHH")
 _RR_FIXED = struct.Struct("!HHIH")
 _QUESTION_TAIL = struct.Struct("!HH")
 _FLAG_QR = 0x8000
+_OPCODE_SHIFT, _OPCODE_MASK = 11, 0xF  # QUERY is opcode 0 (RFC 1035 section 4.1.1)
 _FLAG_TC = 0x0200
 _FLAG_RD = 0x0100
 # An OPT pseudo-record: root owner, type 41, class = payload size, no options.
@@ -78,15 +118,19 @@ class RR:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """What a server answered: the response code, the answer and authority
-    sections (other classes and types dropped), the message size, and
-    whether it was truncated."""
+    """What a server answered: the response code (extended bits included),
+    the answer and authority sections (other classes and types dropped),
+    the message size, whether it was truncated (then no section is read),
+    and whether the answer section holds more than MAX_ANSWER_RECORDS
+    records of the asked type or MAX_SECTION_RECORDS in all (then `answer`
+    has what was read of it, and `authority` nothing)."""
 
     rcode: int
     answer: tuple[RR, ...]
     authority: tuple[RR, ...]
     size: int
     truncated: bool = False
+    oversized: bool = False
 
 
 def encode_name(name: str) -> bytes:
@@ -148,6 +192,10 @@ class _Parser:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.offset = 0
+        # Offset -> (text, octets, end of its own bytes) of the name that
+        # starts there, for every label and pointer read so far: a name that
+        # compression points at again is not walked again.
+        self._names: dict[int, tuple[str, int, int]] = {}
 
     def take(self, size: int) -> bytes:
         end = self.offset + size
@@ -159,12 +207,25 @@ class _Parser:
 
     def name(self) -> str:
         """A possibly compressed name at the current offset (RFC 1035 4.1.4)."""
-        labels: list[str] = []
-        data = self.data
+        data, names = self.data, self._names
         position = self.offset
-        end: int | None = None
-        total = 0
+        if data[position : position + 1] >= b"\xc0" and position + 1 < len(data):
+            # The usual case, one pointer to a name read before.
+            target = ((data[position] & 0x3F) << 8) | data[position + 1]
+            known = names.get(target) if target < position else None
+            if known is not None:
+                names[position] = (known[0], known[1], position + 2)
+                self.offset = position + 2
+                return known[0]
+        # What this walk reads before the root or a name read before:
+        # (offset, label text or None for a pointer, octets of the label).
+        steps: list[tuple[int, str | None, int]] = []
+        octets = pointers = 0
         while True:
+            known = names.get(position)
+            if known is not None:
+                text, tail, stop = known
+                break
             if position >= len(data):
                 raise WireError("name runs past the message")
             length = data[position]
@@ -175,33 +236,57 @@ class _Parser:
                 # Only backward pointers: a pointer loop cannot be built.
                 if target >= position:
                     raise WireError("forward compression pointer")
-                if end is None:
-                    end = position + 2
+                pointers += 1
+                if pointers > MAX_POINTERS:
+                    raise WireError("too many compression pointers")
+                steps.append((position, None, 0))
                 position = target
                 continue
             if length & 0xC0:
                 raise WireError("unknown label type")
             if length == 0:
+                text, tail, stop = "", 1, position + 1
+                names[position] = (text, tail, stop)
                 break
-            label = data[position + 1 : position + 1 + length]
-            if len(label) != length:
+            raw = data[position + 1 : position + 1 + length]
+            if len(raw) != length:
                 raise WireError("label runs past the message")
-            total += length + 1
+            octets += length + 1
             # RFC 1035 section 3.1: 255 octets, the root label's one included.
-            if total + 1 > 255:
+            if octets + 1 > 255:
                 raise WireError("name longer than 255 octets")
-            labels.append(_label_text(label))
+            steps.append((position, _label_text(raw), length + 1))
             position += length + 1
-        self.offset = end if end is not None else position + 1
-        return ".".join(labels)
+        if octets + tail > 255:
+            raise WireError("name longer than 255 octets")
+        # Remember the name at every offset this walk read, last first: its
+        # text, its octets, and where its own bytes end (after its first
+        # pointer or its root label).
+        for offset, label, size in reversed(steps):
+            if label is None:
+                stop = offset + 2
+            else:
+                text = f"{label}.{text}" if text else label
+                tail += size
+            names[offset] = (text, tail, stop)
+        self.offset = names[self.offset][2]
+        return text
 
     def skip_name(self) -> None:
         self.name()
 
+    def fixed(self) -> tuple[int, int, int, int]:
+        """A record's type, class, TTL and data length (RFC 1035 4.1.3)."""
+        if self.offset + _RR_FIXED.size > len(self.data):
+            raise WireError("message ends early")
+        fields: tuple[int, int, int, int] = _RR_FIXED.unpack_from(self.data, self.offset)
+        self.offset += _RR_FIXED.size
+        return fields
+
     def record(self) -> RR | None:
         """One resource record; None for classes and types SPF does not use."""
         owner = self.name()
-        rtype, rclass, ttl, rdlength = _RR_FIXED.unpack(self.take(_RR_FIXED.size))
+        rtype, rclass, ttl, rdlength = self.fixed()
         end = self.offset + rdlength
         if end > len(self.data):
             raise WireError("record data runs past the message")
@@ -214,6 +299,23 @@ class _Parser:
                 raise WireError(f"malformed {TYPE_NAMES[rtype]} record")
         self.offset = end
         return None if value is None else RR(owner, rtype, ttl, value)
+
+    def extended_rcode(self, count: int) -> int:
+        """The upper 8 bits of the response code, from the OPT record among
+        the `count` additional records (RFC 6891 section 6.1.3); 0 without."""
+        upper = None
+        for _ in range(count):
+            self.skip_name()
+            rtype, _, ttl, rdlength = self.fixed()
+            if rtype == OPT:
+                # RFC 6891 section 6.1.1: at most one OPT record.
+                if upper is not None:
+                    raise WireError("more than one OPT record")
+                upper = ttl >> 24
+            self.offset += rdlength
+            if self.offset > len(self.data):
+                raise WireError("record data runs past the message")
+        return upper or 0
 
     def _rdata(self, rtype: int, rdlength: int) -> object:
         if rtype in (1, 28):
@@ -245,8 +347,9 @@ def parse_reply(data: bytes, qid: int, qname: bytes, qtype: int) -> Reply | None
     """
     if len(data) < _HEADER.size:
         return None
-    rid, flags, qdcount, ancount, nscount, _ = _HEADER.unpack_from(data)
-    if rid != qid or not flags & _FLAG_QR or qdcount != 1:
+    rid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
+    opcode = flags >> _OPCODE_SHIFT & _OPCODE_MASK
+    if rid != qid or not flags & _FLAG_QR or opcode != 0 or qdcount != 1:
         return None
     parser = _Parser(data)
     parser.offset = _HEADER.size
@@ -258,9 +361,29 @@ def parse_reply(data: bytes, qid: int, qname: bytes, qtype: int) -> Reply | None
     parser.offset += len(qname)
     if parser.take(4) != _QUESTION_TAIL.pack(qtype, CLASS_IN):
         return None
-    answer = tuple(rr for rr in (parser.record() for _ in range(ancount)) if rr is not None)
+    rcode = flags & 0x000F
+    if flags & _FLAG_TC:
+        # Asked again over TCP: nothing here is used, and a truncated
+        # message may end mid-record (RFC 2181 section 9).
+        return Reply(rcode, (), (), len(data), truncated=True)
+    if nscount > MAX_SECTION_RECORDS or arcount > MAX_SECTION_RECORDS:
+        raise WireError(f"more than {MAX_SECTION_RECORDS} records in a section")
+    if ancount > MAX_SECTION_RECORDS:
+        return Reply(rcode, (), (), len(data), oversized=True)
+    answer: list[RR] = []
+    of_type = 0
+    for _ in range(ancount):
+        rr = parser.record()
+        if rr is None:
+            continue
+        answer.append(rr)
+        if rr.rtype == qtype:
+            of_type += 1
+            if of_type > MAX_ANSWER_RECORDS:
+                return Reply(rcode, tuple(answer), (), len(data), oversized=True)
     authority = tuple(rr for rr in (parser.record() for _ in range(nscount)) if rr is not None)
-    return Reply(flags & 0x000F, answer, authority, len(data), bool(flags & _FLAG_TC))
+    rcode |= parser.extended_rcode(arcount) << 4
+    return Reply(rcode, tuple(answer), authority, len(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,13 +441,25 @@ def _udp(ask: _Ask, query: bytes, qid: int) -> Reply:
             # kernel picks a random source port (RFC 5452 section 9.2).
             sock.connect(ask.server)
             sock.send(query)
+            malformed: WireError | None = None
             while True:
-                sock.settimeout(ask.remaining())
-                reply = parse_reply(sock.recv(MAX_MESSAGE), qid, ask.qname, ask.qtype)
+                try:
+                    sock.settimeout(ask.remaining())
+                    data = sock.recv(MAX_MESSAGE)
+                except (TimeoutError, Unreachable):
+                    if malformed is not None:
+                        raise malformed from None
+                    raise Unreachable("timeout") from None
+                try:
+                    reply = parse_reply(data, qid, ask.qname, ask.qtype)
+                except WireError as error:
+                    # RFC 5452 section 9.1: a datagram with a guessed ID and
+                    # a forged source can come first; the server's own reply
+                    # is still awaited.  Said only if none comes in time.
+                    malformed = error
+                    continue
                 if reply is not None:
                     return reply
-        except TimeoutError:
-            raise Unreachable("timeout") from None
         except OSError as error:
             raise Unreachable(error.strerror or str(error)) from None
 

@@ -5,8 +5,7 @@ answers, SPF results): entries live until their expiry time, the least
 recently used go first when the bytes held exceed the bound, and one entry
 may take at most an eighth of the bound, so that a few huge ones cannot
 flush everything else.  Entries are stored as given: callers keep them plain
-tuples of immutable values, which the garbage collector stops tracking.  It
-imports nothing from spfmilter.
+tuples of immutable values, which the garbage collector stops tracking.
 """
 
 from __future__ import annotations

@@ -180,6 +180,14 @@ class Daemon:
         """The daemon's process, then its workers' (none with workers = 1)."""
         return [self.pid, *children(self.pid)]
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds of the daemon's processes so far (its workers' included)."""
+        ticks = 0
+        for pid in self.pids():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime + stime (proc(5))
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def stats(self) -> ProcessStats:
         """Descriptors, threads and RSS of the running daemon, added up
         over its processes (with workers, the parent only supervises)."""

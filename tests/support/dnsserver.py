@@ -20,9 +20,28 @@ TIMEOUT
 SERVFAIL
     Our extension: the same queries are answered with rcode SERVFAIL.
 
+More markers of ours make hostile replies to queries for the name itself
+(not through a CNAME or a wildcard):
+
+BADVERS
+    The reply's OPT record carries extended RCODE bits 1 (RFC 6891 section
+    6.1.3): with NOERROR in the header, the code is BADVERS (16).
+MALFORMED_FIRST
+    Over UDP, a malformed message with the query's ID (its one answer
+    record breaks off) goes out before the reply, as anyone guessing the ID
+    could send it (RFC 5452).
+POINTER_CHAIN
+    Over UDP the reply is truncated; over TCP it is 3,072 NULL records
+    (1,024 in each section, 37 KB) whose owners are a chain of compression
+    pointers (pointer_chain), whatever the zone holds.
+
 Another extension, ``{FOREIGN: [owner, TYPE, value]}``, adds a record of
 another owner to every answer for the name, in the answer section: what a
 resolver that does not scrub its replies passes on, or a spoofed reply.
+And ``{UPDATE_FIRST: value}`` sends, over UDP and before the reply, a reply
+under opcode UPDATE (RFC 2136) with the query's ID whose answer is a TXT
+record of that value.  ``{TTL: seconds}`` gives the name's records a TTL
+of their own instead of the server's.
 
 A name whose first label is ``*`` is a wildcard (RFC 4592 section 2):
 ``*.load.example`` answers, with the asked name as owner, for every name
@@ -53,6 +72,7 @@ import logging
 import os
 import queue
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -106,6 +126,9 @@ _EDNS_PAYLOAD = 1232  # the payload size we advertise back (DNS Flag Day 2020)
 _CNAME_LIMIT = 10  # most CNAME records put into one answer
 _TXT_CHUNK = 255  # longest character-string (RFC 1035 3.3)
 _UDP_RECEIVE_BUFFER = 4 * 1024 * 1024  # asked for; the kernel caps it at rmem_max
+# Records in each section of a POINTER_CHAIN reply: as many as a sane reply
+# could hold (spfmilter reads no more from one section).
+_CHAIN_SECTION = 1024
 
 
 class _Failure(enum.Enum):
@@ -115,6 +138,14 @@ class _Failure(enum.Enum):
     SERVFAIL = "SERVFAIL"
 
 
+class _Hostile(enum.Enum):
+    """What a marker entry makes the server do to its replies for the name."""
+
+    BADVERS = "BADVERS"
+    MALFORMED_FIRST = "MALFORMED_FIRST"
+    POINTER_CHAIN = "POINTER_CHAIN"
+
+
 @dataclass(frozen=True)
 class _Node:
     """The records at one owner name, ready to put on the wire."""
@@ -122,6 +153,9 @@ class _Node:
     records: Mapping[int, tuple[_RData, ...]]
     failure: _Failure | None
     foreign: tuple[tuple[_Name, int, _RData], ...] = ()  # owner, type, data
+    hostile: frozenset[_Hostile] = frozenset()
+    update_first: _RData | None = None  # the TXT data of the UPDATE decoy
+    ttl: int | None = None  # of its records, instead of the server's
 
 
 @dataclass(frozen=True)
@@ -252,6 +286,9 @@ def _make_rdata(name: str, rtype: str, value: object) -> _RData | None:
 def _compile_node(name: str, entries: Sequence[object], spf_as_txt: bool) -> _Node:
     records: dict[int, list[_RData]] = {}
     failure: _Failure | None = None
+    hostile: set[_Hostile] = set()
+    update_first: _RData | None = None
+    ttl: int | None = None
     has_own_txt = False
     foreign: list[tuple[_Name, int, _RData]] = []
     for entry in entries:
@@ -261,7 +298,16 @@ def _compile_node(name: str, entries: Sequence[object], spf_as_txt: bool) -> _No
             if rdata is not None:
                 foreign.append((DNSLabel(owner), _BUILDERS[rtype][0], rdata))
             continue
+        if isinstance(entry, Mapping) and "UPDATE_FIRST" in entry:
+            update_first = _make_rdata(name, "TXT", entry["UPDATE_FIRST"])
+            continue
+        if isinstance(entry, Mapping) and "TTL" in entry:
+            ttl = int(entry["TTL"])
+            continue
         if isinstance(entry, str):
+            if entry in _Hostile.__members__:
+                hostile.add(_Hostile(entry))
+                continue
             try:
                 failure = _Failure(entry)
             except ValueError:
@@ -275,7 +321,12 @@ def _compile_node(name: str, entries: Sequence[object], spf_as_txt: bool) -> _No
     if spf_as_txt and not has_own_txt and QTYPE.SPF in records:
         records[QTYPE.TXT] = records[QTYPE.SPF]
     return _Node(
-        {qtype: tuple(rdatas) for qtype, rdatas in records.items()}, failure, tuple(foreign)
+        {qtype: tuple(rdatas) for qtype, rdatas in records.items()},
+        failure,
+        tuple(foreign),
+        frozenset(hostile),
+        update_first,
+        ttl,
     )
 
 
@@ -308,14 +359,13 @@ def _resolve(zone: _Zone, qname: _Name, qtype: int, ttl: int) -> _Answer | None:
     while True:
         key = _key(owner.label)
         seen.add(key)
-        node = zone.nodes.get(key)
-        if node is None and key not in zone.names:
-            node = _wildcard(zone, key)
+        node = _node(zone, key)
         if node is None:
             rcode = RCODE.NOERROR if key in zone.names else RCODE.NXDOMAIN
             return _Answer(rcode, answers, negative=True)
         if qtype in node.records:
-            answers += [_record(owner, qtype, rdata, ttl) for rdata in node.records[qtype]]
+            own = ttl if node.ttl is None else node.ttl
+            answers += [_record(owner, qtype, rdata, own) for rdata in node.records[qtype]]
             answers += [_record(name, rtype, rdata, ttl) for name, rtype, rdata in node.foreign]
             return _Answer(RCODE.NOERROR, answers, negative=False)
         if QTYPE.CNAME not in node.records:
@@ -325,6 +375,14 @@ def _resolve(zone: _Zone, qname: _Name, qtype: int, ttl: int) -> _Answer | None:
         owner = alias.label
         if _key(owner.label) in seen or len(answers) >= _CNAME_LIMIT:
             return _Answer(RCODE.NOERROR, answers, negative=True)
+
+
+def _node(zone: _Zone, key: _Key) -> _Node | None:
+    """The node that answers for key: its own, or a wildcard's."""
+    node = zone.nodes.get(key)
+    if node is None and key not in zone.names:
+        node = _wildcard(zone, key)
+    return node
 
 
 def _wildcard(zone: _Zone, key: _Key) -> _Node | None:
@@ -382,14 +440,62 @@ def _client_opt(request: _Message) -> _Record | None:
     return next((rr for rr in request.ar if rr.rtype == QTYPE.OPT), None)
 
 
-def _reply(request: _Message, answer: _Answer, ttl: int) -> _Message:
+def _reply(request: _Message, answer: _Answer, ttl: int, extended_rcode: int = 0) -> _Message:
     header = DNSHeader(id=request.header.id, qr=1, aa=1, rd=request.header.rd, rcode=answer.rcode)
     reply = DNSRecord(header, questions=[request.q], rr=answer.records)
     if answer.negative:
         reply.add_auth(_soa(ttl))
     if _client_opt(request) is not None:
-        reply.add_ar(EDNS0(udp_len=_EDNS_PAYLOAD))  # RFC 6891 6.1.1: echo OPT
+        # RFC 6891 6.1.1: echo OPT
+        reply.add_ar(EDNS0(udp_len=_EDNS_PAYLOAD, ext_rcode=extended_rcode))
     return reply
+
+
+def _question(data: bytes) -> bytes:
+    """The question section of a one-question query, as sent (uncompressed)."""
+    end = 12
+    while data[end]:
+        end += data[end] + 1
+    return data[12 : end + 5]
+
+
+def pointer_chain(
+    qid: int, question: bytes, size: int = _MAX_MESSAGE, per_section: int = _CHAIN_SECTION
+) -> bytes:
+    """A reply of at most `size` octets to a query with this ID and question
+    section: NULL records (a type SPF does not use) with empty data, up to
+    `per_section` in each of the answer, authority and additional sections,
+    each owned by a pointer to the previous record's owner as far as a
+    pointer reaches (offset 16383, RFC 1035 section 4.1.4), then by a
+    pointer to the last of those.  Valid DNS; read naively, one owner takes
+    as many hops as there are records before it in the first 16 KiB."""
+    records = bytearray()
+    previous = 12  # the question's name
+    counts = [0, 0, 0]
+    section = 0
+    while 12 + len(question) + len(records) + 12 <= size and section < len(counts):
+        here = 12 + len(question) + len(records)
+        records += struct.pack("!HHHIH", 0xC000 | previous, QTYPE.NULL, CLASS.IN, 60, 0)
+        counts[section] += 1
+        section += counts[section] == per_section
+        if here < 0x4000:
+            previous = here
+    header = struct.pack("!6H", qid, 0x8180, 1, *counts)  # QR, RD, RA
+    return header + question + bytes(records)
+
+
+def _malformed(qid: int, question: bytes) -> bytes:
+    """A reply with this ID whose one answer record breaks off."""
+    return struct.pack("!6H", qid, 0x8180, 1, 1, 0, 0) + question + b"\xc0\x0c\x00"
+
+
+def _update(request: _Message, text: _RData) -> bytes:
+    """A reply under opcode UPDATE with the query's ID and a TXT answer."""
+    header = DNSHeader(id=request.header.id, qr=1, opcode=OPCODE.UPDATE, aa=1, rd=1)
+    record = DNSRecord(header, questions=[request.q])
+    record.add_answer(RR(request.q.qname, QTYPE.TXT, ttl=60, rdata=text))
+    data: bytes = record.pack()
+    return data
 
 
 def _wire(request: _Message, reply: _Message, transport: str) -> bytes:
@@ -550,13 +656,11 @@ class DNSTestServer:
                 data, peer = sock.recvfrom(_MAX_MESSAGE)
             except TimeoutError:
                 continue
-            reply = self._handle(data, "udp")
-            if reply is None:
-                continue
-            if self.delay > 0:
-                self._held.put((time.monotonic() + self.delay, reply, peer))
-            else:
-                _send_datagram(sock, reply, peer)
+            for reply in self._handle(data, "udp"):
+                if self.delay > 0:
+                    self._held.put((time.monotonic() + self.delay, reply, peer))
+                else:
+                    _send_datagram(sock, reply, peer)
 
     def _send_held(self, sock: socket.socket) -> None:
         """Send the UDP answers that delay holds back, each when it is due."""
@@ -592,35 +696,50 @@ class DNSTestServer:
                         return
                     pending += chunk
                     for message in _take_messages(pending):
-                        reply = self._handle(message, "tcp")
-                        if reply is not None:
+                        for reply in self._handle(message, "tcp"):
                             if self.delay > 0:
                                 time.sleep(self.delay)  # the artificial latency
                             conn.sendall(len(reply).to_bytes(2, "big") + reply)
             except OSError as exc:  # the client went away mid-exchange
                 _LOG.debug("tcp connection ended: %s", exc)
 
-    def _handle(self, data: bytes, transport: str) -> bytes | None:
+    def _handle(self, data: bytes, transport: str) -> list[bytes]:
         try:
             return self._respond(data, transport)
         except Exception:  # a bug here must not end the serving thread
             _LOG.exception("failed to answer a %s query", transport)
-            return None
+            return []
 
-    def _respond(self, data: bytes, transport: str) -> bytes | None:
+    def _respond(self, data: bytes, transport: str) -> list[bytes]:
+        """The messages to send, in order: decoys, then the reply."""
         request = _parse_query(data)
         if request is None:
-            return None
+            return []
         question = request.q
         name = b".".join(question.qname.label).lower().decode("utf-8", "backslashreplace")
         with self._lock:
             self.queries.append((name, QTYPE.get(question.qtype), transport))
             zone = self._zone
+        node = zone.nodes.get(_key(question.qname.label))
+        hostile = node.hostile if node is not None else frozenset()
+        qid = request.header.id
+        if _Hostile.POINTER_CHAIN in hostile:
+            if transport == "udp":  # TC set: ask again over TCP
+                return [struct.pack("!6H", qid, 0x8380, 1, 0, 0, 0) + _question(data)]
+            return [pointer_chain(qid, _question(data))]
         answer = _resolve(zone, question.qname, question.qtype, self.ttl)
         if answer is None:
             _LOG.debug("not answering %s %s: TIMEOUT", name, QTYPE.get(question.qtype))
-            return None
-        return _wire(request, _reply(request, answer, self.ttl), transport)
+            return []
+        extended = 1 if _Hostile.BADVERS in hostile else 0
+        reply = _wire(request, _reply(request, answer, self.ttl, extended), transport)
+        decoys = []
+        if transport == "udp" and node is not None:
+            if node.update_first is not None:
+                decoys.append(_update(request, node.update_first))
+            if _Hostile.MALFORMED_FIRST in hostile:
+                decoys.append(_malformed(qid, _question(data)))
+        return [*decoys, reply]
 
 
 # ---------------------------------------------------------------- CLI

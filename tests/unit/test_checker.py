@@ -345,3 +345,72 @@ def test_results_without_cache_room_are_not_kept() -> None:
     asked.clear()
     checker.check(mail_from("a@example.org"), 5)
     assert asked == [("example.org", "TXT")]
+
+
+def test_a_lookup_that_uses_up_the_budget_stops_the_evaluation() -> None:
+    # The lookup parses its answer in the evaluating thread: its CPU counts
+    # even when no lookup follows it.
+    clock = CpuClock(0.0)
+
+    def costly(name: str, qtype: str, budget: float | None) -> list[Record]:
+        clock.now += 0.5
+        return fake_lookup(name, qtype, budget)
+
+    checker = Checker(answers(costly), results_bytes=1 << 20, cpu_clock=clock)
+    checker.install(2)
+    query = mail_from("a@example.org")
+    out = checker.check(query, 5)
+    assert out.result is SpfResult.PERMERROR
+    assert "more than 0.1 s of CPU" in (out.problem or "")
+    assert not checker.known(query)  # a verdict of the load: not kept
+
+
+def test_a_refusal_is_kept_no_longer_than_the_answer_refused() -> None:
+    # A refused answer of TTL 0: the permerror is not kept, the next
+    # evaluation asks again (and may see mended data).
+    clock = Clock()
+    calls: list[str] = []
+
+    def refusing(name: str, qtype: str, budget: float | None) -> tuple[list[Record], float]:
+        calls.append(name)
+        raise DnsLimitError(f"DNS answer for {name} {qtype} has more than 256 records", clock.now)
+
+    checker = Checker(refusing, results_bytes=1 << 20, clock=clock)
+    checker.install(2)
+    for _ in range(2):
+        assert checker.check(mail_from("a@many.example"), 5).result is SpfResult.PERMERROR
+    assert calls == ["many.example", "many.example"]
+
+
+@pytest.mark.parametrize(
+    ("record", "result", "explanation"),
+    [
+        (b"v=spf1 REDIRECT=example.org", SpfResult.FAIL, None),
+        (b"v=spf1 Redirect=exp.example.org", SpfResult.FAIL, "203.0.113.5 may not send"),
+        (b"v=spf1 -all EXP=why.example.org", SpfResult.FAIL, "203.0.113.5 may not send"),
+    ],
+)
+def test_modifier_names_are_case_insensitive(
+    record: bytes, result: SpfResult, explanation: str | None
+) -> None:
+    # RFC 7208 section 4.6.1.  pyspf alone gives neutral for the first two
+    # (an unknown modifier, ignored) and no explanation for the third.
+    txt("case.example.org", record)
+    out = run(Identity.MAIL_FROM, "a@case.example.org", ip="203.0.113.5")
+    assert (out.result, out.explanation) == (result, explanation)
+
+
+def test_only_modifier_names_change_in_what_pyspf_reads() -> None:
+    record = b"v=spf1 a:%{L}.Example.ORG foo=REDIRECT=x EXP=%{D}.Why.example REDIRECT=A.example"
+    txt("kept.example.org", record[:20], record[20:])
+    (value,) = [value for _, value in CHECKER.pyspf_lookup("kept.example.org", "TXT", 0, 5)]
+    assert value == (
+        b"v=spf1 a:%{L}.Example.ORG foo=REDIRECT=x exp=%{D}.Why.example redirect=A.example",
+    )
+    # Records already in lower case, other texts and other types are passed as they are.
+    for name, qtype in (
+        ("example.org", "TXT"),
+        ("why.example.org", "TXT"),
+        ("mail.example.org", "A"),
+    ):
+        assert CHECKER.pyspf_lookup(name, qtype, 0, 5) == ZONE[name, qtype]

@@ -18,7 +18,7 @@ from spfmilter.dns import (
     confirmed_ptr_names,
     resolves_to,
 )
-from spfmilter.dnswire import RR
+from spfmilter.dnswire import RR, Reply
 from spfmilter.metrics import Metrics
 from tests.support.fakedns import make, reply
 
@@ -173,18 +173,42 @@ def test_cache_size_zero_disables_the_cache() -> None:
     assert len(fake.asked) == 2
 
 
+def oversized(name: str, ttl: int, count: int = MAX_ANSWER_RECORDS + 1) -> Reply:
+    """What the codec makes of an answer with more than MAX_ANSWER_RECORDS
+    addresses: the first ones, flagged."""
+    rrs = tuple(RR(name, 1, ttl, f"10.0.{i // 250}.{i % 250}") for i in range(count))
+    return Reply(0, rrs, (), 65000, oversized=True)
+
+
 def test_too_many_records_are_refused_and_the_refusal_is_cached() -> None:
     resolver, fake, _, metrics = make()
-    many = [RR("many.example", 1, 300, f"10.0.{i // 250}.{i % 250}") for i in range(4000)]
-    fake.table["192.0.2.1", "many.example", 1] = reply(*many)
+    fake.table["192.0.2.1", "many.example", 1] = oversized("many.example", 300)
     for _ in range(2):
-        with pytest.raises(DnsLimitError, match="4000 records; at most 256"):
+        with pytest.raises(DnsLimitError, match="too many records: at most 256 of its type"):
             resolver.lookup("many.example", "A")
     assert len(fake.asked) == 1 and resolver.cached_bytes < 1000
     assert value(metrics, "spfmilter_dns_queries_total", {"qtype": "A", "outcome": "refused"}) == 1
-    enough = [RR("ok.example", 1, 300, rr.value) for rr in many[:MAX_ANSWER_RECORDS]]
+    enough = [RR("ok.example", 1, 300, f"10.0.0.{i}") for i in range(MAX_ANSWER_RECORDS)]
     fake.table["192.0.2.1", "ok.example", 1] = reply(*enough)
     assert len(resolver.lookup("ok.example", "A")) == MAX_ANSWER_RECORDS
+
+
+def test_a_refusal_is_kept_no_longer_than_its_ttl_and_at_most_a_negative_answer() -> None:
+    resolver, fake, clock, _ = make()
+    fake.table["192.0.2.1", "zero.example", 1] = oversized("zero.example", 0)
+    fake.table["192.0.2.1", "long.example", 1] = oversized("long.example", 2**31 - 1)
+    for _ in range(2):
+        with pytest.raises(DnsLimitError) as zero:
+            resolver.lookup("zero.example", "A")
+    assert zero.value.expiry == clock.now  # holds no time: asked afresh each time
+    assert [a[1] for a in fake.asked] == ["zero.example", "zero.example"]
+    with pytest.raises(DnsLimitError) as long:
+        resolver.lookup("long.example", "A")
+    assert long.value.expiry == clock.now + NEGATIVE_TTL_CAP
+    clock.now += NEGATIVE_TTL_CAP
+    with pytest.raises(DnsLimitError):
+        resolver.lookup("long.example", "A")
+    assert [a[1] for a in fake.asked].count("long.example") == 2
 
 
 def test_servers_are_tried_in_order() -> None:

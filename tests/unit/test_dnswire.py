@@ -15,6 +15,7 @@ from dnslib import AAAA, CNAME, MX, PTR, QTYPE, RR, SOA, TXT, A, DNSRecord
 
 from spfmilter import dnswire
 from spfmilter.dnswire import BadName, WireError, encode_name, make_query, name_text, parse_reply
+from tests.support.dnsserver import pointer_chain
 from tests.support.net import udp_and_tcp_on_one_port
 
 
@@ -292,3 +293,176 @@ def test_system_nameservers(tmp_path: Path) -> None:
     empty.write_text("")
     assert dnswire.system_nameservers(str(empty)) == (("127.0.0.1", 53),)
     assert dnswire.system_nameservers(str(tmp_path / "missing")) == (("127.0.0.1", 53),)
+
+
+# --- what hostile replies cost and how they are read ----------------------
+
+
+def cpu(parse: Callable[[], object]) -> float:
+    """The least CPU time of five runs of `parse`."""
+    times = []
+    for _ in range(5):
+        started = time.process_time()
+        parse()
+        times.append(time.process_time() - started)
+    return min(times)
+
+
+def test_names_are_read_once_in_linear_time_and_as_if_written_in_full() -> None:
+    # As many records as a section may hold, owned by a chain of pointers,
+    # cost about what as many owned by one pointer to the question do.
+    # Read naively, the n-th owner walked n pointers: about 40 times as much.
+    question = QNAME + struct.pack("!HH", 16, 1)
+    count = 1024  # as many as a section may hold
+    chain = pointer_chain(5, question, 12 + len(question) + 12 * count)
+    flat = struct.pack("!6H", 5, 0x8180, 1, count, 0, 0) + question
+    flat += (b"\xc0\x0c" + struct.pack("!HHIH", 10, 1, 60, 0)) * count
+    assert len(chain) == len(flat)
+    assert cpu(lambda: parse_reply(chain, 5, QNAME, 16)) < 5 * cpu(
+        lambda: parse_reply(flat, 5, QNAME, 16)
+    )
+    reply = parse_reply(chain, 5, QNAME, 16)
+    assert reply is not None and reply.answer == () and not reply.oversized
+    # Owners that point into the middle of earlier names, and names inside
+    # record data that point at owners: each text as if written in full.
+    head = struct.pack("!6H", 5, 0x8180, 1, 4, 0, 0) + QNAME + struct.pack("!HH", 15, 1)
+    first = b"\x04mail\xc0\x0c"  # mail.example.org, at offset len(head)
+    mx = len(head)
+    records = (
+        first + struct.pack("!HHIH", 15, 1, 60, 4) + b"\x00\x0a" + struct.pack("!H", 0xC000 | mx)
+    )
+    records += b"\x03sub" + struct.pack("!H", 0xC000 | mx) + struct.pack("!HHIH", 15, 1, 60, 8)
+    records += b"\x00\x14\x03two" + struct.pack("!H", 0xC000 | (mx + 5))
+    records += struct.pack("!H", 0xC000 | (mx + 5)) + struct.pack("!HHIH", 15, 1, 60, 4)
+    records += b"\x00\x1e" + struct.pack("!H", 0xC000 | 12)
+    records += b"\xc0\x0c" + struct.pack("!HHIH", 15, 1, 60, 4) + b"\x00\x28" + b"\xc0\x0c"
+    reply = parse_reply(head + records, 5, QNAME, 15)
+    assert reply is not None
+    assert [(rr.owner, rr.value) for rr in reply.answer] == [
+        ("mail.example.org", (10, "mail.example.org")),
+        ("sub.mail.example.org", (20, "two.example.org")),
+        ("example.org", (30, "example.org")),
+        ("example.org", (40, "example.org")),
+    ]
+
+
+def test_a_name_of_more_pointers_than_labels_a_name_can_have_is_refused() -> None:
+    # RFC 1035 section 4.1.4 sets no bound; no encoder points at a pointer.
+    head = struct.pack("!6H", 5, 0x8180, 1, 1, 0, 0) + QNAME + struct.pack("!HH", 1, 1)
+
+    def chained(hops: int) -> bytes:
+        # A NULL record whose data is `hops` - 1 pointers each to the one
+        # before, the first to the question; then an A record owned by a
+        # pointer to the last of them.
+        data = bytearray()
+        start = len(head) + 12
+        for n in range(hops - 1):
+            data += struct.pack("!H", 0xC000 | (start + 2 * (n - 1) if n else 12))
+        null = b"\xc0\x0c" + struct.pack("!HHIH", 10, 1, 60, len(data)) + bytes(data)
+        last = start + 2 * (hops - 2)
+        a = (
+            struct.pack("!H", 0xC000 | last)
+            + struct.pack("!HHIH", 1, 1, 60, 4)
+            + b"\x01\x02\x03\x04"
+        )
+        counted = bytearray(head)
+        counted[7] = 2
+        return bytes(counted) + null + a
+
+    reply = parse_reply(chained(dnswire.MAX_POINTERS), 5, QNAME, 1)
+    assert reply is not None and reply.answer[0].owner == "example.org"
+    with pytest.raises(WireError, match="too many compression pointers"):
+        parse_reply(chained(dnswire.MAX_POINTERS + 1), 5, QNAME, 1)
+
+
+def test_reading_stops_past_the_records_an_answer_may_have() -> None:
+    # 5,000 TXT records on a name of 123 labels: refused unread.
+    name = encode_name(".".join(["a"] * 121 + ["example", "org"]))
+    head = struct.pack("!6H", 5, 0x8180, 1, 5000, 0, 0) + name + struct.pack("!HH", 16, 1)
+    record = b"\xc0\x0c" + struct.pack("!HHIH", 16, 1, 60, 1) + b"\x00"
+    started = time.process_time()
+    reply = parse_reply(head + record * 5000, 5, name, 16)
+    assert time.process_time() - started < 0.1
+    assert reply is not None and reply.oversized and reply.answer == ()
+    # 1,000 of them: refused whole, so only the first 257 are read; what
+    # follows them (here garbage) is not looked at.
+    head = head[:6] + struct.pack("!H", 1000) + head[8:]
+    reply = parse_reply(head + record * 300 + b"\xff" * 100, 5, name, 16)
+    assert reply is not None and reply.oversized
+    assert len(reply.answer) == dnswire.MAX_ANSWER_RECORDS + 1
+    assert reply.answer[0].owner == name_text(name)
+    # Records of other types do not count, and 256 of the asked one are read whole.
+    cname = b"\xc0\x0c" + struct.pack("!HHIH", 5, 1, 60, 2) + b"\xc0\x0c"
+    head = struct.pack("!6H", 5, 0x8180, 1, 556, 0, 0) + name + struct.pack("!HH", 16, 1)
+    reply = parse_reply(head + cname * 300 + record * 256, 5, name, 16)
+    assert reply is not None and not reply.oversized and len(reply.answer) == 556
+    # Other sections of more records than a reply holds are malformed.
+    for counts in ((0, 1025, 0), (0, 0, 1025)):
+        head = struct.pack("!6H", 5, 0x8180, 1, *counts) + name + struct.pack("!HH", 16, 1)
+        with pytest.raises(WireError, match="more than 1024 records in a section"):
+            parse_reply(head + record * 1025, 5, name, 16)
+
+
+def test_a_reply_under_another_opcode_is_not_the_answer() -> None:
+    query = make_query(9, QNAME, 16)
+    update = bytearray(reply_for(query, RR("example.org", QTYPE.TXT, rdata=TXT([b"forged"]))))
+    update[2] |= 5 << 3  # opcode UPDATE (RFC 2136)
+    assert parse_reply(bytes(update), 9, QNAME, 16) is None
+
+
+def with_opt(data: bytes, ttl: int, count: int = 1) -> bytes:
+    """`data` with `count` OPT records of this TTL in its additional section."""
+    opt = b"\x00" + struct.pack("!HHIH", 41, 1232, ttl, 0)
+    return data[:10] + struct.pack("!H", count) + data[12:] + opt * count
+
+
+def test_the_extended_rcode_of_the_opt_record_counts() -> None:
+    # RFC 6891 section 6.1.3: the OPT TTL's top 8 bits are the upper bits of
+    # the response code: 1 over NOERROR is BADVERS (16), not NOERROR.
+    query = make_query(9, QNAME, 16)
+    plain = reply_for(query)
+    reply = parse_reply(with_opt(plain, 0x01000000), 9, QNAME, 16)
+    assert reply is not None and reply.rcode == 16
+    reply = parse_reply(with_opt(plain, 0x00008000), 9, QNAME, 16)  # version 0, DO bit
+    assert reply is not None and reply.rcode == 0
+    with pytest.raises(WireError, match="more than one OPT"):
+        parse_reply(with_opt(plain, 0, 2), 9, QNAME, 16)
+    with pytest.raises(WireError, match="message ends early"):
+        parse_reply(with_opt(plain, 0)[:-3], 9, QNAME, 16)
+
+
+def test_a_truncated_reply_is_not_read_beyond_its_question() -> None:
+    data = bytearray(reply_for(make_query(3, QNAME, 16)))
+    data[2] |= 0x02
+    data[7] = 9  # nine answers claimed, none there
+    reply = parse_reply(bytes(data) + b"\xc0", 3, QNAME, 16)
+    assert reply is not None and reply.truncated and reply.answer == ()
+
+
+def test_a_malformed_or_foreign_datagram_does_not_end_the_wait(
+    udp_server: Callable[[Handler], tuple[str, int]],
+) -> None:
+    # RFC 5452: anyone can send datagrams with a guessed ID; the server's
+    # own reply, coming after them, is the answer.
+    def handler(query: bytes, send: Callable[[bytes], None]) -> None:
+        genuine = reply_for(query, RR("example.org", QTYPE.TXT, rdata=TXT([b"genuine"])))
+        send(genuine[:-3])  # the right ID, malformed
+        update = bytearray(genuine)
+        update[2] |= 5 << 3
+        send(bytes(update))
+        send(genuine)
+
+    reply = dnswire.exchange(udp_server(handler), QNAME, 16, time.monotonic() + 2)
+    assert [rr.value for rr in reply.answer] == [(b"genuine",)]
+
+
+def test_only_malformed_datagrams_until_the_deadline_say_so(
+    udp_server: Callable[[Handler], tuple[str, int]],
+) -> None:
+    def handler(query: bytes, send: Callable[[bytes], None]) -> None:
+        send(reply_for(query, RR("example.org", QTYPE.TXT, rdata=TXT([b"x"])))[:-3])
+
+    started = time.monotonic()
+    with pytest.raises(WireError, match="message ends early"):
+        dnswire.exchange(udp_server(handler), QNAME, 16, started + 0.3)
+    assert time.monotonic() - started >= 0.3

@@ -140,13 +140,16 @@ def test_names_that_cannot_be_on_the_wire_are_not_cached() -> None:
 
 def test_a_refusal_is_accounted_as_an_empty_entry_and_its_message() -> None:
     resolver, fake, _, _ = make()
-    many = tuple(RR("many.example", 1, 300, f"10.0.{i // 250}.{i % 250}") for i in range(300))
-    fake.table["192.0.2.1", "many.example", 1] = reply(*many)
+    many = tuple(RR("many.example", 1, 300, f"10.0.{i // 250}.{i % 250}") for i in range(257))
+    fake.table["192.0.2.1", "many.example", 1] = Reply(0, many, (), 4000, oversized=True)
     with pytest.raises(DnsLimitError) as info:
         resolver.lookup("many.example", "A")
     message = str(info.value)
-    assert message == "DNS answer for many.example A has 300 records; at most 256 are accepted"
-    assert resolver.cached_bytes == dns_footprint("many.example", ()) + len(message)
+    assert message == (
+        "DNS answer for many.example A has too many records: at most 256 of its type and "
+        "1024 in all are accepted"
+    )
+    assert resolver.cached_bytes == dns_footprint("many.example", ()) + 49 + len(message)
 
 
 # --- what one query costs and says ------------------------------------------------

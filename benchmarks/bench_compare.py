@@ -77,6 +77,7 @@ from benchmarks.targets import (
     SPFMILTER,
     TARGETS,
     Target,
+    log_findings,
     package_version,
     preflight,
     pyspf_dns_library,
@@ -139,7 +140,7 @@ class Bench:
                 self.dns.set_extra_zone(cold_zone(start, self.next_name))
         return [
             Job(
-                spec=t.inet_spec if workload.inet else t.unix_spec,
+                spec=t.instance(workload.inet).socket,
                 threads=threads[i],
                 expect=EXPECTATIONS[target],
                 mta_tcp=workload.inet,
@@ -174,7 +175,7 @@ class Bench:
     ) -> RunStats:
         jobs = self.jobs(workload, target, duration, count)
         t = self.targets[target]
-        pid = t.inet.pid if workload.inet else t.unix.pid
+        pid = t.instance(workload.inet).pid
         self.dns.clear_queries()
         cpu_before, own_before = tree_cpu_seconds(pid), time.process_time()
         busy_before, total_before = machine_busy()
@@ -310,18 +311,14 @@ def measure_targets(
             for target in args.rss_targets if args.rss_series else ():
                 report.rss_series += rss_series(bench, target, args.rss_series, args.rss_every)
             for t in targets.values():
-                for instance, process in (("unix", t.unix), ("inet", t.inet)):
+                for instance, inet in (("unix", False), ("inet", True)):
                     report.memory += [
                         ProcessMemory(t.name, instance, m.pid, m.rss_mib, m.peak_mib)
-                        for m in tree_memory(process.pid)
+                        for m in tree_memory(t.instance(inet).pid)
                     ]
-                report.problems += [
-                    f"{t.name} logged: {line}" for line in t.log.lines(during_runs=True)
-                ]
-                report.notes += [
-                    f"{t.name} said at start: {line}" for line in t.log.lines(during_runs=False)
-                ]
-            report.problems[:0] = bench.problems
+            problems, notes = log_findings(targets)
+            report.problems += bench.problems + problems
+            report.notes += notes
     finally:
         pool.close()
         dns.stop()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from benchmarks.harness import DNSTestServer, ZoneData
+from benchmarks.harness import DNSTestServer, QueryLogEntry, ZoneData
 
 # Long enough that no cached answer expires during a run.
 DNS_TTL = 3600
@@ -67,8 +67,12 @@ class BenchDNS:
         for server in self.servers:
             server.clear_queries()
 
+    def queries(self) -> list[QueryLogEntry]:
+        """What both servers were asked since clear_queries: (name, type, transport)."""
+        return [query for server in self.servers for query in server.queries]
+
     def query_count(self) -> int:
-        return sum(len(server.queries) for server in self.servers)
+        return len(self.queries())
 
 
 def address_in_use(address: str) -> bool:

@@ -34,6 +34,7 @@ from benchmarks.workloads import CLIENT_IP, RCPT, RECEIVER, cold_identity
 # A reply slower than this means something is broken, not slow.
 CLIENT_TIMEOUT = 60.0
 ERROR_SAMPLES = 5  # error messages kept per run
+PASS = "pass"  # the SPF result every workload's sender gets
 
 
 @dataclass(frozen=True)
@@ -76,15 +77,22 @@ class PoolExhausted(Exception):
     """The cold workload ran out of prepared names."""
 
 
-def _check_reply(what: str, response: Response) -> None:
+def check_reply(what: str, response: Response) -> None:
     if response.kind != "continue":
         raise BadReply(f"{what}: {response.kind} {response.text or ''}".rstrip())
 
 
-def _check_transaction(
-    job: Job, result: TransactionResult, helo: str, domain: str, connect: Response
+def check_transaction(
+    expect: Expectation,
+    result: TransactionResult,
+    helo: str,
+    domain: str,
+    connect: Response,
+    verdict: str,
 ) -> None:
-    _check_reply("connect", connect)
+    """Raise BadReply unless every step went on and the message got exactly
+    the one header expected, saying verdict for this sender."""
+    check_reply("connect", connect)
     if result.aborted:
         raise BadReply(f"transaction stopped early: {result.final}")
     steps: list[tuple[str, Response | None]] = [
@@ -99,7 +107,7 @@ def _check_transaction(
     for what, response in steps:
         if response is None:
             raise BadReply(f"{what}: no reply")
-        _check_reply(what, response)
+        check_reply(what, response)
     assert result.eom is not None
     changes = result.eom.modifications
     if len(changes) != 1:
@@ -107,10 +115,20 @@ def _check_transaction(
     (change,) = changes
     if (
         change.action not in ("addheader", "insheader")
-        or change.name != job.expect.header
-        or not job.expect.check(change.value or "", helo, domain)
+        or change.name != expect.header
+        or not expect.check(change.value or "", helo, domain, verdict)
     ):
         raise BadReply(f"unexpected header for {helo}/{domain}: {change}")
+
+
+def start_session(client: MilterClient, helo: str) -> Response:
+    """Negotiate, connect and say HELO as an MTA does; the reply to connect."""
+    client.negotiate()
+    client.macros("C", {"j": RECEIVER})
+    # Hostname = HELO name: pyspf-milter checks the connect hostname as HELO.
+    connect = client.connect(helo, CLIENT_IP)
+    check_reply("HELO", client.helo(helo))
+    return connect
 
 
 def one_transaction(job: Job, helo: str, domain: str, n: int) -> float:
@@ -118,14 +136,10 @@ def one_transaction(job: Job, helo: str, domain: str, n: int) -> float:
     client_type = MtaLikeTcpClient if job.mta_tcp else MilterClient
     start = time.perf_counter()
     with client_type(job.spec, timeout=CLIENT_TIMEOUT) as client:
-        client.negotiate()
-        client.macros("C", {"j": RECEIVER})
-        # Hostname = HELO name: pyspf-milter checks the connect hostname as HELO.
-        connect = client.connect(helo, CLIENT_IP)
-        _check_reply("HELO", client.helo(helo))
+        connect = start_session(client, helo)
         result = client.transaction(f"<user{n}@{domain}>", [RCPT])
     elapsed = time.perf_counter() - start
-    _check_transaction(job, result, helo, domain, connect)
+    check_transaction(job.expect, result, helo, domain, connect, PASS)
     return elapsed
 
 

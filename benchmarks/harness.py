@@ -11,7 +11,7 @@ alone.
 from __future__ import annotations
 
 from tests.support.daemon import REPO, Daemon, free_port, wait_for
-from tests.support.dnsserver import DNSTestServer, ZoneData, load_zone_file
+from tests.support.dnsserver import DNSTestServer, QueryLogEntry, ZoneData, load_zone_file
 from tests.support.milterclient import (
     SMFIC_QUIT,
     MilterClient,
@@ -34,6 +34,7 @@ __all__ = [
     "Daemon",
     "MilterClient",
     "MilterError",
+    "QueryLogEntry",
     "Response",
     "TransactionResult",
     "ZoneData",

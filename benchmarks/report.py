@@ -329,17 +329,21 @@ def markdown(report: Report) -> str:
             rss = ", ".join(f"{m.rss_mib:.1f}" for m in x.processes)
             rate = "-" if math.isnan(x.tx_per_s) else f"{x.tx_per_s:,.0f}"
             lines.append(f"| {x.target} | {x.transactions:,} | {rate} | {x.errors} | {rss} |")
-    if report.notes:
-        lines += ["", "Notes:", *(f"- {n}" for n in report.notes)]
-    if report.problems:
-        lines += ["", "**FAILED**:", *(f"- {p}" for p in report.problems)]
-    return "\n".join(lines)
+    return "\n".join(lines + closing_lines(report.notes, report.problems))
 
 
 def to_json(report: Report) -> str:
-    data = dataclasses.asdict(report)
-    data["failed"] = report.failed
-    return json_text(data)
+    return json_text({**dataclasses.asdict(report), "failed": report.failed})
+
+
+def closing_lines(notes: Sequence[str], problems: Sequence[str]) -> list[str]:
+    """A report's last lines: notes, then what failed the run."""
+    lines = []
+    if notes:
+        lines += ["", "Notes:", *(f"- {n}" for n in notes)]
+    if problems:
+        lines += ["", "**FAILED**:", *(f"- {p}" for p in problems)]
+    return lines
 
 
 def json_text(data: object) -> str:

@@ -62,47 +62,65 @@ class Expectation:
 
     value_pattern is a regular expression searched in the value with folding
     whitespace collapsed; {helo} and {domain} in it stand for the escaped
-    HELO name and sender domain of the transaction.
+    HELO name and sender domain of the transaction, {verdict} for the SPF
+    result the sender's records must give (pass, fail, permerror ...).
     """
 
     header: str
     value_pattern: str
 
-    def check(self, value: str, helo: str, domain: str) -> bool:
-        pattern = self.value_pattern.format(helo=re.escape(helo), domain=re.escape(domain))
+    def check(self, value: str, helo: str, domain: str, verdict: str) -> bool:
+        pattern = self.value_pattern.format(
+            helo=re.escape(helo), domain=re.escape(domain), verdict=re.escape(verdict)
+        )
         return re.search(pattern, " ".join(value.split())) is not None
 
 
 EXPECTATIONS = {
     # Received-SPF: pass (...) ...; envelope-from="user@DOMAIN"; helo=HELO; ...
     SPFMILTER: Expectation(
-        "Received-SPF", r"^pass\b.*envelope-from=\S*@{domain}\b.*\bhelo={helo};"
+        "Received-SPF", r"^{verdict}\b.*envelope-from=\S*@{domain}\b.*\bhelo={helo};"
     ),
     BASELINE: Expectation(BASELINE_HEADER, r"^1$"),
     # Authentication-Results: mx.bench.example; spf=pass (sender SPF authorized)
     #   smtp.mailfrom=DOMAIN (client-ip=...; helo=HELO; envelope-from=...; ...)
     PYSPF: Expectation(
         "Authentication-Results",
-        rf"^{re.escape(RECEIVER)}; spf=pass\b.*smtp\.mailfrom={{domain}} \(.*\bhelo={{helo}};",
+        rf"^{re.escape(RECEIVER)}; spf={{verdict}}\b"
+        r".*smtp\.mailfrom={domain} \(.*\bhelo={helo};",
     ),
 }
 
 
 class Running(Protocol):
+    """One daemon process of a target, listening on socket (a libmilter spec)."""
+
+    socket: str
+    log_path: Path
+
     @property
     def pid(self) -> int: ...
+
+    def start(self) -> None: ...
 
     def stop(self) -> object: ...
 
 
 @dataclass
 class Target:
+    """A target's daemons: one on a unix socket, one on inet if asked for."""
+
     name: str
     unix: Running
-    unix_spec: str
-    inet: Running
-    inet_spec: str
+    inet: Running | None
     log: DaemonLog
+
+    def instance(self, inet: bool) -> Running:
+        if not inet:
+            return self.unix
+        if self.inet is None:
+            raise ValueError(f"{self.name} was started without an inet instance")
+        return self.inet
 
 
 class DaemonLog:
@@ -128,6 +146,15 @@ class DaemonLog:
         return found
 
 
+def log_findings(targets: Mapping[str, Target]) -> tuple[list[str], list[str]]:
+    """What the targets logged: (problems while measured, notes from start-up)."""
+    problems, notes = [], []
+    for t in targets.values():
+        problems += [f"{t.name} logged: {line}" for line in t.log.lines(during_runs=True)]
+        notes += [f"{t.name} said at start: {line}" for line in t.log.lines(during_runs=False)]
+    return problems, notes
+
+
 # spfmilter's own notion of a problem (tests/support/daemon.py Daemon.unexpected).
 SPFMILTER_PROBLEM = r"^(WARNING|ERROR|CRITICAL)\b|Traceback"
 # The others log tracebacks and errors to their output, if anything.
@@ -148,11 +175,14 @@ def spfmilter_config(nameserver: str, options: Sequence[tuple[str, str, str]]) -
     )
 
 
-def pyspf_milter_config(socket_spec: str, pid_file: Path) -> str:
+def pyspf_milter_config(
+    socket_spec: str, pid_file: Path, overrides: Mapping[str, str] | None = None
+) -> str:
     """A config for Debian's pyspf-milter that passes the benchmark's mail.
 
     Both identities are checked (HELO, then MAIL FROM) and only fail
-    results would reject; errors neither reject nor defer.  It adds one
+    results would reject; errors neither reject nor defer.  overrides
+    replace or add settings (e.g. Mail_From_reject = False: none reject).  It adds one
     Authentication-Results header (the milter front end always uses that
     type) with our authserv-id.  It runs as root rather than its own
     account so that it can create its socket in our temporary directory.
@@ -172,17 +202,23 @@ def pyspf_milter_config(socket_spec: str, pid_file: Path) -> str:
         "PidFile": str(pid_file),
         "UserID": "root",
         "InternalHosts": "127.0.0.1",
+        **(overrides or {}),
     }
     return "".join(f"{key} = {value}\n" for key, value in settings.items())
 
 
 def pyspf_milter_process(
-    workdir: Path, name: str, spec: str, resolver: str, env: Mapping[str, str]
+    workdir: Path,
+    name: str,
+    spec: str,
+    resolver: str,
+    env: Mapping[str, str],
+    overrides: Mapping[str, str] | None = None,
 ) -> MilterProcess:
     """pyspf-milter in a mount namespace whose /etc/resolv.conf names resolver."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / f"{name}.conf"
-    config.write_text(pyspf_milter_config(spec, workdir / f"{name}.pid"))
+    config.write_text(pyspf_milter_config(spec, workdir / f"{name}.pid", overrides))
     resolv_conf = workdir / "resolv.conf"
     resolv_conf.write_text(f"nameserver {resolver}\n")
     # unshare and sh exec in turn, so the PID started is pyspf-milter's own.
@@ -252,68 +288,57 @@ def package_version(package: str) -> str:
     return proc.stdout.strip() if proc.returncode == 0 else "not installed"
 
 
+# Each target's problem lines and the file name of its unix socket.
+_PROBLEMS = {SPFMILTER: SPFMILTER_PROBLEM, BASELINE: OTHER_PROBLEM, PYSPF: OTHER_PROBLEM}
+_UNIX_SOCKETS = {SPFMILTER: "spfmilter.sock", BASELINE: "baseline.sock", PYSPF: "pyspf.sock"}
+
+
 @contextlib.contextmanager
 def started_targets(
     workdir: Path,
     dns: BenchDNS,
     spf_options: Sequence[tuple[str, str, str]],
     pyspf_env: Mapping[str, str],
+    names: Sequence[str] = TARGETS,
+    inet: bool = True,
+    pyspf_overrides: Mapping[str, str] | None = None,
 ) -> Iterator[dict[str, Target]]:
+    """The targets named, each on a unix socket and, with inet, on a free
+    port of 127.0.0.1 too; every process started is stopped by its PID."""
+    config = spfmilter_config(dns.nameserver, spf_options)
+    pyspf_dir = workdir / "pyspf-milter"
+
+    def process(name: str, instance: str) -> Running:
+        unix = f"unix:{workdir}/{_UNIX_SOCKETS[name]}"
+        if name == SPFMILTER:
+            # Without a socket, Daemon listens on a free port of 127.0.0.1.
+            spec = unix if instance == "unix" else None
+            return Daemon(workdir / f"spfmilter-{instance}", config, spec)
+        spec = unix if instance == "unix" else f"inet:{free_port()}@127.0.0.1"
+        if name == BASELINE:
+            return BaselineDaemon(spec, workdir / f"baseline-{instance}.log")
+        return pyspf_milter_process(
+            pyspf_dir,
+            f"pyspf-milter-{instance}",
+            spec,
+            dns.system_address,
+            pyspf_env,
+            pyspf_overrides,
+        )
+
     with contextlib.ExitStack() as stack:
 
-        def start(process: MilterProcess | Daemon) -> None:
-            stack.callback(process.stop)
-            process.start()
+        def start(daemon: Running) -> Running:
+            stack.callback(daemon.stop)
+            daemon.start()
+            return daemon
 
-        config = spfmilter_config(dns.nameserver, spf_options)
-        spf_unix = Daemon(workdir / "spfmilter-unix", config, f"unix:{workdir}/spfmilter.sock")
-        spf_inet = Daemon(workdir / "spfmilter-inet", config)  # a free port on 127.0.0.1
-        base_unix = BaselineDaemon(f"unix:{workdir}/baseline.sock", workdir / "baseline-unix.log")
-        base_inet_spec = f"inet:{free_port()}@127.0.0.1"
-        base_inet = BaselineDaemon(base_inet_spec, workdir / "baseline-inet.log")
-        pyspf_dir = workdir / "pyspf-milter"
-        pyspf_unix = pyspf_milter_process(
-            pyspf_dir,
-            "pyspf-milter-unix",
-            f"unix:{workdir}/pyspf.sock",
-            dns.system_address,
-            pyspf_env,
-        )
-        pyspf_inet = pyspf_milter_process(
-            pyspf_dir,
-            "pyspf-milter-inet",
-            f"inet:{free_port()}@127.0.0.1",
-            dns.system_address,
-            pyspf_env,
-        )
-        for process in (spf_unix, spf_inet, base_unix, base_inet, pyspf_unix, pyspf_inet):
-            start(process)
-        targets = {
-            SPFMILTER: Target(
-                SPFMILTER,
-                spf_unix,
-                spf_unix.socket,
-                spf_inet,
-                spf_inet.socket,
-                DaemonLog([spf_unix.log_path, spf_inet.log_path], SPFMILTER_PROBLEM),
-            ),
-            BASELINE: Target(
-                BASELINE,
-                base_unix,
-                base_unix.socket,
-                base_inet,
-                base_inet_spec,
-                DaemonLog([base_unix.log_path, base_inet.log_path], OTHER_PROBLEM),
-            ),
-            PYSPF: Target(
-                PYSPF,
-                pyspf_unix,
-                pyspf_unix.socket,
-                pyspf_inet,
-                pyspf_inet.socket,
-                DaemonLog([pyspf_unix.log_path, pyspf_inet.log_path], OTHER_PROBLEM),
-            ),
-        }
+        targets = {}
+        for name in names:
+            unix = start(process(name, "unix"))
+            tcp = start(process(name, "inet")) if inet else None
+            paths = [daemon.log_path for daemon in (unix, tcp) if daemon is not None]
+            targets[name] = Target(name, unix, tcp, DaemonLog(paths, _PROBLEMS[name]))
         yield targets
 
 

@@ -3,9 +3,9 @@
 Every measured unit is one milter connection as an MTA makes it for one SMTP
 session: negotiate, connect (with macro j), HELO, MAIL FROM, one RCPT, DATA,
 one header, end of headers, body, end of message, QUIT.  It is driven over
-the real milter protocol (tests/support/milterclient.py) against real
+the real milter protocol against real
 daemons, and compared with a baseline measured in the same run: a minimal
-pymilter daemon (benchmarks/milterproc.py) that does the same protocol work as
+pymilter daemon (benchmarks/baseline.py) that does the same protocol work as
 spfmilter (the same negotiated steps, one header inserted at the top at end
 of message) but no SPF.  The ratio to that baseline is the cost of spfmilter
 itself; pymilter, libmilter and the protocol are in both.
@@ -53,9 +53,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.baseline import BASELINE_HEADER
+from benchmarks.harness import ZONES, Daemon, DNSTestServer, MilterClient, free_port, load_zone_file
 from benchmarks.milterproc import BaselineDaemon, percentile, tree_cpu_seconds, tree_memory
-from tests.support.daemon import Daemon, free_port
-from tests.support.milterclient import MilterClient
+from benchmarks.report import load_average
+from benchmarks.targets import spfmilter_config
 
 # The client posed in every transaction: an address that spf-pass.example.org
 # and helo-pass.example.org (tests/zones/core.yaml) authorise, so both
@@ -79,6 +81,8 @@ BLOCK = 25
 CLIENT_TIMEOUT = 10.0
 # Long enough that no cached answer expires during the run.
 DNS_TTL = 3600
+# Short DNS times: a DNS server that stops answering fails the run quickly.
+SHORT_DNS = (("dns", "timeout", "0.5"), ("dns", "lookup_time", "2"))
 
 # ---------------------------------------------------------------- measuring
 
@@ -303,11 +307,6 @@ def measure_throughput(baseline: Target, spf: Target, per_thread: int) -> list[T
 
 
 def run(n: int, warmup: int) -> Report:
-    # Imported here rather than at the top: importing this module should not
-    # pull in pytest, dnslib and PyYAML.
-    from tests.conftest import ZONES, config_text
-    from tests.support.dnsserver import DNSTestServer, load_zone_file
-
     load_before = os.getloadavg()
     with (
         tempfile.TemporaryDirectory(prefix="bench_milter.") as tmp,
@@ -321,13 +320,15 @@ def run(n: int, warmup: int) -> Report:
             daemon = BaselineDaemon(spec, workdir / f"{name}.log")
             stack.callback(daemon.stop)
             daemon.start()
-            targets[name] = Target(name, spec, daemon.pid, "X-Baseline", "1")
+            targets[name] = Target(name, spec, daemon.pid, BASELINE_HEADER, "1")
 
         spf_daemons: list[Daemon] = []
 
         def spfmilter(name: str, spec: str | None, cache_size: str | None) -> None:
-            sections = {"dns": {"cache_size": cache_size}} if cache_size is not None else {}
-            daemon = Daemon(workdir / name, config_text(dns, sections), spec)
+            cache = [("dns", "cache_size", cache_size)] if cache_size is not None else []
+            daemon = Daemon(
+                workdir / name, spfmilter_config(dns.nameserver, [*SHORT_DNS, *cache]), spec
+            )
             stack.callback(daemon.stop)
             daemon.start()
             spf_daemons.append(daemon)
@@ -397,12 +398,10 @@ def run(n: int, warmup: int) -> Report:
 
 
 def markdown(report: Report) -> str:
-    load = "/".join(f"{x:.2f}" for x in report.load_before)
-    load_after = "/".join(f"{x:.2f}" for x in report.load_after)
     lines = [
         f"{report.connections} connections per scenario after {report.warmup} warm-up, "
         f"scenarios interleaved in blocks of {BLOCK}; Python {report.python}, "
-        f"{report.cpus} CPUs, load average {load} before, {load_after} after.",
+        f"{report.cpus} CPUs, {load_average(report.load_before, report.load_after)}.",
         "",
         "Latency of one milter connection per SMTP session (negotiate ... QUIT), timed "
         "at the client; daemon CPU and DNS queries per connection.",

@@ -1,20 +1,14 @@
 """Milter daemons as benchmark subjects, and what /proc says about them.
 
-Shared by the benchmarks (bench_milter, bench_compare).  This module owns:
+This module owns:
 
-- the bare pymilter baseline: BaselineMilter, which does the protocol work
-  spfmilter does (the same negotiated steps, one header inserted at the top
-  at end of message) but no SPF, and serve_baseline, its process's entry
-  point;
 - MilterProcess: any milter command as a subprocess, ready once its socket
   answers a milter-protocol connection (polled, never a fixed sleep), stopped
-  by its PID; BaselineDaemon is the baseline run that way;
+  by its PID; BaselineDaemon is the bare pymilter baseline run that way;
 - accounting from /proc: CPU seconds of one process or of a process and all
   its descendants, resident sizes, and a nearest-rank percentile.
 
-It imports pymilter (the baseline is a pymilter daemon) and the test
-support's milter client, never spfmilter: the benchmarks measure the daemon
-from outside.  The baseline process imports this module and nothing heavier.
+Everything here sees a daemon from outside: its socket, its PID, /proc.
 """
 
 from __future__ import annotations
@@ -30,65 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import Milter
-
-from tests.support.daemon import REPO, wait_for
-from tests.support.milterclient import MilterClient, MilterError
-
-CONTINUE: int = Milter.CONTINUE
-BASELINE_HEADER = "X-Baseline"
-
-
-# ---------------------------------------------------------------- baseline daemon
-
-
-class BaselineMilter(Milter.Base):  # type: ignore[misc]
-    """The protocol work spfmilter does, minus SPF.
-
-    It overrides the same callbacks as spfmilter.milter.SpfMilter with the
-    same decorators, so libmilter negotiates the same steps as spfmilter's
-    defaults (no reply to connect and HELO, no headers, no body);
-    bench_milter checks that the daemons agree on them.
-    """
-
-    @Milter.noreply  # type: ignore[untyped-decorator]
-    def connect(self, hostname: str, family: int, hostaddr: object) -> int:
-        return CONTINUE
-
-    @Milter.noreply  # type: ignore[untyped-decorator]
-    def hello(self, heloname: str) -> int:
-        return CONTINUE
-
-    def envfrom(self, mail_from: str, *params: str) -> int:
-        return CONTINUE
-
-    def envrcpt(self, recipient: str, *params: str) -> int:
-        return CONTINUE
-
-    def negotiate(self, opts: list[int]) -> int:
-        # As spfmilter with its default headers: the header callback exists
-        # (without reply) but libmilter is asked not to send headers at all.
-        offered = opts[1]
-        status: int = super().negotiate(opts)
-        if status == CONTINUE:
-            opts[1] |= offered & Milter.P_NOHDRS
-        return status
-
-    @Milter.noreply  # type: ignore[untyped-decorator]
-    def header(self, name: str, value: str) -> int:
-        return CONTINUE
-
-    def eom(self) -> int:
-        # At index 0, as spfmilter inserts its Received-SPF.
-        self.addheader(BASELINE_HEADER, "1", 0)
-        return CONTINUE
-
-
-def serve_baseline(spec: str) -> None:
-    """Run BaselineMilter on spec until SIGTERM: the baseline process's entry point."""
-    Milter.factory = BaselineMilter
-    Milter.runmilter("baseline", spec, 600)  # the timeout spfmilter.daemon uses
-
+from benchmarks.harness import REPO, MilterClient, MilterError, wait_for
 
 # ---------------------------------------------------------------- processes
 
@@ -174,13 +110,11 @@ class MilterProcess:
 
 
 class BaselineDaemon(MilterProcess):
-    """The baseline milter (serve_baseline) as a subprocess."""
+    """The bare pymilter baseline (python -m benchmarks.baseline) as a subprocess."""
 
     def __init__(self, socket_spec: str, log_path: Path) -> None:
-        code = "import sys, benchmarks.milterproc as m; m.serve_baseline(sys.argv[1])"
-        super().__init__(
-            "baseline milter", [sys.executable, "-c", code, socket_spec], socket_spec, log_path
-        )
+        argv = [sys.executable, "-m", "benchmarks.baseline", socket_spec]
+        super().__init__("baseline milter", argv, socket_spec, log_path)
 
 
 # ---------------------------------------------------------------- /proc

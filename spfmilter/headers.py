@@ -1,15 +1,19 @@
 """Pure text: Received-SPF and Authentication-Results values, reply sanitising.
 
-This module owns how results are written for other programs to read: the
-RFC 7208 section 9.1 Received-SPF layout (key order as the classic Perl
-policy server writes it), RFC 8601 Authentication-Results, quoting and
-folding, and the hygiene applied to any text that came from the client or
-from DNS.  It imports only spfmilter.model; no I/O.
+This module owns how results are written for other programs to read, and
+how what those programs read is recognised: the RFC 7208 section 9.1
+Received-SPF layout (key order as the classic Perl policy server writes it),
+RFC 8601 Authentication-Results, quoting and folding, the hygiene applied to
+any text that came from the client or from DNS, and which authserv-ids an
+incoming Authentication-Results claims in the eyes of the programs that
+trust it (so that forgeries of ours are found however they are spelled).
+No I/O.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from spfmilter.model import Identity, IPAddress, Skip, SpfOutcome, SpfResult
 
@@ -27,6 +31,17 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _COMMENT_SPECIALS = re.compile(r"([()\\])")
 # RFC 5322 section 3.2.3 atext, used for the dot-atom test of RFC 7208 9.1.
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+
+# The readers of Authentication-Results, in C (isspace) and Perl (\s), take
+# only these for white space.
+_SPACE = " \t\n\v\f\r"
+# Characters OpenDMARC's tokenizer makes tokens of their own.
+_DELIMITERS = ";=."
+# The RFC 2045 section 5.1 token as SpamAssassin 4 matches an authserv-id:
+# ASCII but controls, space and the tspecials, of which it allows "\".
+_TOKEN = re.compile(r'[^\x00-\x20\x80-\U0010ffff()<>@,;:/\[\]?="]+')
+_DIGITS = re.compile(r"[0-9]+")
+_PARENTHESES = re.compile(r"[()]")
 
 
 def clean(text: str, limit: int = FIELD_LIMIT) -> str:
@@ -171,15 +186,54 @@ def a_labels(domain: str) -> str:
         return domain
 
 
-def authserv_id_of(value: str) -> str:
-    """The authserv-id of an Authentication-Results value, normalised.
+def authserv_id_key(authserv_id: str) -> str:
+    """An authserv-id as it is compared: case folded, trailing dots dropped.
 
-    RFC 8601 section 2.2: [CFWS] authserv-id [CFWS authres-version] ";",
-    the id a token or a quoted-string.  Read as leniently as consumers read
-    it (OpenDMARC drops comments, unquotes, and joins labels across spaces
-    around dots), so that no spelling of our id survives the removal of
-    forgeries: comments, quotes, backslash escapes, folding, case and a
-    trailing dot are all taken away.
+    It names a host (RFC 8601 section 2.5), and host names compare so
+    (RFC 4343 section 2; a trailing dot only makes a name absolute, RFC
+    1034 section 3.1).
+    """
+    return authserv_id.lower().rstrip(".")
+
+
+def claimed_authserv_ids(value: str) -> frozenset[str]:
+    """Every authserv-id (as authserv_id_key gives it) that some reader of
+    this Authentication-Results value may take it to carry.
+
+    RFC 8601 section 5: fields that claim our authserv-id are forgeries to
+    delete.  What a field claims is decided by the programs that read it,
+    and on malformed text they disagree, so this is the union of three
+    readings, each at least as generous as the reader it stands for: RFC
+    8601 itself, the tokenizer of OpenDMARC 1.4, SpamAssassin 4's AuthRes
+    plugin.  Of a name followed by "/" the part before counts too: OpenDMARC
+    with AuthservIDWithJobID takes "id/job" for id.  Only the authserv-id
+    part (before ";") is read: a name in the results claims nothing.
+    """
+    names = (
+        *_without_version(_rfc8601_names(value)),
+        *_without_version(_tokenizer_names(value)),
+        *_spamassassin_names(value),
+    )
+    keys = {authserv_id_key(part) for name in names for part in (name, name.partition("/")[0])}
+    keys.discard("")
+    return frozenset(keys)
+
+
+def _without_version(names: list[str]) -> list[str]:
+    # A last word of digits after the id is the authres-version (RFC 8601
+    # section 2.2), in both readings; it claims no authserv-id.
+    version = len(names) > 1 and names[-1].isascii() and names[-1].isdigit()
+    return names[:-1] if version else names
+
+
+def _rfc8601_names(value: str) -> list[str]:
+    """The words before ";" as RFC 8601 section 2.2 has them: [CFWS]
+    authserv-id [CFWS authres-version], the id a token or a quoted-string.
+
+    Read leniently: comments (nested, with quoted-pairs: RFC 5322 section
+    3.2.2) separate words, quotes and backslashes are taken away, labels
+    are joined across white space and comments around dots.  Every word
+    counts, not only the first, so that nothing put before the id hides it.
     """
     text: list[str] = []
     depth = 0
@@ -215,7 +269,114 @@ def authserv_id_of(value: str) -> str:
             words[-1] += token
         else:
             words.append(token)
-    return words[0].lower().rstrip(".") if words else ""
+    return words
+
+
+def _tokenizer_names(value: str) -> list[str]:
+    """The names before ";" as OpenDMARC 1.4 reads them (ares_parse): its
+    tokens (see _tokens) but those whose first character is "(", which it
+    skips as comments however that "(" was written ("(c)", "\\(c" and
+    '"(c"' alike), joined across "." tokens.  Every name counts, not only
+    the first, which is the one OpenDMARC takes.
+    """
+    names: list[str] = []
+    after_dot = False
+    for token in _tokens(value):
+        if token == ";":
+            break
+        if not token or token.startswith("("):
+            continue
+        if names and (after_dot or token == "."):
+            names[-1] += token
+        else:
+            names.append(token)
+        after_dot = token == "."
+    return names
+
+
+def _tokens(value: str) -> Iterator[str]:
+    """`value` cut into tokens as OpenDMARC 1.4's ares_tokenize cuts it.
+
+    A backslash makes the next character, whatever it is, part of a token;
+    double quotes outside parentheses group and vanish; parentheses nest,
+    and a token that opened one ends where it closes; a ")" without its "("
+    is dropped.  Elsewhere white space ends a token and ";", "=", "." are
+    tokens of their own.
+    """
+    token: list[str] = []
+    started = False  # a token is open (it may still be empty: "")
+    depth = 0
+    quoted = escaped = False
+    for char in value:
+        if escaped:
+            escaped = False
+            started = True
+            token.append(char)
+        elif char == "\\":
+            escaped = True
+        elif char == '"' and not depth:
+            quoted = not quoted
+            started = True
+        elif char == "(" and not quoted:
+            depth += 1
+            started = True
+            token.append(char)
+        elif char == ")" and not quoted:
+            if depth:
+                depth -= 1
+                if not depth:
+                    yield "".join(token) + char
+                    token, started = [], False
+        elif quoted or depth:
+            token.append(char)
+        elif char in _SPACE or char in _DELIMITERS:
+            if started:
+                yield "".join(token)
+                token, started = [], False
+            if char in _DELIMITERS:
+                yield char
+        else:
+            started = True
+            token.append(char)
+    if started:
+        yield "".join(token)
+
+
+def _spamassassin_names(value: str) -> list[str]:
+    """The authserv-id as SpamAssassin 4's AuthRes plugin reads it: the
+    token at the start, then CFWS, an optional version, CFWS and ";", where
+    its CFWS is white space and at most one comment whose parentheses are
+    counted without regard to backslashes."""
+    text = value.lstrip(_SPACE)
+    token = _TOKEN.match(text)
+    if token is None:
+        return []
+    end = _naive_cfws(text, token.end())
+    version = _DIGITS.match(text, end)
+    if version is not None:
+        end = _naive_cfws(text, version.end())
+    return [token.group()] if text.startswith(";", end) else []
+
+
+def _naive_cfws(text: str, start: int) -> int:
+    """Where white space and at most one comment after `start` end, the
+    comment's parentheses counted as they come; -1 if it never ends."""
+    end = _past_space(text, start)
+    if not text.startswith("(", end):
+        return end
+    depth = 0
+    for parenthesis in _PARENTHESES.finditer(text, end):
+        depth += 1 if parenthesis.group() == "(" else -1
+        if not depth:
+            return _past_space(text, parenthesis.end())
+    return -1
+
+
+def _past_space(text: str, start: int) -> int:
+    end = start
+    while end < len(text) and text[end] in _SPACE:
+        end += 1
+    return end
 
 
 def fold(name: str, value: str) -> str:

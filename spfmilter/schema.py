@@ -271,8 +271,9 @@ class HeadersConfig:
         True,
         v.parse_bool,
         "delete incoming A-R with our authserv-id",
-        "yes: when Authentication-Results is added, delete incoming ones that carry our "
-        "authserv-id, however it is spelled (RFC 8601 section 5: they are forgeries).",
+        "yes: when Authentication-Results is added, delete incoming ones in which any of "
+        "their readers (RFC 8601, OpenDMARC, SpamAssassin) could find our authserv-id, "
+        "however spelled (RFC 8601 section 5: they are forgeries).",
     )
 
 

@@ -16,6 +16,7 @@ imports model, config, policy, headers, dns, services and verdicts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -28,7 +29,8 @@ from spfmilter.headers import (
     AUTHENTICATION_RESULTS,
     RECEIVED_SPF,
     authentication_results,
-    authserv_id_of,
+    authserv_id_key,
+    claimed_authserv_ids,
     clean,
     received_spf,
 )
@@ -120,14 +122,24 @@ class Session:
         return self._refusal(recipient, "")
 
     def header(self, name: str, value: str) -> None:
-        """A header of the message: note Authentication-Results that claim to
-        be ours (RFC 8601 section 5: forgeries, removed at end of message)."""
+        """A header of the message: note Authentication-Results that claim our
+        authserv-id to any program that reads them (RFC 8601 section 5:
+        forgeries, removed at end of message)."""
         tx = self.transaction
         if tx is None or name.lower() != AUTHENTICATION_RESULTS.lower():
             return
         tx.ar_seen += 1
-        if authserv_id_of(value) == authserv_id_of(self._authserv_id()):
+        # Deleted even where a DKIM signature covers it (RFC 6376 section
+        # 5.4 lets a signer cover any field), though that breaks the
+        # signature: a sender could otherwise keep a forgery by signing it.
+        if self._own_authserv_id in claimed_authserv_ids(value):
             tx.forged.append(tx.ar_seen)
+
+    @functools.cached_property
+    def _own_authserv_id(self) -> str:
+        """Our authserv-id as claimed_authserv_ids names it; fixed once
+        connected, so worked out once per connection."""
+        return authserv_id_key(self._authserv_id())
 
     def end_of_message(self, queue_id: str) -> HeaderChanges:
         """The message is complete: log the verdict, return the header changes.

@@ -14,6 +14,9 @@ In every case the HELO passes.  Beside a MAIL FROM fail or none
 (CVE-2019-20790) a consumer must conclude the MAIL FROM result and never
 credit the HELO pass to the sender's domain; for the null sender the HELO
 result is the one result, and it must reach the consumers as the HELO's.
+A client's Authentication-Results that claims our authserv-id, however
+spelled, reaches neither OpenDMARC nor SpamAssassin's AuthRes plugin (which
+trusts that id too).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import pytest
 
 from tests.conftest import ZONES, config_text
 from tests.support.consumers import (
+    AUTHRES_SPF_PASS,
     DmarcRecord,
     DmarcVerdict,
     PrivateOpenDMARC,
@@ -126,7 +130,9 @@ def consumers() -> Iterator[Consumers]:
             trusted_authserv_ids=[AUTHSERV_ID],
         )
         cleanup.enter_context(opendmarc)
-        spamassassin = SpamAssassin(work / "spamassassin", nameserver=dns.host)
+        spamassassin = SpamAssassin(
+            work / "spamassassin", nameserver=dns.host, authres_trusted=[AUTHSERV_ID]
+        )
         spamassassin.prepare()
         # No header until a test reloads it with the header type it checks.
         daemon = cleanup.enter_context(Daemon(work / "milter", spfmilter_config(dns, "none")))
@@ -247,6 +253,10 @@ def test_null_sender_reports_the_helo(consumers: Consumers, header_type: str) ->
     assert seen.sa_results == [("helo", "pass")]
 
 
+# A few of tests/integration/test_forged_ar.py's spellings, through Postfix:
+# RFC 8601's, then OpenDMARC's tokenizer's (a ")" outside a comment is
+# dropped, a token that starts with "(" however written is a comment), then
+# SpamAssassin's (it counts a comment's parentheses without quoted-pairs).
 FORGED_IDS = [
     "(fw) mx.test.example",
     "mx.test.example(fw)",
@@ -254,6 +264,12 @@ FORGED_IDS = [
     "mx.test.example.",
     "MX.Test.Example",
     "mx . test . example",
+    "mx.test.example)",
+    "\\( mx.test.example",
+    '"(" mx.test.example',
+    "\\(abc(def)mx.test.example",
+    "m)x.test.example",
+    "mx.test.example (\\().x) ",
 ]
 
 
@@ -271,3 +287,5 @@ def test_forged_authentication_results_never_reach_opendmarc(
     assert remaining == []
     assert (seen.record.spf, seen.record.align_spf) == ("none", "fail")
     assert seen.dmarc.result == "fail"
+    # SpamAssassin's AuthRes plugin, trusting our id, took no pass either.
+    assert AUTHRES_SPF_PASS not in seen.spam.tests

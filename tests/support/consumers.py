@@ -17,9 +17,9 @@ ships them:
   private ``/dev/log`` and its history file, and stops exactly the process it
   started, by PID.
 * :class:`SpamAssassin` runs the ``spamassassin`` command on one delivered
-  message, in such a namespace and with a private site configuration and
-  home directory, and reports which SPF rules hit and which header each SPF
-  result came from.
+  message, or once on a whole mailbox of them, in such a namespace and with
+  a private site configuration and home directory, and reports which SPF
+  rules hit and which header each SPF result came from.
 
 Needs root (port 53, mount namespaces), util-linux ``unshare`` and ``mount``
 and the Debian packages ``opendmarc`` and ``spamassassin``; a missing program
@@ -33,6 +33,7 @@ import contextlib
 import email.parser
 import email.policy
 import errno
+import mailbox
 import os
 import pwd
 import random
@@ -66,6 +67,8 @@ DNS_PORT = 53
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
 COMMAND_TIMEOUT = 60.0
+# SpamAssassin takes some 30 ms a message on these machines, when not busy.
+MBOX_MESSAGE_TIMEOUT = 0.5
 POLL_INTERVAL = 0.02
 LOG_TAIL_LINES = 40
 
@@ -100,6 +103,14 @@ _SA_REUSE = re.compile(
 # Its -D output: "Dec  2 00:54:47.682 [16472] dbg: spf: ..."; any other line
 # on stderr is a warning or an error.
 _SA_DEBUG = "] dbg: "
+# The AuthRes plugin, told of a field that does not start with a token,
+# reads past its end (pos() is unset): Perl warns, the field is skipped.
+_SA_AUTHRES_WARNING = re.compile(
+    r"\] warn: Use of uninitialized value in substr at \S+/Plugin/AuthRes\.pm line \d+\.$"
+)
+# Rules of the AuthRes set-up: a pass taken from a trusted authserv-id.
+AUTHRES_SPF_PASS = "T_AUTHRES_SPF_PASS"
+AUTHRES_DKIM_PASS = "T_AUTHRES_DKIM_PASS"
 
 
 class ConsumerMissing(RuntimeError):
@@ -276,7 +287,12 @@ class DmarcVerdict:
             if value.strip().split(";", 1)[0].strip() == authserv_id
         ]
         assert len(ours) == 1, f"expected one A-R from {authserv_id}, got {ours}"
-        (header,) = ours
+        return cls.from_value(ours[0])
+
+    @classmethod
+    def from_value(cls, value: str) -> DmarcVerdict:
+        """The verdict in the value of OpenDMARC's A-R field."""
+        header = " ".join(value.split())
         match = re.search(r"; dmarc=(\w+) .*\bheader\.from=(\S+)$", header)
         assert match is not None, header
         return cls(match.group(1), match.group(2), header)
@@ -323,6 +339,8 @@ class PrivateOpenDMARC:
     It trusts the Authentication-Results of `trusted_authserv_ids` and the
     SPF results in headers only: it never evaluates SPF itself, never rejects
     and never sends reports.  Its DNS queries go to `nameserver` (port 53).
+    With `authserv_id_with_job_id` it writes "authserv-id/job id" and
+    trusts fields that carry the message's own job id so.
     """
 
     def __init__(
@@ -333,12 +351,14 @@ class PrivateOpenDMARC:
         nameserver: str,
         authserv_id: str,
         trusted_authserv_ids: Sequence[str],
+        authserv_id_with_job_id: bool = False,
     ) -> None:
         self.workdir = workdir.resolve()
         self.port = port
         self.nameserver = nameserver
         self.authserv_id = authserv_id
         self.trusted_authserv_ids = tuple(trusted_authserv_ids)
+        self.authserv_id_with_job_id = authserv_id_with_job_id
         self.config_path = self.workdir / "opendmarc.conf"
         self.history_path = self.workdir / "history"
         self.log_path = self.workdir / "syslog.log"
@@ -357,6 +377,7 @@ class PrivateOpenDMARC:
             "Socket": f"inet:{self.port}@127.0.0.1",
             "AuthservID": self.authserv_id,
             "TrustedAuthservIDs": ",".join(self.trusted_authserv_ids),
+            "AuthservIDWithJobID": "true" if self.authserv_id_with_job_id else "false",
             # The SPF result must come from spfmilter's header: OpenDMARC
             # must neither ignore it nor evaluate SPF on its own.
             "SPFIgnoreResults": "false",
@@ -528,16 +549,20 @@ class SpamReport:
 
 
 class SpamAssassin:
-    """Runs the spamassassin command on single messages, never online.
+    """Runs the spamassassin command on messages, never online.
 
     The site configuration under `workdir` replaces /etc/spamassassin: it
     loads only the rule engine and the SPF plugin (which is where SPF results
-    come from in SpamAssassin 4.0; the AuthRes plugin and its
-    authres_trusted_authserv only matter when the SPF plugin is not loaded)
-    and says DNS is unavailable.  That keeps the network rules, SPF among
-    them, in the score set (``-L`` would drop SPF_* altogether) while the SPF
-    plugin can only reuse results from headers added by the receiving side,
-    i.e. above the MTA's own Received: line.  The command also runs in a
+    come from in SpamAssassin 4.0: its rules use the AuthRes plugin only when
+    the SPF plugin is not loaded) and says DNS is unavailable.  That keeps
+    the network rules, SPF among them, in the score set (``-L`` would drop
+    SPF_* altogether) while the SPF plugin can only reuse results from
+    headers added by the receiving side, i.e. above the MTA's own Received:
+    line.  With `authres_trusted` it also loads the AuthRes plugin as its
+    documentation advises for a site whose MTA deletes forged fields: every
+    Authentication-Results wherever it sits (``authres_networks all``) of
+    those authserv-ids, and the rules AUTHRES_SPF_PASS and AUTHRES_DKIM_PASS
+    hit when it took such a pass from one.  The command also runs in a
     private-resolver namespace pointing at `nameserver`, so even a query
     SpamAssassin did make would stay on loopback (and show up in the test DNS
     server's log).  In that namespace the home directory of the user running
@@ -545,11 +570,14 @@ class SpamAssassin:
     in the home of its passwd entry, whatever $HOME or ``-x`` say.
     """
 
-    def __init__(self, workdir: Path, *, nameserver: str) -> None:
+    def __init__(
+        self, workdir: Path, *, nameserver: str, authres_trusted: Sequence[str] = ()
+    ) -> None:
         self.workdir = workdir.resolve()
         self.site_dir = self.workdir / "site"
         self.home_dir = self.workdir / "home"
         self.nameserver = nameserver
+        self.authres_trusted = tuple(authres_trusted)
 
     def prepare(self) -> None:
         """Write the configuration; check that spamassassin is installed."""
@@ -560,23 +588,71 @@ class SpamAssassin:
             raise ValueError(f"{self.workdir} is inside {home}; use a work directory elsewhere")
         self.site_dir.mkdir(parents=True, exist_ok=True)
         self.home_dir.mkdir(mode=0o700, exist_ok=True)
+        plugins = ["Check", "SPF", *(["AuthRes"] if self.authres_trusted else [])]
         (self.site_dir / "init.pre").write_text(
-            "loadplugin Mail::SpamAssassin::Plugin::Check\n"
-            "loadplugin Mail::SpamAssassin::Plugin::SPF\n"
+            "".join(f"loadplugin Mail::SpamAssassin::Plugin::{name}\n" for name in plugins)
         )
+        authres = ""
+        if self.authres_trusted:
+            authres = (
+                f"authres_trusted_authserv {' '.join(self.authres_trusted)}\n"
+                "authres_networks all\n"
+                f"header {AUTHRES_SPF_PASS} eval:check_authres_result('spf', 'pass')\n"
+                f"header {AUTHRES_DKIM_PASS} eval:check_authres_result('dkim', 'pass')\n"
+            )
         (self.site_dir / "local.cf").write_text(
             "dns_available no\n"
             # Our header sits at the top, the newest of its kind.
-            "use_newest_received_spf_header 1\n"
+            "use_newest_received_spf_header 1\n" + authres
         )
         write_resolver_files(self.workdir, self.nameserver)
 
     def check(self, raw: bytes) -> SpamReport:
         """Run ``spamassassin -t -D spf`` on the message `raw`."""
+        proc = self._run(["--test-mode", "--debug=spf"], raw)
+        debug = proc.stderr.decode("utf-8", "replace")
+        problems = [line for line in debug.splitlines() if _SA_DEBUG not in line]
+        assert problems == [], "\n".join(problems)
+        parser = email.parser.BytesParser(policy=email.policy.compat32)
+        tests = _hits(parser.parsebytes(proc.stdout))
+        reused = tuple(
+            (m.group(1), m.group(2), m.group(3))
+            for m in map(_SA_REUSE.search, debug.splitlines())
+            if m is not None
+        )
+        return SpamReport(tests, reused, debug)
+
+    def check_many(self, messages: Sequence[bytes]) -> dict[str, frozenset[str]]:
+        """Run ``spamassassin --mbox`` once on all of `messages`: the rules
+        that hit each, by its Message-ID (which must be unique)."""
+        inbox = self.workdir / "input.mbox"
+        inbox.unlink(missing_ok=True)
+        box = mailbox.mbox(inbox)
+        for raw in messages:
+            box.add(raw)
+        box.close()
+        timeout = COMMAND_TIMEOUT + MBOX_MESSAGE_TIMEOUT * len(messages)
+        proc = self._run(["--mbox"], inbox.read_bytes(), timeout)
+        problems = [
+            line
+            for line in proc.stderr.decode("utf-8", "replace").splitlines()
+            if not _SA_AUTHRES_WARNING.search(line)
+        ]
+        assert problems == [], "\n".join(problems)
+        outbox = self.workdir / "output.mbox"
+        outbox.write_bytes(proc.stdout)
+        with contextlib.closing(mailbox.mbox(outbox)) as box:
+            hits = {message["Message-ID"]: _hits(message) for message in box}
+        assert None not in hits, "a message without a Message-ID"
+        assert len(hits) == len(messages), f"{len(messages)} messages, {len(hits)} reports"
+        return hits
+
+    def _run(
+        self, options: Sequence[str], stdin: bytes, timeout: float = COMMAND_TIMEOUT
+    ) -> subprocess.CompletedProcess[bytes]:
         argv = [
             str(SPAMASSASSIN),
-            "--test-mode",
-            "--debug=spf",
+            *options,
             "--nocreate-prefs",
             f"--configpath={SPAMASSASSIN_RULES}",
             f"--siteconfigpath={self.site_dir}",
@@ -587,28 +663,25 @@ class SpamAssassin:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}
         proc = subprocess.run(
             private_resolver_command(argv, self.workdir, binds=binds),
-            input=raw,
+            input=stdin,
             capture_output=True,
             env=env,
-            timeout=COMMAND_TIMEOUT,
+            timeout=timeout,
             check=False,
         )
-        debug = proc.stderr.decode("utf-8", "replace")
-        assert proc.returncode == 0, f"spamassassin exited {proc.returncode}:\n{debug}"
-        problems = [line for line in debug.splitlines() if _SA_DEBUG not in line]
-        assert problems == [], "\n".join(problems)
-        parser = email.parser.BytesParser(policy=email.policy.compat32)
-        status = parser.parsebytes(proc.stdout).get("X-Spam-Status", "")
-        # The list is folded after its commas.
-        match = re.search(r"\btests=(\S*)", re.sub(r",\s+", ",", status))
-        assert match is not None, f"no tests= in X-Spam-Status: {status!r}"
-        tests = frozenset(t for t in match.group(1).split(",") if t and t != "none")
-        reused = tuple(
-            (m.group(1), m.group(2), m.group(3))
-            for m in map(_SA_REUSE.search, debug.splitlines())
-            if m is not None
+        assert proc.returncode == 0, (
+            f"spamassassin exited {proc.returncode}:\n{proc.stderr.decode('utf-8', 'replace')}"
         )
-        return SpamReport(tests, reused, debug)
+        return proc
+
+
+def _hits(message: Message) -> frozenset[str]:
+    """The rules that hit, from the X-Spam-Status field SpamAssassin added."""
+    status = message.get("X-Spam-Status", "")
+    # The list is folded after its commas.
+    match = re.search(r"\btests=(\S*)", re.sub(r",\s+", ",", status))
+    assert match is not None, f"no tests= in X-Spam-Status: {status!r}"
+    return frozenset(t for t in match.group(1).split(",") if t and t != "none")
 
 
 def _passwd_home() -> Path:

@@ -5,8 +5,10 @@ Postfix would, so tests can drive the real spfmilter over a real socket
 without an MTA: the wire framing, option negotiation (including honouring
 the steps the milter asked not to receive, SMFIP_NO*, and the replies it
 said it will not send, SMFIP_NR_*), one method per SMFIC_* command, the
-collection of end-of-message modifications, and a convenience that runs one
-mail transaction and stops where an MTA would stop.  For robustness tests it
+collection of end-of-message modifications, a convenience that runs one
+mail transaction and stops where an MTA would stop, and the header changes
+applied as an MTA applies them, so that a message can go on to the next
+milter of a chain.  For robustness tests it
 also writes what no MTA would (raw bytes, packets that lie about their
 length, abortive closes) and waits for the milter to hang up.
 
@@ -707,6 +709,42 @@ class MilterClient:
         result.eom = self.eom()
         result.final = result.eom.response
         return result
+
+
+def apply_header_changes(
+    headers: Sequence[tuple[str, str]], modifications: Iterable[Modification]
+) -> list[tuple[str, str]]:
+    """`headers` (name, value) as an MTA leaves them after a milter's header
+    changes, applied in the order they came (libmilter's smfi_addheader,
+    smfi_insheader, smfi_chgheader; sendmail and Postfix agree on these).
+
+    addheader appends; insheader inserts before the header at its index (0:
+    at the top; past the end: appends); chgheader replaces the index-th
+    header of its name (counted from 1, names compared without case), or
+    deletes it when the value is empty, or appends one when there are fewer.
+    Modifications of the envelope or the body change no header.
+    """
+    result = list(headers)
+    for change in modifications:
+        if change.name is None or change.value is None:
+            continue
+        if change.action == "addheader":
+            result.append((change.name, change.value))
+        elif change.action == "insheader":
+            assert change.index is not None
+            result.insert(change.index, (change.name, change.value))
+        elif change.action == "chgheader":
+            assert change.index is not None
+            named = [i for i, (name, _) in enumerate(result) if name.lower() == change.name.lower()]
+            occurrence = max(change.index, 1)  # libmilter takes 0 for 1
+            if occurrence > len(named):
+                if change.value:
+                    result.append((change.name, change.value))
+            elif change.value:
+                result[named[occurrence - 1]] = (change.name, change.value)
+            else:
+                del result[named[occurrence - 1]]
+    return result
 
 
 def one_transaction(

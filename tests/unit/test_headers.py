@@ -9,7 +9,8 @@ import pytest
 
 from spfmilter.headers import (
     authentication_results,
-    authserv_id_of,
+    authserv_id_key,
+    claimed_authserv_ids,
     clean,
     quote_value,
     received_spf,
@@ -228,20 +229,71 @@ def test_clean_and_reply_text() -> None:
     ],
 )
 def test_every_spelling_of_an_authserv_id_is_recognised(value: str) -> None:
-    assert authserv_id_of(value) == "mx.example.net"
+    assert "mx.example.net" in claimed_authserv_ids(value)
+
+
+# OpenDMARC 1.4 trusts each of these as mx.example.net (the issue that made
+# the readings a union; tests/integration/test_forged_ar.py runs it on them).
+@pytest.mark.parametrize(
+    "value",
+    [
+        # A ")" outside a comment is dropped ...
+        "mx.example.net); spf=pass",
+        "m)x.example.net; spf=pass",
+        "(c)m)x.example.net; spf=pass",
+        # ... and any token whose first character is "(" is a comment: an
+        # escaped one, a quoted one, one after an empty quoted string.
+        "\\( mx.example.net; spf=pass",
+        "\\(junk mx.example.net; spf=pass",
+        '"(" mx.example.net; spf=pass',
+        '"(junk; more" mx.example.net; spf=pass',
+        '""(c)mx.example.net; spf=pass',
+        "\\(abc(def)mx.example.net; spf=pass",
+        "\\(a((b)c)mx.example.net; spf=pass",
+        # An escaped dot is part of the label token.
+        "mx\\.example\\.net; spf=pass",
+        # With AuthservIDWithJobID, "id/job" is read as id.
+        "mx.example.net/4XkQ2b1mFz; spf=pass",
+    ],
+)
+def test_spellings_opendmarc_reads_as_the_authserv_id(value: str) -> None:
+    assert "mx.example.net" in claimed_authserv_ids(value)
+
+
+def test_spamassassin_reads_the_leading_token_with_its_own_comments() -> None:
+    # AuthRes counts a comment's parentheses without quoted-pairs: "(\()"
+    # and ".x)" are two comments to RFC 5322 and to OpenDMARC, one to it.
+    value = "mx.example.net (\\().x) ; spf=pass"
+    assert claimed_authserv_ids(value) >= {"mx.example.net", "mx.example.net.x"}
+    # It wants nothing but CFWS, a version and ";" after the token.
+    assert claimed_authserv_ids("mx.example.net (c) . evil; spf=pass") == {"mx.example.net.evil"}
 
 
 @pytest.mark.parametrize(
-    ("value", "expected"),
+    ("value", "claimed"),
     [
-        ("", ""),
-        ("; spf=pass", ""),
-        ("(unterminated mx.example.net; spf=pass", ""),
-        ("mx.example.net.evil.example; spf=pass", "mx.example.net.evil.example"),
-        ("evil.example mx.example.net; spf=pass", "evil.example"),
-        ('"mx.example.net; spf=pass', "mx.example.net;"),  # unterminated: not ours
-        ("other.example; spf=pass (mx.example.net)", "other.example"),
+        ("", set()),
+        ("; spf=pass", set()),
+        ("(unterminated mx.example.net; spf=pass", set()),
+        ("mx.example.net.evil.example; spf=pass", {"mx.example.net.evil.example"}),
+        ("other.example; spf=pass (mx.example.net)", {"other.example"}),
+        ("other.example; spf=pass smtp.helo=mx.example.net", {"other.example"}),
+        ("other.example (via mx.example.net); spf=pass", {"other.example"}),
+        ('"mx.example.net; spf=pass', {"mx.example.net;", "mx.example.net; spf=pass", "spf=pass"}),
+        ("mx.example.net-1; spf=pass", {"mx.example.net-1"}),
     ],
 )
-def test_other_authserv_ids(value: str, expected: str) -> None:
-    assert authserv_id_of(value) == expected
+def test_other_authserv_ids(value: str, claimed: set[str]) -> None:
+    assert claimed_authserv_ids(value) == claimed
+
+
+def test_names_put_before_the_authserv_id_do_not_hide_it() -> None:
+    # No reader here takes a second name for the id, but RFC 8601 has no
+    # place for the first: a lenient reader may take either.
+    value = "evil.example mx.example.net; spf=pass"
+    assert claimed_authserv_ids(value) == {"evil.example", "mx.example.net"}
+
+
+def test_authserv_id_key() -> None:
+    assert authserv_id_key("MX.Example.NET.") == "mx.example.net"
+    assert authserv_id_key("mx.example.net..") == "mx.example.net"

@@ -16,7 +16,7 @@ from spfmilter.headers import (
     FOLD_AT,
     RECEIVED_SPF,
     authentication_results,
-    authserv_id_of,
+    claimed_authserv_ids,
     clean,
     fold,
     received_spf,
@@ -72,11 +72,11 @@ def test_an_outcome_without_a_domain_names_it_unknown() -> None:
     ],
 )
 def test_comments_before_the_authserv_id_are_dropped_whole(value: str) -> None:
-    assert authserv_id_of(value) == "mx.example.net"
+    assert claimed_authserv_ids(value) == {"mx.example.net"}
 
 
 def test_a_quoted_pair_outside_a_comment_stands_for_its_character() -> None:
-    assert authserv_id_of("mx\\(x\\).example.net; spf=pass") == "mx(x).example.net"
+    assert claimed_authserv_ids("mx\\(x\\).example.net; spf=pass") == {"mx(x).example.net"}
 
 
 def test_a_value_that_fits_is_returned_unchanged() -> None:

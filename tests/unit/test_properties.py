@@ -36,7 +36,8 @@ from spfmilter.headers import (
     REPLY_TEXT_LIMIT,
     a_labels,
     authentication_results,
-    authserv_id_of,
+    authserv_id_key,
+    claimed_authserv_ids,
     clean,
     fold,
     quote_value,
@@ -335,7 +336,7 @@ def test_authentication_results_parses_back(
     report, skip = facts
     value = authentication_results(authserv_id, report, client_ip=ip, skip=skip)
     assert_result_header(AUTHENTICATION_RESULTS, value, None if skip else report)
-    assert authserv_id_of(value) == authserv_id.lower()  # we recognise our own
+    assert claimed_authserv_ids(value) == {authserv_id.lower()}  # ours, and only ours
 
 
 @SETTINGS
@@ -383,34 +384,63 @@ fws = st.sampled_from([" ", "\t", "\r\n ", "\r\n\t", "  "])
 cfws = st.lists(st.one_of(fws, comments), min_size=1, max_size=3).map("".join)
 
 
+# Comments only to the A-R tokenizer of OpenDMARC 1.4: a token whose first
+# character is "(" however written.  White space before ends the token
+# before it, white space (or the ")" closing it) after ends it.
+tokenizer_comments = st.builds(
+    lambda form, text: form.format(text),
+    st.sampled_from([" \\({} ", ' "({}" ', ' ""({})']),
+    st.text(string.ascii_letters + string.digits, max_size=4),
+)
+
+
 @st.composite
 def spelled(draw: st.DrawFn, authserv_id: str) -> str:
-    """An A-R value whose authserv-id is `authserv_id`, however spelled."""
+    """An A-R value whose authserv-id is `authserv_id`, however spelled: as
+    RFC 8601 reads it, or as OpenDMARC's tokenizer reads it."""
+    tokenizer = draw(st.booleans())
 
-    def case(text: str) -> str:
-        return "".join(c.upper() if draw(st.booleans()) else c for c in text)
+    def case(char: str) -> str:
+        return char.upper() if draw(st.booleans()) else char
 
-    def escape_some(text: str) -> str:
-        return "".join("\\" + c if draw(st.booleans()) else c for c in text)
+    def escape(char: str) -> str:
+        return "\\" + char if draw(st.booleans()) else char
 
-    around = st.one_of(st.just(""), cfws)
-    if draw(st.booleans()):  # a quoted-string
-        spelling = '"' + escape_some(case(authserv_id)) + '"'
+    def noise() -> str:
+        # The tokenizer drops a ")" outside a comment; "" is an empty quote.
+        return draw(st.sampled_from(["", ")", '""'])) if tokenizer else ""
+
+    # A "(" that touches a token is part of it to the tokenizer.
+    around = st.one_of(st.just(""), cfws.map(" {}".format) if tokenizer else cfws)
+    if not tokenizer and draw(st.booleans()):  # a quoted-string
+        spelling = '"' + "".join(escape(case(c)) for c in authserv_id) + '"'
     else:  # a token, its labels apart
-        labels = [escape_some(case(label)) for label in authserv_id.split(".")]
-        spelling = "".join(f"{draw(around)}.{draw(around)}{label}" for label in labels[1:])
-        spelling = labels[0] + spelling
-    dot = draw(st.sampled_from(["", "."]))
-    version = draw(st.one_of(st.just(""), st.builds("{}1".format, cfws)))
+        labels = [
+            "".join(noise() + escape(case(c)) for c in label) for label in authserv_id.split(".")
+        ]
+        # An escaped dot belongs to the token around it: apart, it would
+        # begin the next one.
+        dots = st.one_of(st.builds("{}.{}".format, around, around), st.just("\\."))
+        spelling = labels[0] + "".join(f"{draw(dots)}{label}" for label in labels[1:])
+    # A trailing dot: the tokenizer would join it to the version, or fail.
+    dot = "" if tokenizer else draw(st.sampled_from(["", "."]))
+    job = draw(st.sampled_from(["", "/4XkQ2b1mFz"]))  # OpenDMARC's AuthservIDWithJobID
+    version = draw(st.one_of(st.just(""), st.builds("{}1".format, around.filter(bool))))
+    # Before the id, comments of either kind; after it, of its reader's kind
+    # (RFC 8601 would take a tokenizer comment for a word of the id).
+    first = draw(st.one_of(around, tokenizer_comments))
+    last = draw(st.one_of(around, tokenizer_comments) if tokenizer else around)
     rest = draw(st.one_of(st.just(""), st.builds("; {}".format, texts)))
-    return f"{draw(around)}{spelling}{dot}{version}{draw(around)}{rest}"
+    return f"{first}{spelling}{dot}{job}{version}{last}{rest}"
 
 
 @SETTINGS
 @given(texts)
-def test_authserv_id_of_any_text(value: str) -> None:
-    found = authserv_id_of(value)  # a malformed value may give anything, but one word
-    assert not any(c.isspace() for c in found)
+def test_claimed_authserv_ids_of_any_text(value: str) -> None:
+    # A malformed value may claim anything, but only as compared: case
+    # folded, no trailing dot, never empty.
+    for name in claimed_authserv_ids(value):
+        assert name and authserv_id_key(name) == name
 
 
 # A host name's last label is never all digits (RFC 3696 section 2), which
@@ -420,8 +450,8 @@ authserv_ids = hostnames.filter(lambda name: not name.rpartition(".")[2].isdigit
 
 @SETTINGS
 @given(st.data(), authserv_ids)
-def test_authserv_id_of_every_spelling(data: st.DataObject, authserv_id: str) -> None:
-    assert authserv_id_of(data.draw(spelled(authserv_id))) == authserv_id
+def test_every_spelling_is_claimed(data: st.DataObject, authserv_id: str) -> None:
+    assert authserv_id in claimed_authserv_ids(data.draw(spelled(authserv_id)))
 
 
 @pytest.mark.parametrize(
@@ -436,16 +466,27 @@ def test_authserv_id_of_every_spelling(data: st.DataObject, authserv_id: str) ->
         "mx.example.net. 1; spf=pass",
     ],
 )
-def test_authserv_id_of_spellings_found(value: str) -> None:
-    assert authserv_id_of(value) == "mx.example.net"
+def test_spellings_found_are_claimed(value: str) -> None:
+    assert "mx.example.net" in claimed_authserv_ids(value)
 
 
 @SETTINGS
 @given(st.data(), hostnames, st.sampled_from(["{}.evil", "evil.{}", "{}x", "x{}", "{}-1"]))
-def test_authserv_id_of_other_ids_is_not_ours(
-    data: st.DataObject, authserv_id: str, variant: str
+def test_other_ids_do_not_claim_ours(data: st.DataObject, authserv_id: str, variant: str) -> None:
+    spelling = data.draw(spelled(variant.format(authserv_id)))
+    assert authserv_id not in claimed_authserv_ids(spelling)
+
+
+@SETTINGS
+@given(hostnames, hostnames, any_outcome, client_ips)
+def test_names_in_the_results_claim_nothing(
+    authserv_id: str, ours: str, outcome: SpfOutcome, ip: IPAddress | None
 ) -> None:
-    assert authserv_id_of(data.draw(spelled(variant.format(authserv_id)))) != authserv_id
+    """Another receiver's header naming our host anywhere in its results
+    (smtp.helo=, a comment, the domain) is not deleted."""
+    named = dataclasses.replace(outcome, domain=ours, sender=f"postmaster@{ours}", mechanism=ours)
+    value = authentication_results(authserv_id, named, client_ip=ip)
+    assert claimed_authserv_ids(value) == {authserv_id.lower()}
 
 
 # --- log lines --------------------------------------------------------------

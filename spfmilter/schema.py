@@ -270,10 +270,13 @@ class HeadersConfig:
     remove_forged: bool = key(
         True,
         v.parse_bool,
-        "delete incoming A-R with our authserv-id",
+        "delete incoming A-R with our authserv-id (and Received-SPF with type = A-R)",
         "yes: when Authentication-Results is added, delete incoming ones in which any of "
         "their readers (RFC 8601, OpenDMARC, SpamAssassin) could find our authserv-id, "
-        "however spelled (RFC 8601 section 5: they are forgeries).",
+        "however spelled (RFC 8601 section 5: they are forgeries).  With type = "
+        "authentication-results, also delete the incoming Received-SPF fields of an "
+        "evaluated transaction: without one of ours on top, a reader such as OpenDMARC "
+        "would take the client's for this MTA's verdict.",
     )
 
 

@@ -5,12 +5,11 @@ This module owns the order of a session and the state it keeps: the
 Connection facts (client, HELO, the receiver's name), the HELO identity's
 outcome (computed once per HELO, RFC 7208 section 2.3), and, from MAIL to
 end of message, a _Transaction holding the Decision and what the message
-brings (recipients exempted, forged Authentication-Results seen).  Its
+brings (recipients exempted, forged result fields seen).  Its
 methods take plain values and return values: a Step for MAIL and RCPT
 (go on, or refuse with a reply), HeaderChanges at end of message.  The DNS
 budget of one MTA command is set here: the skips that need DNS, the HELO
-and the MAIL FROM evaluation share it.  It knows nothing of libmilter; it
-imports model, config, policy, headers, dns, services and verdicts.
+and the MAIL FROM evaluation share it.  It knows nothing of libmilter.
 """
 
 from __future__ import annotations
@@ -68,6 +67,7 @@ class _Transaction:
     exempt: list[str] = field(default_factory=list)
     forged: list[int] = field(default_factory=list)  # A-R occurrences claiming our id
     ar_seen: int = 0
+    received_spf_seen: int = 0
 
 
 class Session:
@@ -87,7 +87,8 @@ class Session:
     @property
     def wants_headers(self) -> bool:
         """Whether the message's headers matter: only to find forged
-        Authentication-Results (RFC 8601 section 5) when we add our own."""
+        Authentication-Results (RFC 8601 section 5) when we add our own,
+        and Received-SPF fields that could pass for ours."""
         headers = self.config.headers
         return headers.type.authentication_results and headers.remove_forged
 
@@ -126,7 +127,12 @@ class Session:
         authserv-id to any program that reads them (RFC 8601 section 5:
         forgeries, removed at end of message)."""
         tx = self.transaction
-        if tx is None or name.lower() != AUTHENTICATION_RESULTS.lower():
+        if tx is None:
+            return
+        if name.lower() == RECEIVED_SPF.lower():
+            tx.received_spf_seen += 1
+            return
+        if name.lower() != AUTHENTICATION_RESULTS.lower():
             return
         tx.ar_seen += 1
         # Deleted even where a DKIM signature covers it (RFC 6376 section
@@ -156,6 +162,16 @@ class Session:
         if self.wants_headers:
             # Highest index first: deleting one must not shift the others.
             delete = tuple((AUTHENTICATION_RESULTS, i) for i in sorted(tx.forged, reverse=True))
+            if tx.decision.skip is None and not self.config.headers.type.received_spf:
+                # Our result is in Authentication-Results only.  A reader
+                # that takes the topmost Received-SPF for the receiving
+                # MTA's verdict (OpenDMARC does when no trusted A-R gave it
+                # an SPF pass) would take the client's own: every incoming
+                # one is somebody else's claim about this transaction.  A
+                # skipped transaction keeps them (a trusted relay's are
+                # the real evaluation).
+                received = range(tx.received_spf_seen, 0, -1)
+                delete += tuple((RECEIVED_SPF, i) for i in received)
         return HeaderChanges(delete, self._result_headers(tx.decision))
 
     def abort(self, queue_id: str) -> None:

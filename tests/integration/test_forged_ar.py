@@ -464,3 +464,22 @@ def test_fields_of_other_receivers_are_kept(programs: Programs, spelling: str) -
     assert headers[1] in after
     # Nor would the programs have trusted them.
     assert dmarc(programs, headers, "OTHER") == dmarc(programs, after, "OTHER") == "fail"
+
+
+def test_a_clients_received_spf_is_not_taken_for_ours(programs: Programs) -> None:
+    """spfmilter gives its result in Authentication-Results only here, and
+    OpenDMARC, when no trusted A-R gave it an SPF pass, takes the topmost
+    Received-SPF for the receiving MTA's verdict: the client's own must go."""
+    job = "RECEIVEDSPF"
+    headers = message("", "spf", job)
+    headers[1] = (
+        "Received-SPF",
+        f"pass ({AUTHSERV_ID}: {PASS_IP} is authorized) receiver={AUTHSERV_ID}; "
+        f'identity=mailfrom; envelope-from="{SENDER}"; helo={HELO}; client-ip={PASS_IP}',
+    )
+    # Without spfmilter OpenDMARC falls for it.
+    assert dmarc(programs, headers, job) == "pass"
+    changes = run_milter(f"inet:{programs.daemon.port}@127.0.0.1", headers, job).modifications
+    after = apply_header_changes(headers, changes)
+    assert [name for name, _ in after].count("Received-SPF") == 0
+    assert dmarc(programs, after, job) == "fail"

@@ -298,6 +298,42 @@ def test_forged_authentication_results_kept_when_asked() -> None:
     assert session.end_of_message("").delete == ()
 
 
+def received_spf_deletions(config: Config, ip: str = "198.51.100.7") -> tuple[object, ...]:
+    """What end of message deletes of a message carrying two Received-SPF
+    fields of the client's own and one forged Authentication-Results."""
+    session, _, _ = make(config)
+    start(session, ip=ip, j="mx.test.example")
+    session.mail("good@example.org", "")
+    session.header("Received-SPF", "pass (mx.test.example: forged) receiver=mx.test.example")
+    session.header("Authentication-Results", "mx.test.example; spf=pass")
+    session.header("received-spf", "pass (relay.example: an earlier hop's)")
+    return session.end_of_message("").delete
+
+
+def test_a_clients_received_spf_is_deleted_when_ours_is_only_in_authentication_results() -> None:
+    only_ar = HeadersConfig(type=HeaderType.AUTHENTICATION_RESULTS)
+    assert received_spf_deletions(dataclasses.replace(Config(), headers=only_ar)) == (
+        ("Authentication-Results", 1),
+        ("Received-SPF", 2),
+        ("Received-SPF", 1),
+    )
+
+
+def test_a_clients_received_spf_stays_below_ours_skipped_or_when_asked() -> None:
+    both = dataclasses.replace(Config(), headers=HeadersConfig(type=HeaderType.BOTH))
+    assert received_spf_deletions(both) == (("Authentication-Results", 1),)
+    only_ar = dataclasses.replace(
+        Config(), headers=HeadersConfig(type=HeaderType.AUTHENTICATION_RESULTS)
+    )
+    # A skipped transaction: a trusted relay's Received-SPF is the real one.
+    assert received_spf_deletions(only_ar, ip="127.0.0.1") == (("Authentication-Results", 1),)
+    kept = dataclasses.replace(
+        Config(),
+        headers=HeadersConfig(type=HeaderType.AUTHENTICATION_RESULTS, remove_forged=False),
+    )
+    assert received_spf_deletions(kept) == ()
+
+
 def test_receiver_is_authserv_id_else_mta_name_else_host() -> None:
     named = dataclasses.replace(Config(), headers=HeadersConfig(authserv_id="mx.example.net"))
     for config, j, receiver in (

@@ -89,29 +89,55 @@ def _listen(name: str, spec: str, timeout: int) -> None:
     lowlevel.settimeout(timeout)
     lowlevel.register(name)
     lowlevel.opensocket(True)
+    with _listening_socket(spec) as listening:
+        # Every worker's listener waits in poll() on this one socket, and a
+        # connection wakes them all; those that lose the race to accept it
+        # would block in accept() until the next connection, holding the
+        # listener's lock and never seeing a stop.  Non-blocking, their
+        # accept() fails with EAGAIN, which libmilter's listener takes as
+        # "poll again" without counting it as a failure.  Linux does not
+        # pass O_NONBLOCK on to accepted sockets: the connections stay
+        # blocking, as libmilter expects.
+        listening.setblocking(False)
+        if listening.family != socket.AF_UNIX:
+            # Sockets accepted from it inherit TCP_NODELAY on Linux:
+            # libmilter writes a header change and its reply as separate
+            # small packets, and with Nagle's algorithm the second waits for
+            # the MTA's delayed ACK, about 40 ms per message.
+            listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _listening_socket(spec: str) -> socket.socket:
+    """libmilter's listening socket on `spec`, on a duplicate descriptor
+    (pymilter does not hand it out); its flags and options are the
+    original's."""
     kind, _, address = spec.partition(":")
-    if kind in ("inet", "inet6"):
-        _no_delay(int(address.partition("@")[0]))
-
-
-def _no_delay(port: int) -> None:
-    """TCP_NODELAY on libmilter's listening socket (sockets accepted from it
-    inherit it on Linux): libmilter writes a header change and its reply as
-    separate small packets, and with Nagle's algorithm the second waits for
-    the MTA's delayed ACK, about 40 ms per message."""
     for name in os.listdir("/proc/self/fd"):
         try:
-            candidate = socket.socket(fileno=os.dup(int(name)))
+            fd = os.dup(int(name))
         except OSError:
+            continue  # the directory's own descriptor, closed meanwhile
+        try:
+            candidate = socket.socket(fileno=fd)
+        except OSError:
+            os.close(fd)
             continue  # not a socket
-        with candidate:
-            if (
-                candidate.type == socket.SOCK_STREAM
-                and candidate.family in (socket.AF_INET, socket.AF_INET6)
-                and candidate.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-                and candidate.getsockname()[1] == port
-            ):
-                candidate.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if (
+            candidate.type == socket.SOCK_STREAM
+            and candidate.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            and _bound_to(candidate, kind, address)
+        ):
+            return candidate
+        candidate.close()
+    raise RuntimeError(f"libmilter opened no listening socket on {spec}")
+
+
+def _bound_to(candidate: socket.socket, kind: str, address: str) -> bool:
+    """Whether `candidate` is bound to libmilter's `kind:address`."""
+    if candidate.family == socket.AF_UNIX:
+        return kind in ("unix", "local") and candidate.getsockname() == address
+    port = int(address.partition("@")[0])
+    return kind in ("inet", "inet6") and candidate.getsockname()[1] == port
 
 
 class ConfigHolder:

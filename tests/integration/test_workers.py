@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from tests.conftest import MakeDaemon
-from tests.support.daemon import Daemon, children, free_port, wait_for
+from tests.support.daemon import Daemon, children, free_port, sockets_of, wait_for
 from tests.support.milterclient import MilterClient, TransactionResult, one_transaction
 
 PASS = ("198.51.100.7", "helo-pass.example.org", "a@spf-pass.example.org")
@@ -159,3 +160,24 @@ def test_workers_end_with_a_killed_supervisor(make_daemon: MakeDaemon) -> None:
     wait_for(lambda: not any(alive(pid) for pid in workers), 10, "the workers to end")
     daemon.start()  # the same inet port is free again
     assert header(one_transaction(daemon.socket, *PASS)) == "pass"
+
+
+def test_workers_share_a_listening_socket_that_does_not_block(make_daemon: MakeDaemon) -> None:
+    """A connection wakes every worker polling the shared socket; accept()
+    must not block in those that lose the race (they would not see a stop
+    until the next connection), while the connection itself stays blocking,
+    as libmilter reads and writes it."""
+    daemon = make_daemon({"milter": {"workers": "2"}})
+    with MilterClient(daemon.socket) as client:
+        client.negotiate()
+        held = [sock for pid in children(daemon.pid) for sock in sockets_of(pid, daemon.port)]
+        try:
+            listening = [s for s in held if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)]
+            accepted = [s for s in held if s not in listening]
+            # The client's connection, and readiness probes not yet closed.
+            assert len(listening) == 2 and accepted
+            assert not any(os.get_blocking(s.fileno()) for s in listening)
+            assert all(os.get_blocking(s.fileno()) for s in accepted)
+        finally:
+            for sock in held:
+                sock.close()

@@ -3,12 +3,14 @@
 Owns starting it with a config file in a temp dir, waiting for readiness
 (the socket accepts connections; no fixed sleeps), signalling it (a crash
 too: SIGKILL), reading its log and what /proc says it holds (descriptors,
-threads, RSS), and stopping exactly the process it started, by PID.
+threads, RSS, copies of its sockets), and stopping exactly the process it
+started, by PID.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import signal
@@ -26,7 +28,19 @@ from tests.support.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
-__all__ = ["REPO", "Daemon", "ProcessStats", "children", "free_port", "process_stats", "wait_for"]
+__all__ = [
+    "REPO",
+    "Daemon",
+    "ProcessStats",
+    "children",
+    "free_port",
+    "process_stats",
+    "sockets_of",
+    "wait_for",
+]
+
+# asm-generic/unistd.h: pidfd_getfd (x86-64 and arm64 alike).
+SYS_PIDFD_GETFD = 438
 
 
 def wait_for(predicate: object, timeout: float, what: str) -> None:
@@ -70,6 +84,29 @@ def children(pid: int) -> list[int]:
         with contextlib.suppress(FileNotFoundError):
             text = Path(f"/proc/{pid}/task/{task}/children").read_text()
             found.extend(int(child) for child in text.split())
+    return found
+
+
+def sockets_of(pid: int, port: int) -> list[socket.socket]:
+    """Copies (pidfd_getfd, Linux 5.6) of the TCP sockets process `pid`
+    holds on local `port`: the listening one and those accepted from it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    found = []
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                continue
+            fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(name), 0)
+            if fd < 0:
+                continue  # closed meanwhile
+            sock = socket.socket(fileno=fd)
+            if sock.family == socket.AF_INET and sock.getsockname()[1] == port:
+                found.append(sock)
+            else:
+                sock.close()
+    finally:
+        os.close(pidfd)
     return found
 
 

@@ -136,6 +136,27 @@ def test_sigterm_lets_a_transaction_in_flight_finish(
     assert "spfmilter stopped" in daemon.log_text()
 
 
+# An idle stop that waits for libmilter's poll takes about 5 s.
+PROMPT_STOP = 2.5
+
+
+@pytest.mark.parametrize("settled", [True, False], ids=["settled", "starting"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_idle_stop_does_not_wait_for_libmilters_poll(
+    make_daemon: MakeDaemon, workers: int, settled: bool
+) -> None:
+    """libmilter's listener looks for a stop only when its poll() returns:
+    every 5 s when no connection comes.  The daemon wakes it at once, once
+    it serves (settled) and while it may still be starting (a stop signal
+    then must not go to libmilter's own signal thread)."""
+    daemon = make_daemon({"milter": {"workers": str(workers)}})
+    if settled:
+        daemon.steady_stats()  # every thread of every process started
+    daemon.signal(signal.SIGTERM)
+    assert daemon.process is not None
+    assert daemon.process.wait(PROMPT_STOP) == 0
+
+
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text: str = response.read().decode()

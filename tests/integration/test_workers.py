@@ -14,6 +14,7 @@ import socket
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from tests.conftest import MakeDaemon
 from tests.support.daemon import Daemon, children, free_port, sockets_of, wait_for
@@ -29,11 +30,28 @@ def only(daemon: Daemon, worker: int) -> Iterator[None]:
     others = [pid for pid in children(daemon.pid) if pid != worker]
     for pid in others:
         os.kill(pid, signal.SIGSTOP)
+    # kill() returns before the stop has reached every thread: until then a
+    # listener woken by a connection could still accept it.
+    wait_for(lambda: all(map(stopped, others)), 10, "the other workers to stop")
     try:
         yield
     finally:
         for pid in others:
             os.kill(pid, signal.SIGCONT)
+
+
+def stopped(pid: int) -> bool:
+    """Every thread of process `pid` is stopped."""
+    return all(state(task / "stat") in ("T", None) for task in Path(f"/proc/{pid}/task").iterdir())
+
+
+def state(stat: Path) -> str | None:
+    """The state letter (R, S, T, Z...) in a /proc stat file; None once the
+    process or thread is gone."""
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
 
 
 def header(result: TransactionResult) -> str:
@@ -144,11 +162,7 @@ def test_workers_dying_in_a_row_stop_the_daemon(make_daemon: MakeDaemon) -> None
 
 def alive(pid: int) -> bool:
     """`pid` runs (a zombie does not count)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    return state(Path(f"/proc/{pid}/stat")) not in ("Z", None)
 
 
 def test_workers_end_with_a_killed_supervisor(make_daemon: MakeDaemon) -> None:

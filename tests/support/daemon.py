@@ -190,10 +190,6 @@ class Daemon:
             return False
         return True
 
-    def _ready_or_gone(self) -> None:
-        with contextlib.suppress(RuntimeError):  # it exited already
-            self._ready()
-
     @property
     def pid(self) -> int:
         assert self.process is not None
@@ -290,16 +286,9 @@ class Daemon:
             return None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            # libmilter notices a stop request when its listener wakes up,
-            # which a connection does at once (it polls every 5 s otherwise).
-            deadline = time.monotonic() + timeout
-            while self.process.poll() is None and time.monotonic() < deadline:
-                self._ready_or_gone()
-                try:
-                    self.process.wait(0.1)
-                except subprocess.TimeoutExpired:
-                    continue
-            if self.process.poll() is None:
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
         return self.process.returncode

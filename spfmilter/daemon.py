@@ -367,12 +367,17 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     for warning in warnings:
         log.warning("%s", warning)
     # Everything a transaction could load lazily is loaded now, while the
-    # installation is still readable (DESIGN: an install under /root is
-    # unreadable to the unprivileged user).
+    # installation is still readable (one under /root, mode 0700, is not to
+    # the unprivileged user).
     warmup.exercise(config.dns.void_lookup_limit)
     count = worker_count(config.milter.workers, os.cpu_count())
     # One slot per worker, and one for the supervisor's own counts.
     metrics = Metrics(slots=count + 1)
+    # What the workers use is made now too, for the same reason: it reads
+    # the system's files (the nameservers of /etc/resolv.conf, the host's
+    # name) and may load codecs or modules.  Each worker gets a copy when it
+    # forks, so that a worker's start reads nothing.
+    shared = services.build(config, metrics)
     if account is not None:
         runas.drop_privileges(account)
     spec = config.milter.socket
@@ -405,7 +410,7 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     # alone, so that their pages stay shared (copy-on-write).
     gc.freeze()
     holder = ConfigHolder(config, path, socket_override, metrics)
-    worker = Worker(holder, metrics, count, listener)
+    worker = Worker(holder, shared, metrics, count, listener)
     if listener is not None:
         listener.start()
     if count == 1:
@@ -431,6 +436,7 @@ class Worker:
     a stop."""
 
     holder: ConfigHolder
+    shared: services.Services
     metrics: Metrics
     count: int
     listener: Listener | None
@@ -450,7 +456,7 @@ class Worker:
     def serve(self, slot: int, holder: ConfigHolder) -> int:
         """Serve until libmilter stops; the exit status."""
         self.metrics.use_slot(slot)
-        shared = services.build(holder.config, self.metrics, slot, self.count)
+        shared = self.shared.for_worker(slot, self.count)
         threading.Thread(target=_reload_loop, args=(holder,), name="reload", daemon=True).start()
         activity = milter.Activity()
         make = milter.factory(holder, shared, activity)

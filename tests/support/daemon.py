@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -133,6 +134,9 @@ class Daemon:
         self.process: subprocess.Popen[bytes] | None = None
         # How the daemon is started; options follow.
         self.command = [sys.executable, "-m", "spfmilter"]
+        # What runs that command line (in a namespace, say): whatever it
+        # adds must exec it, so that the PID stays the daemon's.
+        self.wrap: Callable[[list[str]], list[str]] = lambda argv: argv
 
     @property
     def postfix_socket(self) -> str:
@@ -150,7 +154,7 @@ class Daemon:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                self.argv(*extra),
+                self.wrap(self.argv(*extra)),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,

@@ -4,15 +4,17 @@ This module owns process-wide state and the order it is set up in: logging
 handlers, signal masks (before any thread starts), the metrics listener,
 the socket's directory and mode, dropping root, libmilter's listening socket
 (opened once, before workers fork), the resolver installed into the checker,
-the SIGUSR1 reload thread, serving, and a stop that lets callbacks in
-progress finish.  It is the only module besides milter.py that imports
-Milter.
+the SIGUSR1 reload thread, serving (libmilter's loop on a thread of its own,
+so that a stop signal can wake its listener at once), and a stop that lets
+callbacks in progress finish.  It is the only module besides milter.py that
+imports Milter.
 """
 
 from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import gc
 import logging
 import logging.handlers
@@ -21,7 +23,8 @@ import signal
 import socket
 import sys
 import threading
-from types import TracebackType
+from collections.abc import Callable
+from types import FrameType, TracebackType
 
 import Milter
 
@@ -45,9 +48,15 @@ MILTER_TIMEOUT = 600
 # How long a stop waits for callbacks in progress: above [dns] lookup_time's
 # default, so a transaction waiting on DNS still gets its answer.
 STOP_GRACE = 25.0
-# libmilter notices a stop request when its listener wakes up: at once for a
-# connection, else within this many seconds.
+# libmilter's listener looks for a stop request when its poll() returns: at
+# once for a connection, else within this many seconds.  MilterLoop wakes it
+# at once; this is the longest a stop can wait when libmilter's own signal
+# thread took the stop signal instead.
 LIBMILTER_POLL = 5.0
+# A signal that only interrupts libmilter's listener where it waits (see
+# MilterLoop), and the seconds between two while a stop waits for it.
+WAKE = signal.SIGUSR2
+WAKE_INTERVAL = 0.02
 
 
 # glibc's mallopt(M_ARENA_MAX): libmilter serves each connection on a
@@ -89,29 +98,55 @@ def _listen(name: str, spec: str, timeout: int) -> None:
     lowlevel.settimeout(timeout)
     lowlevel.register(name)
     lowlevel.opensocket(True)
+    with _listening_socket(spec) as listening:
+        # Every worker's listener waits in poll() on this one socket, and a
+        # connection wakes them all; those that lose the race to accept it
+        # would block in accept() until the next connection, holding the
+        # listener's lock and never seeing a stop.  Non-blocking, their
+        # accept() fails with EAGAIN, which libmilter's listener takes as
+        # "poll again" without counting it as a failure.  Linux does not
+        # pass O_NONBLOCK on to accepted sockets: the connections stay
+        # blocking, as libmilter expects.
+        listening.setblocking(False)
+        if listening.family != socket.AF_UNIX:
+            # Sockets accepted from it inherit TCP_NODELAY on Linux:
+            # libmilter writes a header change and its reply as separate
+            # small packets, and with Nagle's algorithm the second waits for
+            # the MTA's delayed ACK, about 40 ms per message.
+            listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _listening_socket(spec: str) -> socket.socket:
+    """libmilter's listening socket on `spec`, on a duplicate descriptor
+    (pymilter does not hand it out); its flags and options are the
+    original's."""
     kind, _, address = spec.partition(":")
-    if kind in ("inet", "inet6"):
-        _no_delay(int(address.partition("@")[0]))
-
-
-def _no_delay(port: int) -> None:
-    """TCP_NODELAY on libmilter's listening socket (sockets accepted from it
-    inherit it on Linux): libmilter writes a header change and its reply as
-    separate small packets, and with Nagle's algorithm the second waits for
-    the MTA's delayed ACK, about 40 ms per message."""
     for name in os.listdir("/proc/self/fd"):
         try:
-            candidate = socket.socket(fileno=os.dup(int(name)))
+            fd = os.dup(int(name))
         except OSError:
+            continue  # the directory's own descriptor, closed meanwhile
+        try:
+            candidate = socket.socket(fileno=fd)
+        except OSError:
+            os.close(fd)
             continue  # not a socket
-        with candidate:
-            if (
-                candidate.type == socket.SOCK_STREAM
-                and candidate.family in (socket.AF_INET, socket.AF_INET6)
-                and candidate.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-                and candidate.getsockname()[1] == port
-            ):
-                candidate.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if (
+            candidate.type == socket.SOCK_STREAM
+            and candidate.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            and _bound_to(candidate, kind, address)
+        ):
+            return candidate
+        candidate.close()
+    raise RuntimeError(f"libmilter opened no listening socket on {spec}")
+
+
+def _bound_to(candidate: socket.socket, kind: str, address: str) -> bool:
+    """Whether `candidate` is bound to libmilter's `kind:address`."""
+    if candidate.family == socket.AF_UNIX:
+        return kind in ("unix", "local") and candidate.getsockname() == address
+    port = int(address.partition("@")[0])
+    return kind in ("inet", "inet6") and candidate.getsockname()[1] == port
 
 
 class ConfigHolder:
@@ -205,6 +240,102 @@ def _reload_loop(holder: ConfigHolder) -> None:
         holder.reload()
 
 
+def _woken(signum: int, frame: FrameType | None) -> None:
+    """WAKE's handler: nothing to do.  A signal that is caught (one that is
+    ignored would be discarded) makes the poll() it lands in return."""
+
+
+class MilterLoop:
+    """libmilter's main loop on a thread of its own, stopped without delay.
+
+    libmilter's listener looks at its stop flag only when its poll() on the
+    listening socket returns: for a connection, or every 5 s; libmilter's
+    signal thread, which takes SIGTERM, SIGINT and SIGHUP, only sets that
+    flag.  So the process's main thread, in run(), waits for those signals
+    itself (the kernel offers a signal sent to a process to its main thread
+    first when that thread waits for it), sets the flag (smfi_stop) and has
+    the listener's poll() interrupted with WAKE until the loop has returned.
+    Should libmilter's thread take the signal after all, the loop ends at
+    the listener's next wake-up, as it always did, and says so with WAKE.
+    """
+
+    def __init__(self, serve: Callable[[], None]) -> None:
+        self._serve = serve
+        self._waiting = 0  # the thread in run()
+        # Set when the loop may begin, and whether it is to serve at all.
+        self._begin = threading.Event()
+        self._serving = False
+        self._ended = threading.Event()
+        # Set once nothing sends WAKE to the loop's thread any more, which
+        # must not end before: signalling a thread that ended is undefined.
+        self._released = threading.Event()
+        self._failure: BaseException | None = None
+
+    def run(self) -> None:
+        """Serve until a stop signal; raises what the loop raised."""
+        self._waiting = threading.get_ident()
+        thread = threading.Thread(target=self._loop, name="libmilter")
+        thread.start()
+        # A stop signal that came while the process was starting means there
+        # is nothing to serve.
+        self._serving = signal.sigtimedwait(workers.STOP_SIGNALS, 0) is None
+        # The loop starts libmilter's signal thread, which waits for the stop
+        # signals too, so it must start after this thread waits for them:
+        # woken, the loop's thread still needs the interpreter's lock, which
+        # this one holds until it is in sigwait() below.
+        self._begin.set()
+        stopping = False
+        try:
+            while self._serving and not self._ended.is_set():
+                if signal.sigwait(workers.STOP_SIGNALS | {WAKE}) != WAKE:
+                    stopping = True
+                    self._stop(thread)
+                    break
+        finally:
+            self._released.set()
+        thread.join()
+        if isinstance(self._failure, Milter.milter.error) and stopping:
+            # smfi_stop closes the listening socket.  A listener that had not
+            # opened it yet, or that looked at the flag just before it was
+            # set and takes its lock just after, fails (libmilter's own
+            # signal thread runs the same race); the stop was asked for, and
+            # the callbacks in flight still answer.
+            log.info("libmilter's loop ended with an error while stopping: %s", self._failure)
+        elif self._failure is not None:
+            raise self._failure
+
+    def _stop(self, thread: threading.Thread) -> None:
+        listener = thread.ident
+        assert listener is not None  # set before start() returned
+        waker = threading.Thread(target=self._wake, args=(listener,), name="wake")
+        waker.start()
+        # Sets the flag at once, then waits for the listener's lock (held
+        # across its poll()) to close the socket: the waker ends that wait.
+        Milter.milter.stop()
+        waker.join()
+
+    def _wake(self, listener: int) -> None:
+        # The first WAKE only after a while, once smfi_stop has set the flag:
+        # a listener woken earlier could look at it and then find its socket
+        # closed, which libmilter takes for a failure.
+        while not self._ended.wait(WAKE_INTERVAL):
+            signal.pthread_kill(listener, WAKE)
+
+    def _loop(self) -> None:
+        # libmilter's threads, started from this one, inherit the mask.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {WAKE})
+        self._begin.wait()
+        try:
+            if self._serving:
+                self._serve()
+        except BaseException as failure:  # raised again in run()
+            self._failure = failure
+        finally:
+            self._ended.set()
+            signal.pthread_kill(self._waiting, WAKE)
+            self._released.wait()
+
+
 def run(config: Config, path: str | None, socket_override: str | None = None) -> int:
     """Run the milter in the foreground until SIGTERM, SIGINT or SIGHUP."""
     _limit_malloc_arenas()
@@ -216,10 +347,12 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     # Python signal handlers cannot run while libmilter blocks in C, and
     # threads inherit the mask: block the signals here, before any thread
     # starts.  In a worker, SIGUSR1 is taken with sigwait() by our reload
-    # thread, and SIGTERM, SIGINT and SIGHUP by libmilter's own signal
-    # thread, which stops the milter (so HUP cannot mean reload); a
-    # supervisor takes them all with sigwaitinfo().
-    signal.pthread_sigmask(signal.SIG_BLOCK, workers.SUPERVISED)
+    # thread, and SIGTERM, SIGINT and SIGHUP by MilterLoop, which stops the
+    # milter, as libmilter's own signal thread would (so HUP cannot mean
+    # reload); a supervisor takes them all with sigwaitinfo().  Only the
+    # thread of libmilter's loop (and those libmilter starts) unblocks WAKE.
+    signal.pthread_sigmask(signal.SIG_BLOCK, workers.SUPERVISED | {WAKE})
+    signal.signal(WAKE, _woken)
     try:
         account, warnings = runas.choose_account(config.milter)
         if path is not None:
@@ -234,12 +367,17 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     for warning in warnings:
         log.warning("%s", warning)
     # Everything a transaction could load lazily is loaded now, while the
-    # installation is still readable (DESIGN: an install under /root is
-    # unreadable to the unprivileged user).
+    # installation is still readable (one under /root, mode 0700, is not to
+    # the unprivileged user).
     warmup.exercise(config.dns.void_lookup_limit)
     count = worker_count(config.milter.workers, os.cpu_count())
     # One slot per worker, and one for the supervisor's own counts.
     metrics = Metrics(slots=count + 1)
+    # What the workers use is made now too, for the same reason: it reads
+    # the system's files (the nameservers of /etc/resolv.conf, the host's
+    # name) and may load codecs or modules.  Each worker gets a copy when it
+    # forks, so that a worker's start reads nothing.
+    shared = services.build(config, metrics)
     if account is not None:
         runas.drop_privileges(account)
     spec = config.milter.socket
@@ -272,7 +410,7 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     # alone, so that their pages stay shared (copy-on-write).
     gc.freeze()
     holder = ConfigHolder(config, path, socket_override, metrics)
-    worker = Worker(holder, metrics, count)
+    worker = Worker(holder, shared, metrics, count)
     if listener is not None:
         listener.start()
     if count == 1:
@@ -298,6 +436,7 @@ class Worker:
     a stop."""
 
     holder: ConfigHolder
+    shared: services.Services
     metrics: Metrics
     count: int
 
@@ -314,11 +453,12 @@ class Worker:
     def serve(self, slot: int, holder: ConfigHolder) -> int:
         """Serve until libmilter stops; the exit status."""
         self.metrics.use_slot(slot)
-        shared = services.build(holder.config, self.metrics, slot, self.count)
+        shared = self.shared.for_worker(slot, self.count)
         threading.Thread(target=_reload_loop, args=(holder,), name="reload", daemon=True).start()
         activity = milter.Activity()
+        make = milter.factory(holder, shared, activity)
         try:
-            milter.serve(MILTER_NAME, milter.factory(holder, shared, activity))
+            MilterLoop(functools.partial(milter.serve, MILTER_NAME, make)).run()
         except Milter.milter.error as error:
             log.error("cannot run the milter on %s: %s", holder.config.milter.socket, error)
             return 1

@@ -4,12 +4,14 @@ This module owns what a session is given: the checker's evaluate function,
 the resolver's lookup, the metrics, the clock, the host's name (the receiver
 when neither [headers] authserv_id nor the MTA names one) and the
 connection numbers; and :func:`build`, the one place that wires them for the
-daemon and for the check command alike.  It imports model, config, dns,
-checker and metrics.
+daemon and for the check command alike.  The daemon builds them once, before
+it drops root (the resolver reads /etc/resolv.conf, the host's name comes
+from the system), and each worker numbers its connections its own way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import queue
@@ -47,6 +49,12 @@ class Services:
     # thread (None: one after the other) when neither is known at once.
     background: Executor | None = None
     known: Callable[[SpfQuery], bool] = lambda query: False
+
+    def for_worker(self, worker: int, workers: int) -> Services:
+        """These services in worker `worker` of `workers`, which numbers its
+        connections worker+1, worker+1+workers, ...: no two workers log the
+        same number."""
+        return dataclasses.replace(self, connection_ids=itertools.count(worker + 1, workers))
 
 
 # Threads per process evaluating MAIL FROM beside HELO: one per transaction
@@ -113,12 +121,10 @@ class IdlingPool(Executor):
 RESULT_SHARE = 4
 
 
-def build(config: Config, metrics: Metrics, worker: int = 0, workers: int = 1) -> Services:
+def build(config: Config, metrics: Metrics) -> Services:
     """The resolver of [dns] and a checker installed into pyspf on it.
 
     pyspf's globals are set here: call once, before any thread starts.
-    Worker `worker` of `workers` numbers its connections worker+1,
-    worker+1+workers, ...: no two workers log the same number.
     """
     # [dns] cache_size holds both caches: a quarter for SPF results, the
     # rest for DNS answers.
@@ -132,7 +138,6 @@ def build(config: Config, metrics: Metrics, worker: int = 0, workers: int = 1) -
         resolver.lookup,
         metrics,
         host_name=socket.getfqdn(),
-        connection_ids=itertools.count(worker + 1, workers),
         background=IdlingPool(BACKGROUND_THREADS, BACKGROUND_IDLE, "mailfrom"),
         known=checker.known,
     )

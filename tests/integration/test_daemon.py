@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.conftest import MakeDaemon, config_text
-from tests.support.daemon import REPO, Daemon
+from tests.support.daemon import REPO, Daemon, sockets_of
 from tests.support.dnsserver import DNSTestServer
 from tests.support.milterclient import (
     SMFIP_NOHDRS,
@@ -22,9 +20,6 @@ from tests.support.milterclient import (
     TransactionResult,
     one_transaction,
 )
-
-# asm-generic/unistd.h: pidfd_getfd (x86-64 and arm64 alike).
-SYS_PIDFD_GETFD = 438
 
 
 def transaction(daemon: Daemon, ip: str, helo: str, sender: str) -> TransactionResult:
@@ -194,29 +189,6 @@ def test_headers_negotiated_away_unless_forgeries_are_removed(make_daemon: MakeD
         # SPF is decided at MAIL FROM and RCPT: the MTA need not wait at
         # connect and HELO.
         assert protocol & SMFIP_NR_CONN and protocol & SMFIP_NR_HELO, sections
-
-
-def sockets_of(pid: int, port: int) -> list[socket.socket]:
-    """Copies (pidfd_getfd, Linux 5.6) of the TCP sockets process `pid`
-    holds on local `port`: the listening one and those accepted from it."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    pidfd = os.pidfd_open(pid)
-    found = []
-    try:
-        for name in os.listdir(f"/proc/{pid}/fd"):
-            if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
-                continue
-            fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(name), 0)
-            if fd < 0:
-                continue  # closed meanwhile
-            sock = socket.socket(fileno=fd)
-            if sock.family == socket.AF_INET and sock.getsockname()[1] == port:
-                found.append(sock)
-            else:
-                sock.close()
-    finally:
-        os.close(pidfd)
-    return found
 
 
 def test_inet_sockets_send_at_once(make_daemon: MakeDaemon) -> None:

@@ -5,7 +5,10 @@ On a fresh Debian the clone and its virtual environment live under /root
 nothing it needs may be read from the installation.  These tests run it from
 copies of its code and libraries in a directory only root can read, and send
 transactions that take every lazily loaded path (TXT, MX, A, AAAA and PTR
-answers, a U-label sender, an explanation, an IPv6 client).
+answers, a U-label sender, an explanation, an IPv6 client).  One runs the
+Python installation itself from behind such a directory too, as a Python
+built under /root (pyenv) is, with workers and the nameservers of
+/etc/resolv.conf: everything a worker does at its start.
 """
 
 from __future__ import annotations
@@ -13,15 +16,18 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import stat
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import MakeDaemon
-from tests.support.daemon import Daemon
+from tests.conftest import ZONES, MakeDaemon, Sections
+from tests.support.consumers import private_resolver_command, start_port53_dns, write_resolver_files
+from tests.support.daemon import Daemon, children
+from tests.support.dnsserver import load_zone_file
 from tests.support.milterclient import TransactionResult, one_transaction
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
@@ -58,19 +64,29 @@ def open_dir() -> Iterator[Path]:
     shutil.rmtree(path)
 
 
-def sealed_daemon(make_daemon: MakeDaemon, lib: Path, socket_dir: Path, **milter: str) -> Daemon:
+def sealed_daemon(
+    make_daemon: MakeDaemon,
+    lib: Path,
+    socket_dir: Path,
+    sections: Sections | None = None,
+    python: Sequence[str] = (sys.executable,),
+) -> Daemon:
+    """A daemon, not started yet, that runs `python` on spfmilter and its
+    libraries from `lib` only and drops to nobody; `sections` add to its
+    configuration."""
+    base = {
+        "milter": {"user": "nobody", "socket_group": "postfix"},
+        "headers": {"authserv_id": "mx.test.example"},
+    }
+    extra = sections or {}
     daemon = make_daemon(
-        {
-            "milter": {"user": "nobody", "socket_group": "postfix", **milter},
-            "headers": {"authserv_id": "mx.test.example"},
-        },
+        {name: {**base.get(name, {}), **extra.get(name, {})} for name in {*base, *extra}},
         socket=f"unix:{socket_dir / 'run' / 'spfmilter.sock'}",
         start=False,
     )
     # No site-packages (-S): spfmilter and its libraries come from `lib` only.
     boot = f"import sys; sys.path.insert(0, {str(lib)!r}); from spfmilter.cli import main; "
-    daemon.command = [sys.executable, "-S", "-c", boot + "sys.exit(main(sys.argv[1:]))"]
-    daemon.start()
+    daemon.command = [*python, "-S", "-c", boot + "sys.exit(main(sys.argv[1:]))"]
     return daemon
 
 
@@ -88,6 +104,7 @@ def test_every_lookup_kind_works_from_an_unreadable_installation(
     make_daemon: MakeDaemon, sealed_lib: Path, open_dir: Path
 ) -> None:
     daemon = sealed_daemon(make_daemon, sealed_lib, open_dir)
+    daemon.start()
     assert "uid=65534" in daemon.log_text()
     # TXT (the record type whose parser dnspython loaded lazily), A, MX.
     for ip, sender in (
@@ -114,6 +131,58 @@ def test_reject_with_explanation_from_an_unreadable_installation(
     make_daemon: MakeDaemon, sealed_lib: Path, open_dir: Path
 ) -> None:
     daemon = sealed_daemon(make_daemon, sealed_lib, open_dir)
+    daemon.start()
     result = transaction(daemon, "198.51.100.7", "helo-pass.example.org", "m@spf-fail.example.org")
     assert result.final.code == "550", result
     assert "198.51.100.7 is not one of our servers" in (result.final.text or "")
+
+
+def test_workers_start_from_an_unreadable_python_on_the_system_resolver(
+    make_daemon: MakeDaemon, sealed_lib: Path, open_dir: Path, tmp_path: Path
+) -> None:
+    """[dns] nameservers empty: the nameservers of /etc/resolv.conf.  Here
+    the Python installation, its standard library included, is unreadable
+    to the daemon's user too, as a Python built under /root (pyenv) is: what
+    a worker's start reads from it after the drop kills the worker, and a
+    module imported late in any worker is reported by ImportWatch."""
+    # The installation is bind-mounted below the sealed 0700 directory in
+    # the daemon's own mount namespace, whose /etc/resolv.conf names a test
+    # DNS server on loopback port 53: no query leaves 127.0.0.0/8.
+    sealed = sealed_lib.parent
+    assert sealed.stat().st_uid == 0 and stat.S_IMODE(sealed.stat().st_mode) == 0o700
+    python = sealed / "python"
+    python.mkdir()
+    dns = start_port53_dns(load_zone_file(ZONES / "core.yaml"))
+    try:
+        write_resolver_files(tmp_path / "etc", dns.host)
+        daemon = sealed_daemon(
+            make_daemon,
+            sealed_lib,
+            open_dir,
+            {"milter": {"workers": "2"}, "dns": {"nameservers": ""}},
+            ["env", f"PYTHONHOME={python}", os.path.realpath(sys.executable)],
+        )
+        daemon.wrap = lambda argv: private_resolver_command(
+            argv, tmp_path / "etc", binds=[(Path(sys.base_prefix), python)]
+        )
+        daemon.start()
+        assert "uid=65534" in daemon.log_text()
+        workers = children(daemon.pid)
+        assert len(workers) == 2
+        for pid in workers:
+            # Its standard library's compiled modules come through the seal.
+            libraries = {
+                line.split()[-1]
+                for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+                if "/lib-dynload/" in line
+            }
+            assert libraries and all(lib.startswith(f"{python}/") for lib in libraries)
+        header = received_spf(
+            transaction(daemon, "198.51.100.7", "helo-pass.example.org", "a@spf-pass.example.org")
+        )
+        assert header.startswith("pass "), header
+        assert any(query[0] == "spf-pass.example.org" for query in dns.queries)
+        assert "imported after start-up" not in daemon.log_text()
+        assert children(daemon.pid) == workers
+    finally:
+        dns.stop()

@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from tests.conftest import MakeDaemon
-from tests.support.daemon import Daemon, children, free_port, wait_for
+from tests.support.daemon import Daemon, children, free_port, sockets_of, wait_for
 from tests.support.milterclient import MilterClient, TransactionResult, one_transaction
 
 PASS = ("198.51.100.7", "helo-pass.example.org", "a@spf-pass.example.org")
@@ -28,11 +30,28 @@ def only(daemon: Daemon, worker: int) -> Iterator[None]:
     others = [pid for pid in children(daemon.pid) if pid != worker]
     for pid in others:
         os.kill(pid, signal.SIGSTOP)
+    # kill() returns before the stop has reached every thread: until then a
+    # listener woken by a connection could still accept it.
+    wait_for(lambda: all(map(stopped, others)), 10, "the other workers to stop")
     try:
         yield
     finally:
         for pid in others:
             os.kill(pid, signal.SIGCONT)
+
+
+def stopped(pid: int) -> bool:
+    """Every thread of process `pid` is stopped."""
+    return all(state(task / "stat") in ("T", None) for task in Path(f"/proc/{pid}/task").iterdir())
+
+
+def state(stat: Path) -> str | None:
+    """The state letter (R, S, T, Z...) in a /proc stat file; None once the
+    process or thread is gone."""
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
 
 
 def header(result: TransactionResult) -> str:
@@ -143,11 +162,7 @@ def test_workers_dying_in_a_row_stop_the_daemon(make_daemon: MakeDaemon) -> None
 
 def alive(pid: int) -> bool:
     """`pid` runs (a zombie does not count)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    return state(Path(f"/proc/{pid}/stat")) not in ("Z", None)
 
 
 def test_workers_end_with_a_killed_supervisor(make_daemon: MakeDaemon) -> None:
@@ -159,3 +174,24 @@ def test_workers_end_with_a_killed_supervisor(make_daemon: MakeDaemon) -> None:
     wait_for(lambda: not any(alive(pid) for pid in workers), 10, "the workers to end")
     daemon.start()  # the same inet port is free again
     assert header(one_transaction(daemon.socket, *PASS)) == "pass"
+
+
+def test_workers_share_a_listening_socket_that_does_not_block(make_daemon: MakeDaemon) -> None:
+    """A connection wakes every worker polling the shared socket; accept()
+    must not block in those that lose the race (they would not see a stop
+    until the next connection), while the connection itself stays blocking,
+    as libmilter reads and writes it."""
+    daemon = make_daemon({"milter": {"workers": "2"}})
+    with MilterClient(daemon.socket) as client:
+        client.negotiate()
+        held = [sock for pid in children(daemon.pid) for sock in sockets_of(pid, daemon.port)]
+        try:
+            listening = [s for s in held if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)]
+            accepted = [s for s in held if s not in listening]
+            # The client's connection, and readiness probes not yet closed.
+            assert len(listening) == 2 and accepted
+            assert not any(os.get_blocking(s.fileno()) for s in listening)
+            assert all(os.get_blocking(s.fileno()) for s in accepted)
+        finally:
+            for sock in held:
+                sock.close()

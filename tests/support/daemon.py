@@ -3,12 +3,14 @@
 Owns starting it with a config file in a temp dir, waiting for readiness
 (the socket accepts connections; no fixed sleeps), signalling it (a crash
 too: SIGKILL), reading its log and what /proc says it holds (descriptors,
-threads, RSS), and stopping exactly the process it started, by PID.
+threads, RSS, copies of its sockets), and stopping exactly the process it
+started, by PID.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import signal
@@ -16,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -26,7 +29,19 @@ from tests.support.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
-__all__ = ["REPO", "Daemon", "ProcessStats", "children", "free_port", "process_stats", "wait_for"]
+__all__ = [
+    "REPO",
+    "Daemon",
+    "ProcessStats",
+    "children",
+    "free_port",
+    "process_stats",
+    "sockets_of",
+    "wait_for",
+]
+
+# asm-generic/unistd.h: pidfd_getfd (x86-64 and arm64 alike).
+SYS_PIDFD_GETFD = 438
 
 
 def wait_for(predicate: object, timeout: float, what: str) -> None:
@@ -73,6 +88,29 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def sockets_of(pid: int, port: int) -> list[socket.socket]:
+    """Copies (pidfd_getfd, Linux 5.6) of the TCP sockets process `pid`
+    holds on local `port`: the listening one and those accepted from it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    found = []
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                continue
+            fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(name), 0)
+            if fd < 0:
+                continue  # closed meanwhile
+            sock = socket.socket(fileno=fd)
+            if sock.family == socket.AF_INET and sock.getsockname()[1] == port:
+                found.append(sock)
+            else:
+                sock.close()
+    finally:
+        os.close(pidfd)
+    return found
+
+
 WORKER_RELOADED = re.compile(r"worker \d+: configuration reloaded")
 
 
@@ -98,6 +136,9 @@ class Daemon:
         self.command = [sys.executable, "-m", "spfmilter"]
         # Variables added to the tests' environment for the daemon.
         self.env: dict[str, str] = {}
+        # What runs that command line (in a namespace, say): whatever it
+        # adds must exec it, so that the PID stays the daemon's.
+        self.wrap: Callable[[list[str]], list[str]] = lambda argv: argv
 
     @property
     def postfix_socket(self) -> str:
@@ -115,7 +156,7 @@ class Daemon:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                self.argv(*extra),
+                self.wrap(self.argv(*extra)),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
@@ -154,10 +195,6 @@ class Daemon:
         except OSError:
             return False
         return True
-
-    def _ready_or_gone(self) -> None:
-        with contextlib.suppress(RuntimeError):  # it exited already
-            self._ready()
 
     @property
     def pid(self) -> int:
@@ -263,16 +300,9 @@ class Daemon:
             return None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            # libmilter notices a stop request when its listener wakes up,
-            # which a connection does at once (it polls every 5 s otherwise).
-            deadline = time.monotonic() + timeout
-            while self.process.poll() is None and time.monotonic() < deadline:
-                self._ready_or_gone()
-                try:
-                    self.process.wait(0.1)
-                except subprocess.TimeoutExpired:
-                    continue
-            if self.process.poll() is None:
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
         return self.process.returncode

@@ -1,9 +1,10 @@
 """The per-process collaborators: the pool that evaluates MAIL FROM beside
-HELO, and a Session using it."""
+HELO, a Session using it, and each worker's connection numbers."""
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -114,3 +115,10 @@ def test_helo_still_decides_first(pool: IdlingPool) -> None:
     decision = made.transaction.decision
     assert decision.action is Action.REJECT and decision.decided_by is Identity.HELO
     assert decision.mail_from is None  # not waited for
+
+
+def test_workers_number_their_connections_apart() -> None:
+    shared = Services(SlowChecker(0, {}), lambda name, qtype, budget: [], Metrics())
+    numbers = [list(itertools.islice(shared.for_worker(w, 3).connection_ids, 3)) for w in range(3)]
+    assert numbers == [[1, 4, 7], [2, 5, 8], [3, 6, 9]]
+    assert next(shared.connection_ids) == 1  # the copy each worker starts from is left alone

@@ -3,9 +3,10 @@
 This module owns process-wide state and the order it is set up in: logging
 handlers, signal masks (before any thread starts), the metrics listener,
 the socket's directory and mode, dropping root, libmilter's listening socket
-(opened once, before workers fork), the resolver installed into the checker,
-the SIGUSR1 reload thread, serving, and a stop that lets callbacks in
-progress finish.  It is the only module besides milter.py that imports
+(opened once, before workers fork, or the one the service manager passed),
+the resolver installed into the checker, the SIGUSR1 reload thread,
+readiness for the service manager, serving, and a stop that lets the
+connections in progress finish.  It is the only module besides milter.py that imports
 Milter.
 """
 
@@ -25,7 +26,7 @@ from types import TracebackType
 
 import Milter
 
-from spfmilter import logs, milter, runas, services, warmup, workers
+from spfmilter import activation, logs, milter, runas, services, warmup, workers
 from spfmilter.config import (
     EX_CONFIG,
     Config,
@@ -77,21 +78,30 @@ def _limit_malloc_arenas() -> None:
 RESTART_SECTIONS = ("milter", "dns", "log", "metrics")
 
 
-def _listen(name: str, spec: str, timeout: int) -> None:
-    """Open libmilter's listening socket on `spec` (before forking workers,
-    which all accept from it); a stale socket left by a crash is removed.
+def _listen(name: str, spec: str, timeout: int, passed: socket.socket | None) -> int:
+    """Open libmilter's listening socket on `spec`, or serve on the socket
+    the service manager `passed` (before forking workers, which all accept
+    from it); a stale socket left by a crash is removed.  Returns its
+    descriptor.
 
     pymilter's exception policy is set here: see milter.serve().
     """
     lowlevel = Milter.milter
     lowlevel.set_exception_policy(lowlevel.CONTINUE)
-    lowlevel.setconn(spec)
     lowlevel.settimeout(timeout)
     lowlevel.register(name)
-    lowlevel.opensocket(True)
+
+    def open_socket(where: str) -> None:
+        lowlevel.setconn(where)
+        lowlevel.opensocket(True)
+
+    if passed is not None:
+        return activation.adopt(passed, open_socket)
+    descriptor = activation.opened_by(open_socket, spec)
     kind, _, address = spec.partition(":")
     if kind in ("inet", "inet6"):
         _no_delay(int(address.partition("@")[0]))
+    return descriptor
 
 
 def _no_delay(port: int) -> None:
@@ -205,6 +215,15 @@ def _reload_loop(holder: ConfigHolder) -> None:
         holder.reload()
 
 
+def _drain_on_signal(milter_socket: int) -> None:
+    """On activation.DRAIN: stop accepting, let the open MTA connections
+    finish, then stop libmilter."""
+    signal.sigwait({activation.DRAIN})
+    log.info("draining: accepting no more connections")
+    if not activation.drain(milter_socket, Milter.milter.stop, STOP_GRACE):
+        log.warning("stopping with MTA connections still open after %g s", STOP_GRACE)
+
+
 def run(config: Config, path: str | None, socket_override: str | None = None) -> int:
     """Run the milter in the foreground until SIGTERM, SIGINT or SIGHUP."""
     _limit_malloc_arenas()
@@ -217,14 +236,24 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     # threads inherit the mask: block the signals here, before any thread
     # starts.  In a worker, SIGUSR1 is taken with sigwait() by our reload
     # thread, and SIGTERM, SIGINT and SIGHUP by libmilter's own signal
-    # thread, which stops the milter (so HUP cannot mean reload); a
-    # supervisor takes them all with sigwaitinfo().
-    signal.pthread_sigmask(signal.SIG_BLOCK, workers.SUPERVISED)
+    # thread, which stops the milter (so HUP cannot mean reload), and
+    # activation.DRAIN by a thread of ours; a supervisor takes them all
+    # with sigwaitinfo().
+    signal.pthread_sigmask(signal.SIG_BLOCK, workers.SUPERVISED | {activation.DRAIN})
+    notifier = activation.Notifier.from_environ(os.environ)
+    try:
+        passed = activation.passed_socket(os.environ)
+    except activation.ActivationError as error:
+        log.error("%s", error)
+        return 1
     try:
         account, warnings = runas.choose_account(config.milter)
         if path is not None:
             runas.check_config_file(path, account)
-        warnings += runas.prepare_socket(config.milter, account)
+        # A passed socket was made by the service manager, with its owner
+        # and mode: the daemon makes no socket and no directory.
+        if passed is None:
+            warnings += runas.prepare_socket(config.milter, account)
     except ConfigError as error:
         log.error("%s", error)
         return EX_CONFIG
@@ -243,9 +272,11 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     if account is not None:
         runas.drop_privileges(account)
     spec = config.milter.socket
+    if passed is not None:
+        spec = f"{activation.describe(passed)} (passed by the service manager)"
     try:
-        _listen(MILTER_NAME, spec, MILTER_TIMEOUT)
-    except Milter.milter.error as error:
+        descriptor = _listen(MILTER_NAME, config.milter.socket, MILTER_TIMEOUT, passed)
+    except (Milter.milter.error, activation.ActivationError) as error:
         log.error("cannot listen on %s: %s", spec, error)
         return 1
     # Opened as the unprivileged user: nothing but the milter socket's
@@ -272,10 +303,16 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     # alone, so that their pages stay shared (copy-on-write).
     gc.freeze()
     holder = ConfigHolder(config, path, socket_override, metrics)
-    worker = Worker(holder, metrics, count, listener)
+    worker = Worker(holder, metrics, count, listener, descriptor)
     if listener is not None:
         listener.start()
-    if count == 1:
+    # The socket listens: connections from now on wait in its backlog
+    # until a worker accepts them.
+    notifier.ready(f"serving on {spec} with {count} worker(s)")
+    # A socket the service manager holds outlives this process: a
+    # supervisor then stops its workers by draining them, so that a restart
+    # loses no MTA connection (activation.drain).
+    if count == 1 and passed is None:
         status = worker.serve(0, holder)
     else:
         metrics.use_slot(count)
@@ -285,8 +322,10 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
             on_exit=metrics.clear_gauges,
             stop_grace=STOP_GRACE + LIBMILTER_POLL,
             on_reload=holder.reload,
+            stop_signal=activation.DRAIN,
         )
         status = supervisor.run()
+    notifier.stopping()
     log.info("spfmilter stopped: config=%s", source)
     return status
 
@@ -301,6 +340,7 @@ class Worker:
     metrics: Metrics
     count: int
     listener: Listener | None
+    milter_socket: int  # libmilter's listening descriptor
 
     def forked(self, slot: int) -> int:
         """serve() in a forked worker: the supervisor's metrics listener is
@@ -319,6 +359,9 @@ class Worker:
         self.metrics.use_slot(slot)
         shared = services.build(holder.config, self.metrics, slot, self.count)
         threading.Thread(target=_reload_loop, args=(holder,), name="reload", daemon=True).start()
+        threading.Thread(
+            target=_drain_on_signal, args=(self.milter_socket,), name="drain", daemon=True
+        ).start()
         activity = milter.Activity()
         try:
             milter.serve(MILTER_NAME, milter.factory(holder, shared, activity))

@@ -47,6 +47,8 @@ class Supervisor:
     on_exit: Callable[[int], None]
     stop_grace: float
     on_reload: Callable[[], object] = lambda: None
+    # What asks a worker to stop (to finish its connections first).
+    stop_signal: int = signal.SIGTERM
     clock: Callable[[], float] = time.monotonic
     workers: dict[int, int] = field(default_factory=dict)  # pid -> slot
     deaths: list[float] = field(default_factory=list)
@@ -117,7 +119,7 @@ class Supervisor:
 
     def _stop(self, status: int) -> int:
         """Stop every worker, waiting for their callbacks in progress."""
-        self._signal_all(signal.SIGTERM)
+        self._signal_all(self.stop_signal)
         deadline = self.clock() + self.stop_grace
         while self.workers and self.clock() < deadline:
             pid, code = os.waitpid(-1, os.WNOHANG)

@@ -96,6 +96,9 @@ class Daemon:
         self.process: subprocess.Popen[bytes] | None = None
         # How the daemon is started; options follow.
         self.command = [sys.executable, "-m", "spfmilter"]
+        # Added to its environment, and descriptors left open in it.
+        self.env: dict[str, str] = {}
+        self.pass_fds: tuple[int, ...] = ()
 
     @property
     def postfix_socket(self) -> str:
@@ -110,7 +113,7 @@ class Daemon:
 
     def start(self, *extra: str, timeout: float = 20) -> None:
         """Start and return once the socket accepts connections."""
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.argv(*extra),
@@ -118,6 +121,7 @@ class Daemon:
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
                 env=env,
+                pass_fds=self.pass_fds,
             )
         try:
             self.wait_started(timeout)

@@ -3,7 +3,7 @@
 This module owns the schema: each section is a frozen dataclass, and each
 key a field whose metadata gives its parser, its renderer, a one-line
 summary and the text that documents it.  Parsing (spfmilter.config), the
-example file spfmilter.cfg, README's reference table and the man page
+example file spfmilter.cfg, the reference table in docs/configuration.md and the man page
 (spfmilter.configdoc) all read these declarations, so a key cannot be
 half-added.  It imports model and values.
 """

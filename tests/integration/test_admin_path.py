@@ -160,6 +160,7 @@ class Phases:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @pytest.mark.skipif(usable() is not None, reason=f"machines cannot be made here: {usable()}")
 def test_the_admin_path_from_the_readme() -> None:
     steps = readme_steps(README.read_text())

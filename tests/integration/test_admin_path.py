@@ -95,17 +95,21 @@ def test_readme_shows_every_step_of_the_admin_path() -> None:
 
 
 def swaks(machine: Machine, case: str, client: str, helo: str, sender: str) -> tuple[int, str]:
-    """One message through Postfix on port 25 as `client`; the reply code to
-    the last command and swaks's transcript."""
+    """One message through Postfix on port 25 as `client`: 250 when it was
+    accepted, else the code that refused it; and swaks's transcript."""
     done = machine.run(
         f"swaks --server 127.0.0.1 --to user@localhost --from '{sender}' --helo {helo} "
         f"--xclient 'ADDR={client} NAME=[UNAVAILABLE] HELO={helo}' "
         f"--header 'Subject: case-{case}' --timeout 60",
         check=False,
     )
-    replies = re.findall(r"^<\*?\*? +(\d{3})[ -]", done.stdout, re.MULTILINE)
-    assert replies, done.stdout + done.stderr
-    return int(replies[-1]) if done.returncode else 250, done.stdout
+    # swaks marks the replies it did not expect "<**"; the first one ends
+    # the message.
+    refused = re.findall(r"^<\*\* +(\d{3})[ -]", done.stdout, re.MULTILINE)
+    if done.returncode == 0:
+        return 250, done.stdout
+    assert refused, done.stdout + done.stderr
+    return int(refused[0]), done.stdout
 
 
 def check_mail(machine: Machine, label: str) -> None:
@@ -216,15 +220,29 @@ def run_the_path(machine: Machine, steps: dict[str, str], phases: Phases) -> Non
 
     machine.run(steps["reload"])
     pid = machine.run("systemctl show -P MainPID spfmilter").stdout
-    machine.run(f"printf '[policy]\\nhelo_rejekt = fail\\n' >> {CONFIG}")
+    machine.run(f"sed -i 's/^helo_reject = /helo_rejekt = /' {CONFIG}")
     refused = machine.run(steps["reload"], check=False)
     assert refused.returncode != 0, refused
     assert machine.run("systemctl show -P MainPID spfmilter").stdout == pid
     errors = machine.run("journalctl -u spfmilter -p err -o cat").stdout
     assert "helo_rejekt" in errors and "fatal" not in errors, errors
-    machine.run(f"sed -i '/^helo_rejekt/d; $d' {CONFIG}")
+    machine.run(f"sed -i 's/^helo_rejekt = /helo_reject = /' {CONFIG}")
     machine.run(steps["reload"])
     phases.done("reload")
+
+    # A daemon that cannot serve (no port below 1024 for user spfmilter):
+    # the restart fails, and systemd stops restarting it.
+    machine.run(f"sed -i 's/^listen =$/listen = 127.0.0.1:80/' {CONFIG}")
+    assert machine.run(steps["restart"], check=False).returncode != 0
+    wait_until(machine, "systemctl is-failed spfmilter", 60, "systemd to give up")
+    result = machine.run("systemctl show -P Result spfmilter").stdout.strip()
+    assert result == "start-limit-hit", result
+    machine.run(f"sed -i 's/^listen = 127.0.0.1:80$/listen =/' {CONFIG}")
+    machine.run(
+        "systemctl reset-failed spfmilter.socket spfmilter"
+        " && systemctl start spfmilter.socket spfmilter"
+    )
+    phases.done("failed start")
 
     restarts = restart_under_load(machine, steps["restart"], 10)
     assert (restarts["deferred"], restarts["rejected"], restarts["command_failures"]) == (0, 0, [])

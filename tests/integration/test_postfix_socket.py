@@ -1,7 +1,8 @@
-"""README's "Postfix set-up", step by step, against a private Postfix whose
-smtpd runs chrooted in its queue directory as Debian's does.
+"""docs/development.md's "Postfix without systemd's socket", step by step,
+against a private Postfix whose smtpd runs chrooted in its queue directory
+as Debian's does.
 
-The daemon is started as root with the two [milter] lines README gives (a
+The daemon is started as root with the two [milter] lines it gives (a
 socket below the queue directory, socket_group = postfix); Postfix names the
 socket relative to its chroot.  Without the group, the daemon must say at
 start that Postfix will not get in, and Postfix indeed does not.
@@ -23,13 +24,13 @@ from tests.support.dnsserver import DNSTestServer
 from tests.support.postfix import PrivatePostfix
 from tests.support.stack import PASS_IP, Stack, send
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root, as README's set-up does")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root, as this set-up does")
 
-# What README tells the administrator to write.
+# What docs/development.md tells the administrator to write.
 README_MILTER = {"socket": "unix:/var/spool/postfix/spfmilter/spfmilter.sock"}
 README_GROUP = {"socket_group": "postfix"}
 README_SMTPD_MILTERS = "unix:spfmilter/spfmilter.sock"
-# The test host may lack the spfmilter account the README's quick start makes.
+# The test host may lack the spfmilter account the quick start makes.
 NO_ACCOUNT = (r"no account 'spfmilter': running as 'nobody'",)
 
 
@@ -46,9 +47,9 @@ def readme_stack(
 ) -> tuple[Daemon, PrivatePostfix]:
     postfix = PrivatePostfix(work / "postfix", README_SMTPD_MILTERS, chroot_smtpd=True)
     postfix.start()
-    # README's path, moved below this Postfix's queue directory.
+    # The documented path, moved below this Postfix's queue directory.
     path = README_MILTER["socket"].replace("/var/spool/postfix", str(postfix.queue_dir))
-    # "user =" empty: the default account, as in README.
+    # "user =" empty: the default account, as documented.
     config = config_text(dns_server, {"milter": {"user": "", **milter}})
     daemon = Daemon(work / "milter", config, path)
     daemon.start()

@@ -128,7 +128,8 @@ def check_mail(machine: Machine, label: str) -> None:
     mailbox = machine.run(f"cat {MAILBOX}").stdout
     for case, *_, header in delivered:
         message = mailbox[: mailbox.index(f"Subject: case-{label}-{case}\n")]
-        message = message[message.rindex("\nFrom ") :]
+        # mbox: each message starts with a "From " line.
+        message = message[message.rfind("\nFrom ") + 1 :]
         results = re.findall(r"^Received-SPF: (\w+)", message, re.MULTILINE)
         assert results == [header], f"{label} {case}: {message}"
     journal = machine.run(f"journalctl -u spfmilter -o cat --since @{since}").stdout

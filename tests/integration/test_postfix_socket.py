@@ -10,8 +10,11 @@ start that Postfix will not get in, and Postfix indeed does not.
 
 from __future__ import annotations
 
+import grp
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,3 +93,32 @@ def test_without_the_group_the_daemon_says_postfix_cannot_connect(
     # And it was right: Postfix could not reach the milter.
     assert sent.mail[0] == 451 or sent.rcpts[0][0] == 451
     assert any("Permission denied" in w for w in postfix.warnings())
+
+
+def test_no_warning_where_the_daemon_cannot_see_the_group() -> None:
+    # Under systemd's PrivateUsers=yes only root and the service's own ids
+    # exist: a directory of group postfix shows as nogroup (65534), and the
+    # daemon must not claim that Postfix cannot enter it.  Here a user
+    # namespace mapping root alone does the same.
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    postfix_gid = grp.getgrnam("postfix").gr_gid
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as top:
+        os.chmod(top, 0o755)
+        directory = Path(top) / "spfmilter"
+        directory.mkdir()
+        os.chown(directory, 0, postfix_gid)
+        directory.chmod(0o2750)  # setgid: the socket gets group postfix
+        check = (
+            "from spfmilter import runas; from spfmilter.schema import MilterConfig; "
+            f"print(runas.prepare_socket(MilterConfig(socket='unix:{directory}/s.sock'), None))"
+        )
+        for namespace in ([], ["unshare", "--user", "--map-root-user"]):
+            done = subprocess.run(
+                [*namespace, sys.executable, "-c", check],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            assert done.stdout == "[]\n", (namespace, done.stdout)

@@ -54,7 +54,8 @@ class MilterConfig:
         "Where the MTA connects (libmilter notation): unix:/PATH, inet:PORT@HOST, "
         "inet6:PORT@HOST; an inet socket must name its address (the milter protocol "
         "has no authentication).  Postfix writes the same sockets as unix:/PATH and "
-        "inet:HOST:PORT.",
+        "inet:HOST:PORT.  Not used when systemd passes a socket (spfmilter.socket, "
+        "where Postfix is installed).",
         example="inet:8891@127.0.0.1",
     )
     socket_mode: int = key(

@@ -15,6 +15,7 @@ user's machine.  It imports model, dnswire, dns and checker.
 
 from __future__ import annotations
 
+import codecs
 import ipaddress
 import logging
 import struct
@@ -83,6 +84,9 @@ def exercise(void_lookup_limit: int) -> None:
             )
             checker.check(query, 1.0)
     _parse_every_type()
+    # The codec each worker reads /etc/resolv.conf with
+    # (dnswire.system_nameservers), when [dns] nameservers is empty.
+    codecs.lookup("ascii")
 
 
 def _parse_every_type() -> None:

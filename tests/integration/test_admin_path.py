@@ -215,8 +215,10 @@ def run_the_path(machine: Machine, steps: dict[str, str], phases: Phases) -> Non
     assert machine.run("stat -c '%U %G %a' /var/spool/postfix/spfmilter/spfmilter.sock").stdout == (
         "spfmilter postfix 660\n"
     )
-    problems = machine.run("journalctl -u spfmilter -p warning -o cat", check=False).stdout
-    assert problems.strip() == "", problems
+    # The temperror case's SERVFAIL is the one warning expected.
+    warnings = machine.run("journalctl -u spfmilter -p warning -o cat").stdout.splitlines()
+    problems = [line for line in warnings if "spf-servfail.example.org" not in line]
+    assert problems == [], problems
     phases.done("mail")
 
     machine.run(steps["reload"])

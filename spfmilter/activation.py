@@ -115,6 +115,11 @@ def adopt(passed: socket.socket, open_socket: Callable[[str], None]) -> int:
         # As for a socket libmilter opens itself (see daemon._no_delay);
         # the copy shares the option.
         passed.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # Workers poll the one socket together and all wake for a connection
+    # that only one of them gets: the others' accept() must fail at once
+    # (EAGAIN, which libmilter retries) rather than block, where a drain
+    # could not reach them.
+    passed.setblocking(False)
     try:
         target = opened_by(open_socket, private)
         os.dup2(passed.fileno(), target, inheritable=False)

@@ -41,6 +41,9 @@ POSTFIX_SOCKET = "unix:spfmilter/spfmilter.sock"
 EXPOSURE = re.compile(r"Overall exposure level for spfmilter\.service: (\d+\.\d+) (\w+)")
 # Better than "OK" are only SAFE and PERFECT.
 ACCEPTED_LEVELS = ("PERFECT", "SAFE", "OK")
+# Seconds a start that fails may take on a busy 2-core machine: the
+# configuration check, then the daemon's own start (imports, warm-up).
+FAILED_START = 6.0
 # The unit's score with systemd 252 (Debian 12).  A higher one means a
 # sandbox setting was dropped: raise this only on purpose.
 MAX_EXPOSURE = 1.1
@@ -158,19 +161,20 @@ def test_the_socket_is_in_postfix_chroot_for_postfix_only() -> None:
 
 def test_a_crash_loop_reaches_the_start_limit() -> None:
     # Restart= tries again after RestartSec=; the start limit must be
-    # reached by a daemon that fails at once, or it restarts for ever.
+    # reached by a daemon that fails at once, or it restarts for ever.  A
+    # failing start itself takes up to FAILED_START seconds.
     unit = dict((k, v) for s, k, v in assignments(UNIT.read_text()) if s == "Unit")
     (restart_sec,) = service_values("RestartSec")
     interval = float(unit["StartLimitIntervalSec"].removesuffix("s"))
     burst = int(unit["StartLimitBurst"])
-    assert (burst - 1) * float(restart_sec.removesuffix("s")) < interval
+    assert (burst - 1) * (float(restart_sec.removesuffix("s")) + FAILED_START) < interval
 
 
 # (what is wrong, text in the unit, replacement): each must make verify fail,
 # or test_unit_verifies could not notice the same mistake.
 BREAKAGES = [
     ("misspelt key", "NoNewPrivileges=yes", "NoNewPrivilege=yes"),
-    ("bad value", "RestartSec=2s", "RestartSec=soon"),
+    ("bad value", "RestartSec=5s", "RestartSec=soon"),
     ("unknown syscall group", "SystemCallFilter=@system-service", "SystemCallFilter=@system"),
     ("bad user name", "User=spfmilter", "User=spf:milter"),
     (

@@ -140,7 +140,7 @@ def check_mail(machine: Machine, label: str) -> None:
 
 # Seconds of mail between two restarts: with the unit's start limit (five
 # starts a minute) a sixth restart within a minute would be refused.
-GAP = 10
+GAP = 12
 
 
 def restart_under_load(machine: Machine, command: str, times: int) -> dict[str, object]:
@@ -247,7 +247,7 @@ def run_the_path(machine: Machine, steps: dict[str, str], phases: Phases) -> Non
         machine,
         "systemctl is-failed spfmilter"
         " && test $(systemctl show -P Result spfmilter) = start-limit-hit",
-        60,
+        90,
         "systemd to give up at the start limit",
     )
     machine.run(f"sed -i 's/^listen = 127.0.0.1:80$/listen =/' {CONFIG}")

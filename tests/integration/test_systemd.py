@@ -43,7 +43,7 @@ EXPOSURE = re.compile(r"Overall exposure level for spfmilter\.service: (\d+\.\d+
 ACCEPTED_LEVELS = ("PERFECT", "SAFE", "OK")
 # Seconds a start that fails may take on a busy 2-core machine: the
 # configuration check, then the daemon's own start (imports, warm-up).
-FAILED_START = 6.0
+FAILED_START = 8.0
 # The unit's score with systemd 252 (Debian 12).  A higher one means a
 # sandbox setting was dropped: raise this only on purpose.
 MAX_EXPOSURE = 1.1
@@ -167,14 +167,15 @@ def test_a_crash_loop_reaches_the_start_limit() -> None:
     (restart_sec,) = service_values("RestartSec")
     interval = float(unit["StartLimitIntervalSec"].removesuffix("s"))
     burst = int(unit["StartLimitBurst"])
-    assert (burst - 1) * (float(restart_sec.removesuffix("s")) + FAILED_START) < interval
+    # Starts at 0, c, 2c, ... : the one refused is number burst + 1.
+    assert burst * (float(restart_sec.removesuffix("s")) + FAILED_START) < interval
 
 
 # (what is wrong, text in the unit, replacement): each must make verify fail,
 # or test_unit_verifies could not notice the same mistake.
 BREAKAGES = [
     ("misspelt key", "NoNewPrivileges=yes", "NoNewPrivilege=yes"),
-    ("bad value", "RestartSec=5s", "RestartSec=soon"),
+    ("bad value", "RestartSec=2s", "RestartSec=soon"),
     ("unknown syscall group", "SystemCallFilter=@system-service", "SystemCallFilter=@system"),
     ("bad user name", "User=spfmilter", "User=spf:milter"),
     (

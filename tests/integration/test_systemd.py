@@ -155,6 +155,8 @@ def test_the_socket_is_in_postfix_chroot_for_postfix_only() -> None:
     assert socket_values("SocketGroup") == ["postfix"]
     assert socket_values("SocketMode") == ["0660"]
     assert service_values("Type") == ["notify"]
+    # The supervisor drains its workers: systemd must not signal them too.
+    assert service_values("KillMode") == ["mixed"]
     unit = [(k, v) for s, k, v in assignments(UNIT.read_text()) if s == "Unit"]
     assert ("Requires", SOCKET_UNIT.name) in unit and ("After", SOCKET_UNIT.name) in unit
 

@@ -243,13 +243,17 @@ def run_the_path(machine: Machine, steps: dict[str, str], phases: Phases) -> Non
     # the restart fails, and systemd stops restarting it.
     machine.run(f"sed -i 's/^listen =$/listen = 127.0.0.1:80/' {CONFIG}")
     assert machine.run(steps["restart"], check=False).returncode != 0
+    # At the start limit systemd refuses the next start, and the socket,
+    # whose connections would start the service again, fails with it.
     wait_until(
         machine,
         "systemctl is-failed spfmilter"
-        " && test $(systemctl show -P Result spfmilter) = start-limit-hit",
+        " && test $(systemctl show -P Result spfmilter.socket) = service-start-limit-hit",
         90,
         "systemd to give up at the start limit",
     )
+    restarted = int(machine.run("systemctl show -P NRestarts spfmilter").stdout)
+    assert restarted <= 5, restarted
     machine.run(f"sed -i 's/^listen = 127.0.0.1:80$/listen =/' {CONFIG}")
     machine.run(
         "systemctl reset-failed spfmilter.socket spfmilter"

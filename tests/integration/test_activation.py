@@ -13,7 +13,7 @@ from __future__ import annotations
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -51,12 +51,28 @@ def held_socket(tmp_path: Path) -> Iterator[socket.socket]:
         yield sock
 
 
-def activated(tmp_path: Path, name: str, dns_server: DNSTestServer, held: socket.socket) -> Daemon:
-    """A daemon, not yet started, that gets `held` as systemd passes it; its
-    own --socket names another path, which it must not create."""
-    daemon = Daemon(tmp_path / name, config_text(dns_server), f"unix:{tmp_path / name}.sock")
-    daemon.command = [sys.executable, "-c", ACTIVATE, str(held.fileno())]
-    return daemon
+Activated = Callable[[str], Daemon]
+
+
+@pytest.fixture
+def activated(
+    tmp_path: Path, dns_server: DNSTestServer, held_socket: socket.socket
+) -> Iterator[Activated]:
+    """Daemons, not yet started, that get the held socket as systemd passes
+    it; their own --socket names another path, which they must not create.
+    Any still running at teardown (a failed test) is killed, by PID."""
+    made: list[Daemon] = []
+
+    def make(name: str) -> Daemon:
+        daemon = Daemon(tmp_path / name, config_text(dns_server), f"unix:{tmp_path / name}.sock")
+        daemon.command = [sys.executable, "-c", ACTIVATE, str(held_socket.fileno())]
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        if daemon.process is not None and daemon.process.poll() is None:
+            daemon.kill()
 
 
 def start(daemon: Daemon, held: socket.socket, notify: socket.socket) -> None:
@@ -100,12 +116,9 @@ def received_spf(result: TransactionResult) -> str:
 
 
 def test_a_connection_waits_in_the_passed_socket_while_no_daemon_runs(
-    tmp_path: Path,
-    dns_server: DNSTestServer,
-    held_socket: socket.socket,
-    notify_socket: socket.socket,
+    activated: Activated, held_socket: socket.socket, notify_socket: socket.socket
 ) -> None:
-    first = activated(tmp_path, "first", dns_server, held_socket)
+    first = activated("first")
     start(first, held_socket, notify_socket)
     with MilterClient(first.socket, timeout=10) as client:
         assert received_spf(checked(client, "alice@spf-pass.example.org")) == "pass"
@@ -115,7 +128,7 @@ def test_a_connection_waits_in_the_passed_socket_while_no_daemon_runs(
     assert Path(held_socket.getsockname()).exists()
 
     # The MTA connects between the two daemons, as during a restart.
-    second = activated(tmp_path, "second", dns_server, held_socket)
+    second = activated("second")
     try:
         with MilterClient(first.socket, timeout=10) as waiting:
             start(second, held_socket, notify_socket)
@@ -127,14 +140,11 @@ def test_a_connection_waits_in_the_passed_socket_while_no_daemon_runs(
 
 
 def test_a_restart_finishes_open_sessions_and_queues_new_ones(
-    tmp_path: Path,
-    dns_server: DNSTestServer,
-    held_socket: socket.socket,
-    notify_socket: socket.socket,
+    activated: Activated, held_socket: socket.socket, notify_socket: socket.socket
 ) -> None:
-    first = activated(tmp_path, "first", dns_server, held_socket)
+    first = activated("first")
     start(first, held_socket, notify_socket)
-    second = activated(tmp_path, "second", dns_server, held_socket)
+    second = activated("second")
     with MilterClient(first.socket, timeout=10) as open_session:
         open_session.negotiate()
         open_session.macros("C", {"j": "mx.test.example"})

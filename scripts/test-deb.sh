@@ -137,8 +137,8 @@ cmp /etc/spfmilter/spfmilter.cfg /usr/share/spfmilter/spfmilter.cfg
 echo "conffile = spfmilter --example-config = /usr/share/spfmilter/spfmilter.cfg"
 getent passwd spfmilter
 getent group spfmilter
-ls -l /lib/systemd/system/spfmilter.service /usr/lib/sysusers.d/spfmilter.conf \
-  /usr/lib/tmpfiles.d/spfmilter.conf /usr/share/man/man8/spfmilter.8.gz \
+ls -l /lib/systemd/system/spfmilter.service /lib/systemd/system/spfmilter.socket \
+  /usr/lib/sysusers.d/spfmilter.conf /usr/share/man/man8/spfmilter.8.gz \
   /usr/share/man/man5/spfmilter.cfg.5.gz /usr/share/doc/spfmilter/README.md.gz
 grep -E '^(Documentation|Exec[A-Za-z]*|SyslogFacility)=' /lib/systemd/system/spfmilter.service
 

@@ -34,7 +34,7 @@ from spfmilter.ttlcache import TtlCache
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _FQDN = re.compile(rf"(?=.{{1,253}}\.?$){_LABEL}(?:\.{_LABEL})+\.?")
 
-# Limits on what pyspf is given (README, "Security and reliability").  RFC
+# Limits on what pyspf is given (docs/security.md).  RFC
 # 7208 section 3.4 asks for records small enough for one UDP datagram; real
 # records stay well below these.
 MAX_RECORD_LENGTH = 4096

@@ -2,7 +2,7 @@
 
 This module owns the texts made from spfmilter.schema: the commented
 example file (spfmilter.cfg in the source, /etc/spfmilter/spfmilter.cfg in
-the package, ``spfmilter --example-config``), README's reference table, and
+the package, ``spfmilter --example-config``), the reference table in docs/configuration.md, and
 the key list of the spfmilter.cfg(5) man page.  Tests check that the files
 in the repository equal what this writes, so the documentation cannot drift
 from the code.  Regenerate with ``python -m spfmilter.configdoc example``
@@ -65,7 +65,7 @@ def example() -> str:
 
 
 def table() -> str:
-    """README's reference table (Markdown)."""
+    """the reference table in docs/configuration.md (Markdown)."""
     out = ["| section | key | default | meaning |", "|---|---|---|---|"]
     for section, first, name, default, summary, _ in _defaults():
         where = f"`[{section}]`" if first is not None else ""

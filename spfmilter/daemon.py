@@ -3,11 +3,13 @@
 This module owns process-wide state and the order it is set up in: logging
 handlers, signal masks (before any thread starts), the metrics listener,
 the socket's directory and mode, dropping root, libmilter's listening socket
-(opened once, before workers fork), the resolver installed into the checker,
-the SIGUSR1 reload thread, serving (libmilter's loop on a thread of its own,
-so that a stop signal can wake its listener at once), and a stop that lets
-callbacks in progress finish.  It is the only module besides milter.py that
-imports Milter.
+(opened once, before workers fork, or the one the service manager passed),
+the resolver installed into the checker, the SIGUSR1 reload thread,
+readiness for the service manager, serving (libmilter's loop on a thread of
+its own, so that a stop signal can wake its listener at once), and a stop
+that lets the callbacks in progress finish (and, on a socket that outlives
+the process, the MTA connections).  It is the only module besides milter.py
+that imports Milter.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from types import FrameType, TracebackType
 
 import Milter
 
-from spfmilter import logs, milter, runas, services, warmup, workers
+from spfmilter import activation, logs, milter, runas, services, warmup, workers
 from spfmilter.config import (
     EX_CONFIG,
     Config,
@@ -57,6 +59,11 @@ LIBMILTER_POLL = 5.0
 # MilterLoop), and the seconds between two while a stop waits for it.
 WAKE = signal.SIGUSR2
 WAKE_INTERVAL = 0.02
+# How long a stop on a socket that outlives the process waits for the MTA's
+# open connections: new ones wait in the backlog meanwhile, and Postfix
+# gives up on a milter after milter_connect_timeout (30 s by default), so
+# that the next process must be serving well before.
+DRAIN_GRACE = 15.0
 
 
 # glibc's mallopt(M_ARENA_MAX): libmilter serves each connection on a
@@ -86,19 +93,28 @@ def _limit_malloc_arenas() -> None:
 RESTART_SECTIONS = ("milter", "dns", "log", "metrics")
 
 
-def _listen(name: str, spec: str, timeout: int) -> None:
-    """Open libmilter's listening socket on `spec` (before forking workers,
-    which all accept from it); a stale socket left by a crash is removed.
+def _listen(name: str, spec: str, timeout: int, passed: socket.socket | None) -> int:
+    """Open libmilter's listening socket on `spec`, or serve on the socket
+    the service manager `passed` (before forking workers, which all accept
+    from it); a stale socket left by a crash is removed.  Returns its
+    descriptor.
 
     pymilter's exception policy is set here: see milter.serve().
     """
     lowlevel = Milter.milter
     lowlevel.set_exception_policy(lowlevel.CONTINUE)
-    lowlevel.setconn(spec)
     lowlevel.settimeout(timeout)
     lowlevel.register(name)
-    lowlevel.opensocket(True)
-    with _listening_socket(spec) as listening:
+
+    def open_socket(where: str) -> None:
+        lowlevel.setconn(where)
+        lowlevel.opensocket(True)
+
+    if passed is not None:
+        descriptor = activation.adopt(passed, open_socket)
+    else:
+        descriptor = activation.opened_by(open_socket, spec)
+    with socket.socket(fileno=os.dup(descriptor)) as listening:
         # Every worker's listener waits in poll() on this one socket, and a
         # connection wakes them all; those that lose the race to accept it
         # would block in accept() until the next connection, holding the
@@ -114,39 +130,7 @@ def _listen(name: str, spec: str, timeout: int) -> None:
             # small packets, and with Nagle's algorithm the second waits for
             # the MTA's delayed ACK, about 40 ms per message.
             listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _listening_socket(spec: str) -> socket.socket:
-    """libmilter's listening socket on `spec`, on a duplicate descriptor
-    (pymilter does not hand it out); its flags and options are the
-    original's."""
-    kind, _, address = spec.partition(":")
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            fd = os.dup(int(name))
-        except OSError:
-            continue  # the directory's own descriptor, closed meanwhile
-        try:
-            candidate = socket.socket(fileno=fd)
-        except OSError:
-            os.close(fd)
-            continue  # not a socket
-        if (
-            candidate.type == socket.SOCK_STREAM
-            and candidate.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-            and _bound_to(candidate, kind, address)
-        ):
-            return candidate
-        candidate.close()
-    raise RuntimeError(f"libmilter opened no listening socket on {spec}")
-
-
-def _bound_to(candidate: socket.socket, kind: str, address: str) -> bool:
-    """Whether `candidate` is bound to libmilter's `kind:address`."""
-    if candidate.family == socket.AF_UNIX:
-        return kind in ("unix", "local") and candidate.getsockname() == address
-    port = int(address.partition("@")[0])
-    return kind in ("inet", "inet6") and candidate.getsockname()[1] == port
+    return descriptor
 
 
 class ConfigHolder:
@@ -259,8 +243,9 @@ class MilterLoop:
     the listener's next wake-up, as it always did, and says so with WAKE.
     """
 
-    def __init__(self, serve: Callable[[], None]) -> None:
+    def __init__(self, serve: Callable[[], None], drain: Callable[[], None]) -> None:
         self._serve = serve
+        self._drain = drain
         self._waiting = 0  # the thread in run()
         # Set when the loop may begin, and whether it is to serve at all.
         self._begin = threading.Event()
@@ -305,6 +290,7 @@ class MilterLoop:
             raise self._failure
 
     def _stop(self, thread: threading.Thread) -> None:
+        self._drain()
         listener = thread.ident
         assert listener is not None  # set before start() returned
         waker = threading.Thread(target=self._wake, args=(listener,), name="wake")
@@ -353,11 +339,20 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     # thread of libmilter's loop (and those libmilter starts) unblocks WAKE.
     signal.pthread_sigmask(signal.SIG_BLOCK, workers.SUPERVISED | {WAKE})
     signal.signal(WAKE, _woken)
+    notifier = activation.Notifier.from_environ(os.environ)
+    try:
+        passed = activation.passed_socket(os.environ)
+    except activation.ActivationError as error:
+        log.error("%s", error)
+        return 1
     try:
         account, warnings = runas.choose_account(config.milter)
         if path is not None:
             runas.check_config_file(path, account)
-        warnings += runas.prepare_socket(config.milter, account)
+        # A passed socket was made by the service manager, with its owner
+        # and mode: the daemon makes no socket and no directory.
+        if passed is None:
+            warnings += runas.prepare_socket(config.milter, account)
     except ConfigError as error:
         log.error("%s", error)
         return EX_CONFIG
@@ -381,9 +376,11 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     if account is not None:
         runas.drop_privileges(account)
     spec = config.milter.socket
+    if passed is not None:
+        spec = f"{activation.describe(passed)} (passed by the service manager)"
     try:
-        _listen(MILTER_NAME, spec, MILTER_TIMEOUT)
-    except Milter.milter.error as error:
+        descriptor = _listen(MILTER_NAME, config.milter.socket, MILTER_TIMEOUT, passed)
+    except (Milter.milter.error, activation.ActivationError) as error:
         log.error("cannot listen on %s: %s", spec, error)
         return 1
     # Opened as the unprivileged user: nothing but the milter socket's
@@ -410,9 +407,14 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     # alone, so that their pages stay shared (copy-on-write).
     gc.freeze()
     holder = ConfigHolder(config, path, socket_override, metrics)
-    worker = Worker(holder, shared, metrics, count)
+    # A socket the service manager holds outlives this process: a stop then
+    # drains it (activation.drain), so that a restart loses no MTA connection.
+    worker = Worker(holder, shared, metrics, count, descriptor if passed is not None else None)
     if listener is not None:
         listener.start()
+    # The socket listens: connections from now on wait in its backlog
+    # until a worker accepts them.
+    notifier.ready(f"serving on {spec} with {count} worker(s)")
     if count == 1:
         status = worker.serve(0, holder)
     else:
@@ -421,10 +423,11 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
             worker.forked,
             count,
             on_exit=metrics.retire_slot,
-            stop_grace=STOP_GRACE + LIBMILTER_POLL,
+            stop_grace=DRAIN_GRACE + STOP_GRACE + LIBMILTER_POLL,
             on_reload=holder.reload,
         )
         status = supervisor.run()
+    notifier.stopping()
     log.info("spfmilter stopped: config=%s", source)
     return status
 
@@ -439,6 +442,8 @@ class Worker:
     shared: services.Services
     metrics: Metrics
     count: int
+    # libmilter's listening descriptor, when a stop is to drain it.
+    drain_from: int | None = None
 
     def forked(self, slot: int) -> int:
         """serve() in a forked worker, with a holder of its own, starting
@@ -458,7 +463,7 @@ class Worker:
         activity = milter.Activity()
         make = milter.factory(holder, shared, activity)
         try:
-            MilterLoop(functools.partial(milter.serve, MILTER_NAME, make)).run()
+            MilterLoop(functools.partial(milter.serve, MILTER_NAME, make), self._drain).run()
         except Milter.milter.error as error:
             log.error("cannot run the milter on %s: %s", holder.config.milter.socket, error)
             return 1
@@ -466,3 +471,15 @@ class Worker:
         if not activity.wait_idle(STOP_GRACE):
             log.warning("stopping with callbacks still running after %g s", STOP_GRACE)
         return 0
+
+    def _drain(self) -> None:
+        """Before libmilter stops: on a socket that outlives this process,
+        accept no more and let the MTA connections already accepted finish
+        (Debian's libmilter, once stopped, serves no open session: its mail
+        would be deferred), while new ones wait in the socket's backlog for
+        the next process."""
+        if self.drain_from is None:
+            return
+        log.info("draining: accepting no more connections")
+        if not activation.drain(self.drain_from, DRAIN_GRACE):
+            log.warning("stopping with MTA connections still open after %g s", DRAIN_GRACE)

@@ -134,11 +134,13 @@ def stderr_is_journal() -> bool:
     return bool(expected) and expected == f"{info.st_dev}:{info.st_ino}"
 
 
-def report(program: str, message: str, level: int = logging.CRITICAL) -> None:
+def report(program: str, message: str, level: int = logging.ERROR) -> None:
     """One message on stderr before logging is set up (a bad command line or
     configuration): "program: message" on a terminal, as commands write
     them; in the journal with its priority and label, the program's name
-    being the journal's own tag ("<2>fatal: spfmilter.cfg:12: ...")."""
+    being the journal's own tag ("<3>error: spfmilter.cfg:12: ...").  An
+    error, not "fatal": the unit's check before a reload says the same, and
+    the running daemon then keeps its configuration."""
     record = logging.LogRecord(program, level, "", 0, message, None, None)
     if stderr_is_journal():
         text = JournalFormatter(MailLogFormatter()).format(record)

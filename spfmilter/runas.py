@@ -8,7 +8,8 @@ socket's directory (only a directory the daemon creates itself gets an
 owner and a mode, set through a descriptor opened without following
 symlinks; an existing one is never changed, only checked: the daemon must
 be able to create its socket there, nobody else may replace it, and Postfix
-should be able to reach it), and the drop itself.  It imports config only;
+should be able to reach it, which is said only where the daemon can tell:
+not for owners outside its user namespace), and the drop itself.  It imports config only;
 no Milter.
 """
 
@@ -30,6 +31,10 @@ DEFAULT_USER = "spfmilter"
 FALLBACK_USER = "nobody"
 # The MTA account whose access to the socket is checked at start.
 POSTFIX_USER = "postfix"
+# What stat() reports for an owner or group outside this process's user
+# namespace (the kernel's default overflowuid and overflowgid): under
+# systemd's PrivateUsers=yes every id but root's and the service's.
+OVERFLOW_ID = 65534
 
 
 @dataclass(frozen=True)
@@ -191,6 +196,8 @@ def _postfix_access(sock: Path, settings: MilterConfig, account: Account | None)
     groups = set(postfix.groups)
     for place in (sock.parent, *sock.parent.parents):
         info = place.stat()
+        if _hidden(info):
+            return []  # who may enter cannot be told from here: say nothing
         if not _allowed(info, postfix.uid, groups, search=True):
             return [_unreachable(sock, f"it cannot enter {place} ({_describe(info)})")]
     directory = sock.parent.stat()
@@ -215,6 +222,29 @@ def _postfix_access(sock: Path, settings: MilterConfig, account: Account | None)
             f"group {_group_name(gid)}",
         )
     ]
+
+
+def _hidden(info: os.stat_result) -> bool:
+    """Whether the owner or group of `info` is outside this process's user
+    namespace, so that stat() shows the overflow id instead."""
+    return any(
+        value == OVERFLOW_ID and not _mapped(value, Path(f"/proc/self/{kind}_map"))
+        for value, kind in ((info.st_uid, "uid"), (info.st_gid, "gid"))
+    )
+
+
+def _mapped(value: int, id_map: Path) -> bool:
+    """Whether `value` is one of the ids that `id_map` maps into this
+    namespace (lines "first-inside first-outside count")."""
+    try:
+        lines = id_map.read_text().splitlines()
+    except OSError:
+        return True  # no user namespaces: every id is what it says
+    for line in lines:
+        inside, _, count = (int(field) for field in line.split())
+        if inside <= value < inside + count:
+            return True
+    return False
 
 
 def _unreachable(sock: Path, why: str) -> str:

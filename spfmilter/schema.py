@@ -3,7 +3,7 @@
 This module owns the schema: each section is a frozen dataclass, and each
 key a field whose metadata gives its parser, its renderer, a one-line
 summary and the text that documents it.  Parsing (spfmilter.config), the
-example file spfmilter.cfg, README's reference table and the man page
+example file spfmilter.cfg, the reference table in docs/configuration.md and the man page
 (spfmilter.configdoc) all read these declarations, so a key cannot be
 half-added.  It imports model and values.
 """
@@ -54,7 +54,8 @@ class MilterConfig:
         "Where the MTA connects (libmilter notation): unix:/PATH, inet:PORT@HOST, "
         "inet6:PORT@HOST; an inet socket must name its address (the milter protocol "
         "has no authentication).  Postfix writes the same sockets as unix:/PATH and "
-        "inet:HOST:PORT.",
+        "inet:HOST:PORT.  Not used when systemd passes a socket (spfmilter.socket, "
+        "where Postfix is installed).",
         example="inet:8891@127.0.0.1",
     )
     socket_mode: int = key(

@@ -207,3 +207,14 @@ def test_inet_sockets_send_at_once(make_daemon: MakeDaemon) -> None:
         finally:
             for sock in held:
                 sock.close()
+
+
+def test_the_system_resolver_needs_no_import_after_start_up(tmp_path: Path) -> None:
+    # Without [dns] nameservers (the package's default) the worker reads
+    # /etc/resolv.conf after the privilege drop: what that needs must be
+    # loaded before it.  A loopback client is skipped: no query is sent.
+    daemon = Daemon(tmp_path / "d", "[milter]\nuser = root\nworkers = 1\n")
+    with daemon:
+        result = one_transaction(daemon.socket, "127.0.0.1", "localhost", "root@localhost")
+        assert result.eom is not None and result.eom.modifications == []
+    assert daemon.unexpected() == [], daemon.log_text()

@@ -1,7 +1,8 @@
-"""README's "Postfix set-up", step by step, against a private Postfix whose
-smtpd runs chrooted in its queue directory as Debian's does.
+"""docs/development.md's "Postfix without systemd's socket", step by step,
+against a private Postfix whose smtpd runs chrooted in its queue directory
+as Debian's does.
 
-The daemon is started as root with the two [milter] lines README gives (a
+The daemon is started as root with the two [milter] lines it gives (a
 socket below the queue directory, socket_group = postfix); Postfix names the
 socket relative to its chroot.  Without the group, the daemon must say at
 start that Postfix will not get in, and Postfix indeed does not.
@@ -9,8 +10,11 @@ start that Postfix will not get in, and Postfix indeed does not.
 
 from __future__ import annotations
 
+import grp
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,13 +27,13 @@ from tests.support.dnsserver import DNSTestServer
 from tests.support.postfix import PrivatePostfix
 from tests.support.stack import PASS_IP, Stack, send
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root, as README's set-up does")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root, as this set-up does")
 
-# What README tells the administrator to write.
+# What docs/development.md tells the administrator to write.
 README_MILTER = {"socket": "unix:/var/spool/postfix/spfmilter/spfmilter.sock"}
 README_GROUP = {"socket_group": "postfix"}
 README_SMTPD_MILTERS = "unix:spfmilter/spfmilter.sock"
-# The test host may lack the spfmilter account the README's quick start makes.
+# The test host may lack the spfmilter account the quick start makes.
 NO_ACCOUNT = (r"no account 'spfmilter': running as 'nobody'",)
 
 
@@ -46,9 +50,9 @@ def readme_stack(
 ) -> tuple[Daemon, PrivatePostfix]:
     postfix = PrivatePostfix(work / "postfix", README_SMTPD_MILTERS, chroot_smtpd=True)
     postfix.start()
-    # README's path, moved below this Postfix's queue directory.
+    # The documented path, moved below this Postfix's queue directory.
     path = README_MILTER["socket"].replace("/var/spool/postfix", str(postfix.queue_dir))
-    # "user =" empty: the default account, as in README.
+    # "user =" empty: the default account, as documented.
     config = config_text(dns_server, {"milter": {"user": "", **milter}})
     daemon = Daemon(work / "milter", config, path)
     daemon.start()
@@ -89,3 +93,32 @@ def test_without_the_group_the_daemon_says_postfix_cannot_connect(
     # And it was right: Postfix could not reach the milter.
     assert sent.mail[0] == 451 or sent.rcpts[0][0] == 451
     assert any("Permission denied" in w for w in postfix.warnings())
+
+
+def test_no_warning_where_the_daemon_cannot_see_the_group() -> None:
+    # Under systemd's PrivateUsers=yes only root and the service's own ids
+    # exist: a directory of group postfix shows as nogroup (65534), and the
+    # daemon must not claim that Postfix cannot enter it.  Here a user
+    # namespace mapping root alone does the same.
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    postfix_gid = grp.getgrnam("postfix").gr_gid
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as top:
+        os.chmod(top, 0o755)
+        directory = Path(top) / "spfmilter"
+        directory.mkdir()
+        os.chown(directory, 0, postfix_gid)
+        directory.chmod(0o2750)  # setgid: the socket gets group postfix
+        check = (
+            "from spfmilter import runas; from spfmilter.schema import MilterConfig; "
+            f"print(runas.prepare_socket(MilterConfig(socket='unix:{directory}/s.sock'), None))"
+        )
+        for namespace in ([], ["unshare", "--user", "--map-root-user"]):
+            done = subprocess.run(
+                [*namespace, sys.executable, "-c", check],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            assert done.stdout == "[]\n", (namespace, done.stdout)

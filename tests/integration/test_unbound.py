@@ -1,6 +1,6 @@
 """The fleet recipe with the real part: daemons behind a shared Unbound.
 
-README's scaling section has every spfmilter of a fleet name one caching
+docs/performance.md's scaling section has every spfmilter of a fleet name one caching
 resolver in `[dns] nameservers`.  Here that resolver is Debian's own
 `unbound`, run in the foreground on 127.0.0.1 with a private configuration
 (tests/support/unbound.py) that forwards the test zone to the authoritative

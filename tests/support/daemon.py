@@ -134,8 +134,9 @@ class Daemon:
         self.process: subprocess.Popen[bytes] | None = None
         # How the daemon is started; options follow.
         self.command = [sys.executable, "-m", "spfmilter"]
-        # Variables added to the tests' environment for the daemon.
+        # Added to its environment, and descriptors left open in it.
         self.env: dict[str, str] = {}
+        self.pass_fds: tuple[int, ...] = ()
         # What runs that command line (in a namespace, say): whatever it
         # adds must exec it, so that the PID stays the daemon's.
         self.wrap: Callable[[list[str]], list[str]] = lambda argv: argv
@@ -153,7 +154,7 @@ class Daemon:
 
     def start(self, *extra: str, timeout: float = 20) -> None:
         """Start and return once the socket accepts connections."""
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.wrap(self.argv(*extra)),
@@ -161,6 +162,7 @@ class Daemon:
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
                 env=env,
+                pass_fds=self.pass_fds,
             )
         try:
             self.wait_started(timeout)

@@ -190,8 +190,8 @@ def test_shipped_example_is_generated_from_the_declarations() -> None:
     assert (REPO / "spfmilter.cfg").read_text() == configdoc.example()
 
 
-def test_readme_reference_table_is_generated_from_the_declarations() -> None:
-    readme = (REPO / "README.md").read_text()
+def test_reference_table_is_generated_from_the_declarations() -> None:
+    readme = (REPO / "docs" / "configuration.md").read_text()
     start = "<!-- generated from spfmilter/schema.py: python -m spfmilter.configdoc table -->\n"
     end = "<!-- end of generated table -->\n"
     assert readme[readme.index(start) + len(start) : readme.index(end)] == configdoc.table()

@@ -35,7 +35,9 @@ ALLOWED: dict[str, set[str]] = {
     "runas": {"config", "schema"},
     "check": {"model", "config", "services", "session"},
     "workers": set(),
+    "activation": set(),
     "daemon": {
+        "activation",
         "model",
         "config",
         "logs",

@@ -90,7 +90,7 @@ _RECORD = "v=spf1 ip4:198.51.100.0/24 -all"
 _PARSE = """
 import json, statistics, sys, time
 sys.path.insert(0, sys.argv[1])
-from spfmilter import dnswire
+from spfmilter.evaluation import dnswire
 repeat, results = int(sys.argv[2]), {}
 for path in sys.argv[3:]:
     data = open(path, "rb").read()

@@ -12,10 +12,14 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from spfmilter import __version__, check, configdoc, daemon, logs, services
-from spfmilter.config import EX_CONFIG, ConfigError, load_config, render
-from spfmilter.metrics import Metrics
-from spfmilter.values import parse_macros, parse_socket
+from spfmilter import __version__
+from spfmilter.config import docs
+from spfmilter.config.loading import EX_CONFIG, ConfigError, load_config, render
+from spfmilter.config.values import parse_macros, parse_socket
+from spfmilter.core.metrics import Metrics
+from spfmilter.evaluation import services
+from spfmilter.mta import check
+from spfmilter.process import daemon, logs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.example_config:
-        sys.stdout.write(configdoc.example())
+        sys.stdout.write(docs.example())
         return 0
     try:
         config = load_config(args.config)

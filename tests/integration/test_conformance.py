@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from spfmilter.headers import reply_text
+from spfmilter.core.headers import reply_text
 from tests.support.daemon import Daemon
 from tests.support.dnsserver import DNSTestServer
 from tests.support.milterclient import MilterClient

@@ -223,8 +223,8 @@ def test_lines_of_workers_carry_the_workers_pid(
 # logged with its traceback, as the milter's callback guard logs one.
 TRACEBACK_SCRIPT = """
 import logging
-from spfmilter.config import parse_config
-from spfmilter.logs import setup_logging
+from spfmilter.config.loading import parse_config
+from spfmilter.process.logs import setup_logging
 
 setup_logging(parse_config(""), "spfmilter")
 try:

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from spfmilter.scrape import MAX_CLIENTS
+from spfmilter.process.exporter import MAX_CLIENTS
 from tests.conftest import MakeDaemon
 from tests.support.daemon import Daemon, children, free_port, process_stats, wait_for
 from tests.support.milterclient import MilterError, one_transaction

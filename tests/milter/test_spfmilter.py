@@ -14,16 +14,16 @@ import Milter
 import pytest
 from Milter.testctx import TestCtx as MilterTestCtx
 
-from spfmilter import milter as adapter
-from spfmilter.config import Config
-from spfmilter.dns import Record
-from spfmilter.metrics import Metrics
-from spfmilter.milter import Activity, client_address, reverse_path
-from spfmilter.model import Identity, SpfOutcome, SpfQuery, SpfResult, Stage
-from spfmilter.schema import HeadersConfig, PolicyConfig
-from spfmilter.services import Services
-from spfmilter.session import Session
-from spfmilter.values import HeaderType, parse_macros
+from spfmilter.config.loading import Config
+from spfmilter.config.schema import HeadersConfig, PolicyConfig
+from spfmilter.config.values import HeaderType, parse_macros
+from spfmilter.core.metrics import Metrics
+from spfmilter.core.model import Identity, SpfOutcome, SpfQuery, SpfResult, Stage
+from spfmilter.core.session import Session
+from spfmilter.evaluation.resolver import Record
+from spfmilter.evaluation.services import Services
+from spfmilter.mta import libmilter as adapter
+from spfmilter.mta.libmilter import Activity, client_address, reverse_path
 
 RESULTS = {
     "mail.example.org": SpfResult.PASS,

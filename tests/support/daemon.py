@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from spfmilter.config import load_config
-from spfmilter.values import worker_count
+from spfmilter.config.loading import load_config
+from spfmilter.config.values import worker_count
 from tests.support.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from spfmilter import activation
+from spfmilter.process import activation
 
 
 def test_variables_of_another_process_are_not_ours_and_are_removed() -> None:

@@ -11,15 +11,15 @@ from collections.abc import Callable, Iterator
 import pytest
 import spf
 
-from spfmilter.checker import (
+from spfmilter.core.metrics import Metrics
+from spfmilter.core.model import Identity, SpfOutcome, SpfQuery, SpfResult
+from spfmilter.evaluation.checker import (
     MAX_EXPLANATION_LENGTH,
     MAX_RECORD_LENGTH,
     MAX_TERM_LENGTH,
     Checker,
 )
-from spfmilter.dns import DnsLimitError, DnsTempError, Record
-from spfmilter.metrics import Metrics
-from spfmilter.model import Identity, SpfOutcome, SpfQuery, SpfResult
+from spfmilter.evaluation.resolver import DnsLimitError, DnsTempError, Record
 
 ZONE: dict[tuple[str, str], list[Record]] = {
     ("example.org", "TXT"): [(("example.org", "TXT"), [b"v=spf1 ip4:198.51.100.0/24 -all"])],

@@ -7,10 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from spfmilter import configdoc
-from spfmilter.config import SECTIONS, Config, ConfigError, keys, load_config, parse_config, render
-from spfmilter.model import SpfResult, Stage
-from spfmilter.values import HeaderType, Nameserver, worker_count
+from spfmilter.config import docs as configdoc
+from spfmilter.config.loading import (
+    SECTIONS,
+    Config,
+    ConfigError,
+    keys,
+    load_config,
+    parse_config,
+    render,
+)
+from spfmilter.config.values import HeaderType, Nameserver, worker_count
+from spfmilter.core.model import SpfResult, Stage
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -186,13 +194,16 @@ def test_long_lookup_time_is_accepted_with_a_warning() -> None:
 
 
 def test_shipped_example_is_generated_from_the_declarations() -> None:
-    # Regenerate with: python -m spfmilter.configdoc example > spfmilter.cfg
+    # Regenerate with: python -m spfmilter.config.docs example > spfmilter.cfg
     assert (REPO / "spfmilter.cfg").read_text() == configdoc.example()
 
 
 def test_reference_table_is_generated_from_the_declarations() -> None:
     readme = (REPO / "docs" / "configuration.md").read_text()
-    start = "<!-- generated from spfmilter/schema.py: python -m spfmilter.configdoc table -->\n"
+    start = (
+        "<!-- generated from spfmilter/config/schema.py: "
+        "python -m spfmilter.config.docs table -->\n"
+    )
     end = "<!-- end of generated table -->\n"
     assert readme[readme.index(start) + len(start) : readme.index(end)] == configdoc.table()
 

@@ -7,8 +7,10 @@ import tracemalloc
 
 import pytest
 
-from spfmilter import dnswire
-from spfmilter.dns import (
+from spfmilter.core.metrics import Metrics
+from spfmilter.evaluation import dnswire
+from spfmilter.evaluation.dnswire import RR, Reply
+from spfmilter.evaluation.resolver import (
     MAX_ANSWER_RECORDS,
     NEGATIVE_TTL_CAP,
     DnsLimitError,
@@ -18,8 +20,6 @@ from spfmilter.dns import (
     confirmed_ptr_names,
     resolves_to,
 )
-from spfmilter.dnswire import RR, Reply
-from spfmilter.metrics import Metrics
 from tests.support.fakedns import make, reply
 
 SOA_300 = RR("example.org", 6, 600, 300)

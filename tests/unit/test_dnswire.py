@@ -13,8 +13,15 @@ from pathlib import Path
 import pytest
 from dnslib import AAAA, CNAME, MX, PTR, QTYPE, RR, SOA, TXT, A, DNSRecord
 
-from spfmilter import dnswire
-from spfmilter.dnswire import BadName, WireError, encode_name, make_query, name_text, parse_reply
+from spfmilter.evaluation import dnswire
+from spfmilter.evaluation.dnswire import (
+    BadName,
+    WireError,
+    encode_name,
+    make_query,
+    name_text,
+    parse_reply,
+)
 from tests.support.dnsserver import pointer_chain
 from tests.support.net import udp_and_tcp_on_one_port
 

@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from spfmilter.headers import (
+from spfmilter.core.headers import (
     authentication_results,
     authserv_id_key,
     claimed_authserv_ids,
@@ -16,7 +16,7 @@ from spfmilter.headers import (
     received_spf,
     reply_text,
 )
-from spfmilter.model import Identity, Skip, SkipReason, SpfOutcome, SpfResult
+from spfmilter.core.model import Identity, Skip, SkipReason, SpfOutcome, SpfResult
 
 IP = ipaddress.ip_address("192.0.2.10")
 

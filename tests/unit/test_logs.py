@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from spfmilter.logs import (
+from spfmilter.process.logs import (
     JournalFormatter,
     JsonFormatter,
     MailLogFormatter,

@@ -12,8 +12,8 @@ import pytest
 from prometheus_client.metrics_core import Metric
 
 from spfmilter import __version__
-from spfmilter.metrics import Metrics
-from spfmilter.scrape import Listener
+from spfmilter.core.metrics import Metrics
+from spfmilter.process.exporter import Listener
 from tests.support.daemon import wait_for
 from tests.support.net import sockets_on_port
 from tests.support.prometheus import (

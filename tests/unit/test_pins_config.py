@@ -20,10 +20,16 @@ from typing import Any
 
 import pytest
 
-from spfmilter.config import Config, ConfigError, load_config, parse_config, render, rendered
-from spfmilter.model import Macro, SpfResult, Stage
-from spfmilter.schema import key
-from spfmilter.values import (
+from spfmilter.config.loading import (
+    Config,
+    ConfigError,
+    load_config,
+    parse_config,
+    render,
+    rendered,
+)
+from spfmilter.config.schema import key
+from spfmilter.config.values import (
     Nameserver,
     choice,
     int_in,
@@ -43,6 +49,7 @@ from spfmilter.values import (
     render_workers,
     token,
 )
+from spfmilter.core.model import Macro, SpfResult, Stage
 
 
 def refused(parse: Callable[[str], Any], text: str) -> str:

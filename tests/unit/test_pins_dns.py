@@ -18,8 +18,12 @@ from collections.abc import Callable
 
 import pytest
 
-from spfmilter import dnswire
-from spfmilter.dns import (
+from spfmilter.config.schema import DnsConfig
+from spfmilter.config.values import Nameserver
+from spfmilter.core.metrics import Metrics
+from spfmilter.evaluation import dnswire
+from spfmilter.evaluation.dnswire import RR, Reply
+from spfmilter.evaluation.resolver import (
     DnsLimitError,
     DnsTempError,
     Record,
@@ -27,11 +31,7 @@ from spfmilter.dns import (
     confirmed_ptr_names,
     resolves_to,
 )
-from spfmilter.dns import footprint as dns_footprint
-from spfmilter.dnswire import RR, Reply
-from spfmilter.metrics import Metrics
-from spfmilter.schema import DnsConfig
-from spfmilter.values import Nameserver
+from spfmilter.evaluation.resolver import footprint as dns_footprint
 from tests.support.fakedns import Clock, FakeDns, make, reply
 
 SOA = RR("example", 6, 3600, 300)
@@ -263,7 +263,7 @@ def test_a_cname_loop_stops_at_the_first_repeated_name() -> None:
 
 
 def test_footprint_adds_the_measured_cost_of_each_object() -> None:
-    # The costs spfmilter.dns documents (CPython 64-bit, tracemalloc), on top
+    # The costs spfmilter.evaluation.resolver documents (CPython 64-bit, tracemalloc), on top
     # of an entry's own: its name's string (a str: 49 + length); per record
     # 120, plus its owner's string unless the owner is the name; a str value
     # 49 + length; a tuple 40 + 8 per item; each bytes 33 + length.

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from spfmilter import dnswire
-from spfmilter.dnswire import BadName, Unreachable, WireError, encode_name, name_text
+from spfmilter.evaluation import dnswire
+from spfmilter.evaluation.dnswire import BadName, Unreachable, WireError, encode_name, name_text
 from tests.support.net import udp_and_tcp_on_one_port
 
 QNAME = encode_name("example.org")

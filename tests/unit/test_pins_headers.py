@@ -12,7 +12,7 @@ import ipaddress
 
 import pytest
 
-from spfmilter.headers import (
+from spfmilter.core.headers import (
     FOLD_AT,
     RECEIVED_SPF,
     authentication_results,
@@ -22,7 +22,7 @@ from spfmilter.headers import (
     received_spf,
     result_comment,
 )
-from spfmilter.model import Identity, SpfOutcome, SpfResult
+from spfmilter.core.model import Identity, SpfOutcome, SpfResult
 
 IP = ipaddress.ip_address("192.0.2.10")
 

@@ -2,7 +2,7 @@
 the bounds on text a skip carries into logs and headers, HELO names with a
 trailing dot, and how exempt recipients are compared.
 
-Each test names a behaviour of spfmilter.policy (DESIGN/README semantics,
+Each test names a behaviour of spfmilter.core.policy (DESIGN/README semantics,
 the docstrings); tests/unit/test_policy.py holds the decision tables.
 """
 
@@ -12,9 +12,10 @@ import dataclasses
 import ipaddress
 from typing import Any
 
-from spfmilter import policy
-from spfmilter.config import Config
-from spfmilter.model import (
+from spfmilter.config.loading import Config
+from spfmilter.config.schema import PolicyConfig, SkipConfig
+from spfmilter.core import policy
+from spfmilter.core.model import (
     Action,
     Connection,
     Decision,
@@ -24,7 +25,6 @@ from spfmilter.model import (
     Stage,
     Transaction,
 )
-from spfmilter.schema import PolicyConfig, SkipConfig
 
 CLIENT = ipaddress.ip_address("198.51.100.7")
 

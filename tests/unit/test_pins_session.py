@@ -26,10 +26,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from spfmilter.config import Config
-from spfmilter.dns import DnsTempError, Record
-from spfmilter.metrics import Metrics
-from spfmilter.model import (
+from spfmilter.config.loading import Config
+from spfmilter.config.schema import HeadersConfig, PolicyConfig, SkipConfig
+from spfmilter.config.values import HeaderType
+from spfmilter.core.metrics import Metrics
+from spfmilter.core.model import (
     Action,
     Connection,
     Identity,
@@ -38,10 +39,9 @@ from spfmilter.model import (
     SpfResult,
     Stage,
 )
-from spfmilter.schema import HeadersConfig, PolicyConfig, SkipConfig
-from spfmilter.services import Services
-from spfmilter.session import GO_ON, Session
-from spfmilter.values import HeaderType
+from spfmilter.core.session import GO_ON, Session
+from spfmilter.evaluation.resolver import DnsTempError, Record
+from spfmilter.evaluation.services import Services
 
 CLIENT = "198.51.100.7"
 Results = dict[tuple[Identity, str], SpfResult]

@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
-from spfmilter import policy
-from spfmilter.config import Config
-from spfmilter.model import (
+from spfmilter.config.loading import Config
+from spfmilter.config.schema import PolicyConfig, ReplyConfig, SkipConfig
+from spfmilter.config.values import parse_macros, parse_networks
+from spfmilter.core import policy
+from spfmilter.core.model import (
     Action,
     Connection,
     Identity,
@@ -26,8 +28,6 @@ from spfmilter.model import (
     Stage,
     Transaction,
 )
-from spfmilter.schema import PolicyConfig, ReplyConfig, SkipConfig
-from spfmilter.values import parse_macros, parse_networks
 
 ALL = list(SpfResult)
 DEFAULT = Config()

@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
-from spfmilter.headers import (
+from spfmilter.core.headers import (
     AUTHENTICATION_RESULTS,
     FOLD_AT,
     RECEIVED_SPF,
@@ -44,8 +44,7 @@ from spfmilter.headers import (
     received_spf,
     reply_text,
 )
-from spfmilter.logs import JsonFormatter, TextFormatter, escape
-from spfmilter.model import (
+from spfmilter.core.model import (
     Action,
     Identity,
     IPAddress,
@@ -55,7 +54,8 @@ from spfmilter.model import (
     SpfOutcome,
     SpfResult,
 )
-from spfmilter.verdicts import FIELD_LIMIT, format_fields
+from spfmilter.core.verdicts import FIELD_LIMIT, format_fields
+from spfmilter.process.logs import JsonFormatter, TextFormatter, escape
 
 T = TypeVar("T")
 U = TypeVar("U")

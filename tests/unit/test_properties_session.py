@@ -5,13 +5,13 @@ commands with any arguments, through the Session and through the adapter.
 This file owns the properties of the policy (plan and decide: what is
 evaluated, in which order, what refuses and how, dry-run, the outcome
 reported, never a HELO pass for the sender, CVE-2019-20790), of
-spfmilter.session.Session driven with a
+spfmilter.core.session.Session driven with a
 checker and a DNS lookup that answer what hypothesis chooses (no network):
 no exception, refusals only where configured and with replies libmilter
 accepts, at most one result header of each kind that parses back,
 deletions only of forged Authentication-Results that exist (highest first),
 one verdict line per transaction, the connection gauge back to zero.  And of
-spfmilter.milter.SpfMilter under pymilter's TestCtx: every callback answers
+spfmilter.mta.libmilter.SpfMilter under pymilter's TestCtx: every callback answers
 CONTINUE, REJECT or TEMPFAIL, never reaches the error boundary, and every
 refusal carries a reply.  Text strategies and the checks of headers,
 replies and log lines come from test_properties.
@@ -33,20 +33,19 @@ from hypothesis import event, example, given
 from hypothesis import strategies as st
 from Milter.testctx import TestCtx as MilterTestCtx
 
-from spfmilter import milter as adapter
-from spfmilter import policy
-from spfmilter.config import Config
-from spfmilter.dns import DnsTempError, Record
-from spfmilter.headers import (
+from spfmilter.config.loading import Config
+from spfmilter.config.schema import HeadersConfig, PolicyConfig, ReplyConfig, SkipConfig
+from spfmilter.config.values import HeaderType, parse_domains, parse_macros, parse_results
+from spfmilter.core import policy
+from spfmilter.core.headers import (
     AUTHENTICATION_RESULTS,
     RECEIVED_SPF,
     authserv_id_key,
     claimed_authserv_ids,
     clean,
 )
-from spfmilter.logs import JsonFormatter, TextFormatter
-from spfmilter.metrics import Metrics
-from spfmilter.model import (
+from spfmilter.core.metrics import Metrics
+from spfmilter.core.model import (
     Action,
     Connection,
     Decision,
@@ -65,10 +64,11 @@ from spfmilter.model import (
     Step,
     Transaction,
 )
-from spfmilter.schema import HeadersConfig, PolicyConfig, ReplyConfig, SkipConfig
-from spfmilter.services import Services
-from spfmilter.session import GO_ON, Session
-from spfmilter.values import HeaderType, parse_domains, parse_macros, parse_results
+from spfmilter.core.session import GO_ON, Session
+from spfmilter.evaluation.resolver import DnsTempError, Record
+from spfmilter.evaluation.services import Services
+from spfmilter.mta import libmilter as adapter
+from spfmilter.process.logs import JsonFormatter, TextFormatter
 from tests.unit.test_properties import (
     CHARS,
     SETTINGS,

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from spfmilter.config import Config
-from spfmilter.dns import Record
-from spfmilter.metrics import Metrics
-from spfmilter.model import Action, Identity, SpfOutcome, SpfQuery, SpfResult
-from spfmilter.services import IdlingPool, Services
-from spfmilter.session import Session
+from spfmilter.config.loading import Config
+from spfmilter.core.metrics import Metrics
+from spfmilter.core.model import Action, Identity, SpfOutcome, SpfQuery, SpfResult
+from spfmilter.core.session import Session
+from spfmilter.evaluation.resolver import Record
+from spfmilter.evaluation.services import IdlingPool, Services
 from tests.support.daemon import wait_for
 
 

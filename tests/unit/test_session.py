@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from spfmilter.config import Config
-from spfmilter.dns import DnsTempError, Record
-from spfmilter.metrics import Metrics
-from spfmilter.model import (
+from spfmilter.config.loading import Config
+from spfmilter.config.schema import HeadersConfig, PolicyConfig, SkipConfig
+from spfmilter.config.values import HeaderType
+from spfmilter.core.metrics import Metrics
+from spfmilter.core.model import (
     Action,
     HeaderChanges,
     Identity,
@@ -24,10 +25,9 @@ from spfmilter.model import (
     Stage,
     Step,
 )
-from spfmilter.schema import HeadersConfig, PolicyConfig, SkipConfig
-from spfmilter.services import Services
-from spfmilter.session import GO_ON, Session
-from spfmilter.values import HeaderType
+from spfmilter.core.session import GO_ON, Session
+from spfmilter.evaluation.resolver import DnsTempError, Record
+from spfmilter.evaluation.services import Services
 
 Results = dict[tuple[Identity, str], SpfResult]
 

@@ -2,9 +2,9 @@
 
 This module owns the schema: each section is a frozen dataclass, and each
 key a field whose metadata gives its parser, its renderer, a one-line
-summary and the text that documents it.  Parsing (spfmilter.config), the
+summary and the text that documents it.  Parsing (spfmilter.config.loading), the
 example file spfmilter.cfg, the reference table in docs/configuration.md and the man page
-(spfmilter.configdoc) all read these declarations, so a key cannot be
+(spfmilter.config.docs) all read these declarations, so a key cannot be
 half-added.  It imports model and values.
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from spfmilter import values as v
-from spfmilter.model import IPNetwork, Macro, SpfResult, Stage
+from spfmilter.config import values as v
+from spfmilter.core.model import IPNetwork, Macro, SpfResult, Stage
 
 T = TypeVar("T")
 

@@ -23,13 +23,13 @@ from typing import Any, Protocol, TypeVar
 
 import Milter
 
-from spfmilter.config import Config
-from spfmilter.headers import reply_text
-from spfmilter.model import Action, IPAddress, Macro, Step
-from spfmilter.services import Services
-from spfmilter.session import Session
+from spfmilter.config.loading import Config
+from spfmilter.core.headers import reply_text
+from spfmilter.core.model import Action, IPAddress, Macro, Step
+from spfmilter.core.session import Session
+from spfmilter.evaluation.services import Services
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("spfmilter.milter")
 
 # libmilter's reply codes, typed (pymilter has no annotations).
 CONTINUE: int = Milter.CONTINUE

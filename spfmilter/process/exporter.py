@@ -1,6 +1,6 @@
 """The /metrics HTTP listener ([metrics] listen).
 
-This module owns serving the exposition of spfmilter.metrics to scrapers,
+This module owns serving the exposition of spfmilter.core.metrics to scrapers,
 whatever else connects to the port, from one thread with a bounded number
 of descriptors and bytes.  The kernel hands a connection over only once its
 first bytes came (TCP_DEFER_ACCEPT): a scraper's comes with its request and
@@ -25,9 +25,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from spfmilter.metrics import OPENMETRICS_TYPE, TEXT_TYPE, Metrics
+from spfmilter.core.metrics import OPENMETRICS_TYPE, TEXT_TYPE, Metrics
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("spfmilter.scrape")
 
 MAX_CLIENTS = 16
 CLIENT_SECONDS = 5.0

@@ -11,9 +11,10 @@ anything that does (it may import model, config and headers).
 
 from __future__ import annotations
 
-from spfmilter.config import Config
-from spfmilter.headers import REPLY_TEXT_LIMIT, clean
-from spfmilter.model import (
+from spfmilter.config.loading import Config
+from spfmilter.config.schema import PolicyConfig
+from spfmilter.core.headers import REPLY_TEXT_LIMIT, clean
+from spfmilter.core.model import (
     Action,
     Connection,
     Decision,
@@ -29,7 +30,6 @@ from spfmilter.model import (
     SpfResult,
     Transaction,
 )
-from spfmilter.schema import PolicyConfig
 
 # RFC 7372 section 3.2 (5.7.23 SPF validation failed, 5.7.24 SPF validation
 # error) and RFC 3463 for the reply classes.

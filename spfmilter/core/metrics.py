@@ -23,12 +23,12 @@ import time
 from collections.abc import Iterator, Sequence
 
 from spfmilter import __version__
-from spfmilter.model import Action, Identity, SkipReason, SpfResult
+from spfmilter.core.model import Action, Identity, SkipReason, SpfResult
 
 # DNS answers on a LAN resolver take about a millisecond, a cold recursive
 # lookup tens to hundreds, and a timeout seconds.
 DNS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20)
-# Every type spfmilter.dnswire can ask for.
+# Every type spfmilter.evaluation.dnswire can ask for.
 QTYPES = ("A", "AAAA", "CNAME", "MX", "PTR", "SOA", "SPF", "TXT")
 DNS_OUTCOMES = ("answer", "empty", "refused", "timeout", "failure", "error")
 # How long a reader waits for a slot that is being changed before it uses

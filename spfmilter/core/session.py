@@ -21,10 +21,9 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from spfmilter import policy, verdicts
-from spfmilter.config import Config
-from spfmilter.dns import DnsLimitError, DnsTempError, Record, confirmed_ptr_names, resolves_to
-from spfmilter.headers import (
+from spfmilter.config.loading import Config
+from spfmilter.core import policy, verdicts
+from spfmilter.core.headers import (
     AUTHENTICATION_RESULTS,
     RECEIVED_SPF,
     authentication_results,
@@ -33,7 +32,7 @@ from spfmilter.headers import (
     clean,
     received_spf,
 )
-from spfmilter.model import (
+from spfmilter.core.model import (
     Action,
     Connection,
     Decision,
@@ -50,9 +49,16 @@ from spfmilter.model import (
     Step,
     Transaction,
 )
-from spfmilter.services import Services
+from spfmilter.evaluation.resolver import (
+    DnsLimitError,
+    DnsTempError,
+    Record,
+    confirmed_ptr_names,
+    resolves_to,
+)
+from spfmilter.evaluation.services import Services
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("spfmilter.session")
 
 GO_ON = Step()
 

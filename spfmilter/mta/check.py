@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from spfmilter.config import Config
-from spfmilter.model import Action, Decision, Macro, SpfOutcome
-from spfmilter.services import Services
-from spfmilter.session import Session
+from spfmilter.config.loading import Config
+from spfmilter.core.model import Action, Decision, Macro, SpfOutcome
+from spfmilter.core.session import Session
+from spfmilter.evaluation.services import Services
 
 # The recipient used when none is given.  Not postmaster@: that is the usual
 # exempt recipient, and would hide a reject.

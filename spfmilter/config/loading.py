@@ -1,7 +1,7 @@
 """Configuration: a file parsed once into a frozen, validated Config.
 
 This module owns reading spfmilter.cfg against the declarations of
-spfmilter.schema: unknown sections and keys, and values their parser
+spfmilter.config.schema: unknown sections and keys, and values their parser
 refuses, are errors naming file, line and key (a file that does not parse
 never silently means defaults); the warnings a valid file may still deserve;
 and the effective configuration written back (--check-config).  It imports
@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spfmilter.model import Stage
-from spfmilter.schema import (
+from spfmilter.config.schema import (
     DnsConfig,
     HeadersConfig,
     LogConfig,
@@ -30,7 +29,8 @@ from spfmilter.schema import (
     ReplyConfig,
     SkipConfig,
 )
-from spfmilter.values import Renderer
+from spfmilter.config.values import Renderer
+from spfmilter.core.model import Stage
 
 EX_CONFIG = 78  # sysexits.h: configuration error
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from spfmilter.model import IPNetwork, Macro, SpfResult
+from spfmilter.core.model import IPNetwork, Macro, SpfResult
 
 Parser = Callable[[str], Any]
 Renderer = Callable[[Any], str]

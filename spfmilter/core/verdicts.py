@@ -7,7 +7,7 @@ connection, the client, the identity that decided, its result, the action),
 or "SPF skipped - <reason>" and the fields for a skipped one; the same
 fields, queue_id included, as JSON keys; and the verdict and skip counters.
 Values are quoted here; making them safe for a log line is the formatters'
-job (spfmilter.logs).  It imports model and metrics.
+job (spfmilter.process.logs).  It imports model and metrics.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from __future__ import annotations
 import logging
 import re
 
-from spfmilter.metrics import Metrics
-from spfmilter.model import Connection, Decision, Identity, SpfOutcome, Transaction
+from spfmilter.core.metrics import Metrics
+from spfmilter.core.model import Connection, Decision, Identity, SpfOutcome, Transaction
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("spfmilter.verdicts")
 
 FIELD_LIMIT = 400
 _NEEDS_QUOTES = re.compile(r'[\s"=\\]')

@@ -23,10 +23,10 @@ from collections.abc import Callable, Sequence
 
 import spf
 
-from spfmilter.dns import Answers, DnsLimitError, DnsTempError, Record
-from spfmilter.metrics import Metrics
-from spfmilter.model import Identity, SpfOutcome, SpfQuery, SpfResult
-from spfmilter.ttlcache import TtlCache
+from spfmilter.core.metrics import Metrics
+from spfmilter.core.model import Identity, SpfOutcome, SpfQuery, SpfResult
+from spfmilter.evaluation.resolver import Answers, DnsLimitError, DnsTempError, Record
+from spfmilter.evaluation.ttlcache import TtlCache
 
 # RFC 7208 section 4.3 / RFC 1035 section 2.3.1: a domain the HELO identity
 # can be checked for.  Address literals ("[192.0.2.1]") and bare words are
@@ -50,7 +50,7 @@ MAX_TERM_LENGTH = 320
 # number of dots times its length; a longer one is treated as absent.
 MAX_EXPLANATION_LENGTH = 1024
 # An outcome is kept at most this long, however long its records live
-# (spfmilter.dns caps record TTLs the same way).
+# (spfmilter.evaluation.resolver caps record TTLs the same way).
 MAX_RESULT_SECONDS = 86400
 # CPU seconds one evaluation may use, checked before and after each DNS
 # lookup (which parses the answer in the evaluating thread); a normal one
@@ -243,7 +243,7 @@ class Checker:
 
 
 # A kept outcome with its query, as CPython holds them (measured like the
-# DNS cache's entries, spfmilter.dns.footprint), plus their strings.
+# DNS cache's entries, spfmilter.evaluation.resolver.footprint), plus their strings.
 _RESULT_BYTES = 700
 
 

@@ -20,13 +20,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from spfmilter import dnswire
-from spfmilter.metrics import Metrics
-from spfmilter.model import IPAddress
-from spfmilter.schema import DnsConfig
-from spfmilter.ttlcache import TtlCache
+from spfmilter.config.schema import DnsConfig
+from spfmilter.core.metrics import Metrics
+from spfmilter.core.model import IPAddress
+from spfmilter.evaluation import dnswire
+from spfmilter.evaluation.ttlcache import TtlCache
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("spfmilter.dns")
 
 # One record as the SPF evaluator consumes it: ((owner name, type), value)
 # with value an address or name (str), an MX (preference, exchange), or the

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("spfmilter.activation")
 
 # sd_listen_fds(3): passed descriptors start here.
 LISTEN_FDS_START = 3

@@ -23,13 +23,13 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from spfmilter.checker import Checker
-from spfmilter.config import Config
-from spfmilter.dns import Lookup, Resolver
-from spfmilter.metrics import Metrics
-from spfmilter.model import SpfOutcome, SpfQuery
+from spfmilter.config.loading import Config
+from spfmilter.core.metrics import Metrics
+from spfmilter.core.model import SpfOutcome, SpfQuery
+from spfmilter.evaluation.checker import Checker
+from spfmilter.evaluation.resolver import Lookup, Resolver
 
-# Evaluates one identity (spfmilter.checker.Checker.check): the query and
+# Evaluates one identity (spfmilter.evaluation.checker.Checker.check): the query and
 # the seconds of DNS time it may take.
 Check = Callable[[SpfQuery, float], SpfOutcome]
 

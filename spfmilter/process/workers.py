@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("spfmilter.workers")
 
 # A worker body: given its slot, serves until stopped; returns an exit status.
 Body = Callable[[int], int]

@@ -8,7 +8,7 @@ the resolver installed into the checker, the SIGUSR1 reload thread,
 readiness for the service manager, serving (libmilter's loop on a thread of
 its own, so that a stop signal can wake its listener at once), and a stop
 that lets the callbacks in progress finish (and, on a socket that outlives
-the process, the MTA connections).  It is the only module besides milter.py
+the process, the MTA connections).  It is the only module besides mta/libmilter.py
 that imports Milter.
 """
 
@@ -30,18 +30,20 @@ from types import FrameType, TracebackType
 
 import Milter
 
-from spfmilter import activation, logs, milter, runas, services, warmup, workers
-from spfmilter.config import (
+from spfmilter.config.loading import (
     EX_CONFIG,
     Config,
     ConfigError,
     load_config,
 )
-from spfmilter.metrics import Metrics
-from spfmilter.scrape import Listener
-from spfmilter.values import worker_count
+from spfmilter.config.values import worker_count
+from spfmilter.core.metrics import Metrics
+from spfmilter.evaluation import services, warmup
+from spfmilter.mta import libmilter
+from spfmilter.process import activation, logs, privileges, workers
+from spfmilter.process.exporter import Listener
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("spfmilter.daemon")
 
 MILTER_NAME = "spfmilter"
 # libmilter's own timeout for talking to the MTA (seconds): longer than
@@ -99,7 +101,7 @@ def _listen(name: str, spec: str, timeout: int, passed: socket.socket | None) ->
     from it); a stale socket left by a crash is removed.  Returns its
     descriptor.
 
-    pymilter's exception policy is set here: see milter.serve().
+    pymilter's exception policy is set here: see libmilter.serve().
     """
     lowlevel = Milter.milter
     lowlevel.set_exception_policy(lowlevel.CONTINUE)
@@ -346,13 +348,13 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
         log.error("%s", error)
         return 1
     try:
-        account, warnings = runas.choose_account(config.milter)
+        account, warnings = privileges.choose_account(config.milter)
         if path is not None:
-            runas.check_config_file(path, account)
+            privileges.check_config_file(path, account)
         # A passed socket was made by the service manager, with its owner
         # and mode: the daemon makes no socket and no directory.
         if passed is None:
-            warnings += runas.prepare_socket(config.milter, account)
+            warnings += privileges.prepare_socket(config.milter, account)
     except ConfigError as error:
         log.error("%s", error)
         return EX_CONFIG
@@ -374,7 +376,7 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     # forks, so that a worker's start reads nothing.
     shared = services.build(config, metrics)
     if account is not None:
-        runas.drop_privileges(account)
+        privileges.drop_privileges(account)
     spec = config.milter.socket
     if passed is not None:
         spec = f"{activation.describe(passed)} (passed by the service manager)"
@@ -460,10 +462,10 @@ class Worker:
         self.metrics.use_slot(slot)
         shared = self.shared.for_worker(slot, self.count)
         threading.Thread(target=_reload_loop, args=(holder,), name="reload", daemon=True).start()
-        activity = milter.Activity()
-        make = milter.factory(holder, shared, activity)
+        activity = libmilter.Activity()
+        make = libmilter.factory(holder, shared, activity)
         try:
-            MilterLoop(functools.partial(milter.serve, MILTER_NAME, make), self._drain).run()
+            MilterLoop(functools.partial(libmilter.serve, MILTER_NAME, make), self._drain).run()
         except Milter.milter.error as error:
             log.error("cannot run the milter on %s: %s", holder.config.milter.socket, error)
             return 1

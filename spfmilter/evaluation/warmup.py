@@ -24,12 +24,12 @@ from collections.abc import Sequence
 from importlib.machinery import ModuleSpec
 from types import ModuleType
 
-from spfmilter import dnswire
-from spfmilter.checker import Checker
-from spfmilter.dns import Record
-from spfmilter.model import Identity, SpfQuery
+from spfmilter.core.model import Identity, SpfQuery
+from spfmilter.evaluation import dnswire
+from spfmilter.evaluation.checker import Checker
+from spfmilter.evaluation.resolver import Record
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("spfmilter.warmup")
 
 # Canned zone: every mechanism, modifier and macro kind pyspf has code for,
 # a U-label domain (idna and punycode codecs), and an explanation.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from spfmilter.model import Identity, IPAddress, Skip, SpfOutcome, SpfResult
+from spfmilter.core.model import Identity, IPAddress, Skip, SpfOutcome, SpfResult
 
 RECEIVED_SPF = "Received-SPF"
 AUTHENTICATION_RESULTS = "Authentication-Results"

@@ -22,8 +22,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from spfmilter.config import ConfigError
-from spfmilter.schema import MilterConfig
+from spfmilter.config.loading import ConfigError
+from spfmilter.config.schema import MilterConfig
 
 # The account the systemd sysusers file creates, tried when [milter] user
 # is empty; nobody is shared with other daemons and only a fallback.

@@ -1,11 +1,11 @@
 """The configuration's declarations written out as documentation.
 
-This module owns the texts made from spfmilter.schema: the commented
+This module owns the texts made from spfmilter.config.schema: the commented
 example file (spfmilter.cfg in the source, /etc/spfmilter/spfmilter.cfg in
 the package, ``spfmilter --example-config``), the reference table in docs/configuration.md, and
 the key list of the spfmilter.cfg(5) man page.  Tests check that the files
 in the repository equal what this writes, so the documentation cannot drift
-from the code.  Regenerate with ``python -m spfmilter.configdoc example``
+from the code.  Regenerate with ``python -m spfmilter.config.docs example``
 (or ``table``).  It imports config, schema and values.
 """
 
@@ -15,7 +15,7 @@ import sys
 import textwrap
 from collections.abc import Iterator, Sequence
 
-from spfmilter.config import SECTIONS, keys, rendered
+from spfmilter.config.loading import SECTIONS, keys, rendered
 
 EXAMPLE_HEADER = """\
 # spfmilter.cfg: every key, set to its built-in default.
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     texts = {"example": example, "table": table, "man": man_keys}
     if len(args) != 1 or args[0] not in texts:
-        print(f"usage: python -m spfmilter.configdoc {'|'.join(texts)}", file=sys.stderr)
+        print(f"usage: python -m spfmilter.config.docs {'|'.join(texts)}", file=sys.stderr)
         return 2
     sys.stdout.write(texts[args[0]]())
     return 0

@@ -15,7 +15,7 @@ import sys
 import textwrap
 from collections.abc import Iterator, Sequence
 
-from spfmilter.config.loading import SECTIONS, keys, rendered
+from spfmilter.config.schema import SECTIONS, keys, rendered
 
 EXAMPLE_HEADER = """\
 # spfmilter.cfg: every key, set to its built-in default.

@@ -1,12 +1,11 @@
-"""Configuration: a file parsed once into a frozen, validated Config.
+"""Reading the configuration file into a frozen, validated Config.
 
-This module owns reading spfmilter.cfg against the declarations of
-spfmilter.config.schema: unknown sections and keys, and values their parser
-refuses, are errors naming file, line and key (a file that does not parse
-never silently means defaults); the warnings a valid file may still deserve;
-and the effective configuration written back (--check-config).  It imports
-model, values and schema (no Milter, no spf, no I/O besides reading the
-file).
+This module owns reading spfmilter.cfg against the declarations of the
+schema: unknown sections and keys, and values their parser refuses, are
+errors naming file, line and key (a file that does not parse never
+silently means defaults); the warnings a valid file may still deserve; and
+the effective configuration written back (--check-config).  No I/O besides
+reading the file.
 """
 
 from __future__ import annotations
@@ -15,21 +14,10 @@ import configparser
 import dataclasses
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spfmilter.config.schema import (
-    DnsConfig,
-    HeadersConfig,
-    LogConfig,
-    MetricsConfig,
-    MilterConfig,
-    PolicyConfig,
-    ReplyConfig,
-    SkipConfig,
-)
-from spfmilter.config.values import Renderer
+from spfmilter.config.schema import SECTIONS, Config, keys, rendered
 from spfmilter.core.model import Stage
 
 EX_CONFIG = 78  # sysexits.h: configuration error
@@ -41,34 +29,6 @@ LOOKUP_TIME_WARN = 25.0
 
 class ConfigError(Exception):
     """A configuration problem, worded as ``file:line: [section] key: ...``."""
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole configuration; `source` is the file it came from, if any."""
-
-    source: str | None = None
-    milter: MilterConfig = field(default_factory=MilterConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    skip: SkipConfig = field(default_factory=SkipConfig)
-    headers: HeadersConfig = field(default_factory=HeadersConfig)
-    reply: ReplyConfig = field(default_factory=ReplyConfig)
-    dns: DnsConfig = field(default_factory=DnsConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    warnings: tuple[str, ...] = ()
-
-
-SECTIONS: dict[str, type[Any]] = {
-    f.name: f.default_factory  # type: ignore[misc]
-    for f in dataclasses.fields(Config)
-    if f.default_factory is not dataclasses.MISSING
-}
-
-
-def keys(section: type[Any]) -> tuple[dataclasses.Field[Any], ...]:
-    """The declared keys of a section, in file order."""
-    return dataclasses.fields(section)
 
 
 def line_numbers(text: str) -> dict[tuple[str, str], int]:
@@ -194,12 +154,6 @@ def _warnings(config: Config) -> tuple[str, ...]:
             "reject_stage = mail (recipients are not known yet at MAIL FROM)"
         )
     return tuple(warnings)
-
-
-def rendered(section: Any, declaration: dataclasses.Field[Any]) -> str:
-    """A key's value in `section` as its parser reads it back."""
-    render: Renderer = declaration.metadata["render"]
-    return render(getattr(section, declaration.name))
 
 
 def render(config: Config) -> str:

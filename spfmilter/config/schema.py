@@ -1,22 +1,68 @@
-"""Every configuration key, declared once.
+"""Every configuration key, declared once, and the Config they make up.
 
-This module owns the schema: each section is a frozen dataclass, and each
-key a field whose metadata gives its parser, its renderer, a one-line
-summary and the text that documents it.  Parsing (spfmilter.config.loading), the
-example file spfmilter.cfg, the reference table in docs/configuration.md and the man page
-(spfmilter.config.docs) all read these declarations, so a key cannot be
-half-added.  It imports model and values.
+This module owns the schema: the whole Config, each of its sections a
+frozen dataclass, each key a field whose metadata gives its parser, its
+renderer, a one-line summary and the text that documents it, and the
+choices of the keys that take one of a few words.  Reading a file, writing
+the effective configuration back, the example file spfmilter.cfg, the
+reference table in docs/configuration.md and the man page all work from
+these declarations, so a key cannot be half-added.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from spfmilter.config import values as v
+from spfmilter.config.values import Renderer
 from spfmilter.core.model import IPNetwork, Macro, SpfResult, Stage
 
 T = TypeVar("T")
+
+
+class HeaderType(enum.StrEnum):
+    """Which result header(s) to add."""
+
+    RECEIVED_SPF = "received-spf"
+    AUTHENTICATION_RESULTS = "authentication-results"
+    BOTH = "both"
+    NONE = "none"
+
+    @property
+    def received_spf(self) -> bool:
+        """True when a Received-SPF header is added."""
+        return self in (HeaderType.RECEIVED_SPF, HeaderType.BOTH)
+
+    @property
+    def authentication_results(self) -> bool:
+        """True when an Authentication-Results header is added."""
+        return self in (HeaderType.AUTHENTICATION_RESULTS, HeaderType.BOTH)
+
+
+class LogTarget(enum.StrEnum):
+    """Where log lines go."""
+
+    STDERR = "stderr"
+    SYSLOG = "syslog"
+
+
+class LogFormat(enum.StrEnum):
+    """How log lines are written."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+class LogLevel(enum.StrEnum):
+    """Logging threshold."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
 
 
 def key(
@@ -247,9 +293,9 @@ class SkipConfig:
 class HeadersConfig:
     """The result header(s) and the receiver's name in them."""
 
-    type: v.HeaderType = key(
-        v.HeaderType.RECEIVED_SPF,
-        v.choice(v.HeaderType),
+    type: HeaderType = key(
+        HeaderType.RECEIVED_SPF,
+        v.choice(HeaderType),
         "`received-spf`, `authentication-results`, `both`, `none`",
         "Which result header to add to each accepted message (one per message): "
         "received-spf, authentication-results, both or none.",
@@ -345,21 +391,21 @@ class DnsConfig:
 class LogConfig:
     """Level, destination and format of log lines."""
 
-    level: v.LogLevel = key(
-        v.LogLevel.INFO,
-        v.choice(v.LogLevel),
+    level: LogLevel = key(
+        LogLevel.INFO,
+        v.choice(LogLevel),
         "`debug`, `info`, `warning`, `error`",
         "debug, info, warning or error.  info logs one line per verdict.",
     )
-    target: v.LogTarget = key(
-        v.LogTarget.STDERR,
-        v.choice(v.LogTarget),
+    target: LogTarget = key(
+        LogTarget.STDERR,
+        v.choice(LogTarget),
         "`stderr` (journald) or `syslog` (facility mail)",
         "stderr (journald under systemd) or syslog (facility mail, via syslog_socket).",
     )
-    format: v.LogFormat = key(
-        v.LogFormat.TEXT,
-        v.choice(v.LogFormat),
+    format: LogFormat = key(
+        LogFormat.TEXT,
+        v.choice(LogFormat),
         "`text` (key=value) or `json`",
         "text (key=value) or json (one object per line).",
     )
@@ -391,3 +437,37 @@ class MetricsConfig:
             return None
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; `source` is the file it came from, if any."""
+
+    source: str | None = None
+    milter: MilterConfig = field(default_factory=MilterConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    skip: SkipConfig = field(default_factory=SkipConfig)
+    headers: HeadersConfig = field(default_factory=HeadersConfig)
+    reply: ReplyConfig = field(default_factory=ReplyConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    warnings: tuple[str, ...] = ()
+
+
+SECTIONS: dict[str, type[Any]] = {
+    f.name: f.default_factory  # type: ignore[misc]
+    for f in dataclasses.fields(Config)
+    if f.default_factory is not dataclasses.MISSING
+}
+
+
+def keys(section: type[Any]) -> tuple[dataclasses.Field[Any], ...]:
+    """The declared keys of a section, in file order."""
+    return dataclasses.fields(section)
+
+
+def rendered(section: Any, declaration: dataclasses.Field[Any]) -> str:
+    """A key's value in `section` as its parser reads it back."""
+    render: Renderer = declaration.metadata["render"]
+    return render(getattr(section, declaration.name))

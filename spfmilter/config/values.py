@@ -5,7 +5,7 @@ booleans, numbers with bounds, sizes, seconds, enums, lists of results,
 networks, domains, recipients and nameservers, socket and listener
 specifications, modes, names and paths.  Each parser takes the raw text and
 raises ValueError saying what was expected; each renderer writes what its
-parser reads back.  It imports model only; no I/O.
+parser reads back.  No I/O.
 """
 
 from __future__ import annotations
@@ -21,48 +21,6 @@ from spfmilter.core.model import IPNetwork, Macro, SpfResult
 
 Parser = Callable[[str], Any]
 Renderer = Callable[[Any], str]
-
-
-class HeaderType(enum.StrEnum):
-    """Which result header(s) to add."""
-
-    RECEIVED_SPF = "received-spf"
-    AUTHENTICATION_RESULTS = "authentication-results"
-    BOTH = "both"
-    NONE = "none"
-
-    @property
-    def received_spf(self) -> bool:
-        """True when a Received-SPF header is added."""
-        return self in (HeaderType.RECEIVED_SPF, HeaderType.BOTH)
-
-    @property
-    def authentication_results(self) -> bool:
-        """True when an Authentication-Results header is added."""
-        return self in (HeaderType.AUTHENTICATION_RESULTS, HeaderType.BOTH)
-
-
-class LogTarget(enum.StrEnum):
-    """Where log lines go."""
-
-    STDERR = "stderr"
-    SYSLOG = "syslog"
-
-
-class LogFormat(enum.StrEnum):
-    """How log lines are written."""
-
-    TEXT = "text"
-    JSON = "json"
-
-
-class LogLevel(enum.StrEnum):
-    """Logging threshold."""
-
-    DEBUG = "debug"
-    INFO = "info"
-    WARNING = "warning"
-    ERROR = "error"
 
 
 @dataclass(frozen=True)
@@ -86,7 +44,6 @@ def _items(text: str) -> list[str]:
     return [item for item in re.split(r"[\s,]+", text.strip()) if item]
 
 
-# STYLE rule 3: booleans are yes/no/true/false.
 _BOOLEANS = {"yes": True, "true": True, "no": False, "false": False}
 
 
@@ -296,15 +253,11 @@ def parse_socket(text: str) -> str:
 
 # Most worker processes accepted: each holds its own caches and threads.
 MAX_WORKERS = 64
-# Most workers "auto" starts: one per CPU up to this.  Each costs tens of
-# MiB and caches of its own; eight serve several thousand transactions a
-# second, more than the SMTP processes of one MTA send.
-AUTO_WORKERS = 8
 
 
 def parse_workers(text: str) -> int:
-    """A number of worker processes from 1 to 64, or auto (0: see
-    worker_count)."""
+    """A number of worker processes from 1 to 64, or auto (0: one per CPU,
+    as many as spfmilter.process.workers starts)."""
     if text.strip().lower() == "auto":
         return 0
     try:
@@ -314,11 +267,6 @@ def parse_workers(text: str) -> int:
     if not 1 <= value <= MAX_WORKERS:
         raise ValueError(f"expected auto or a number from 1 to {MAX_WORKERS}, got {value}")
     return value
-
-
-def worker_count(workers: int, cpus: int | None) -> int:
-    """How many workers a [milter] workers value starts on `cpus` CPUs."""
-    return workers or min(cpus or 1, AUTO_WORKERS)
 
 
 def render_workers(workers: int) -> str:

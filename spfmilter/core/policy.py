@@ -11,8 +11,7 @@ anything that does (it may import model, config and headers).
 
 from __future__ import annotations
 
-from spfmilter.config.loading import Config
-from spfmilter.config.schema import PolicyConfig
+from spfmilter.config.schema import Config, PolicyConfig
 from spfmilter.core.headers import REPLY_TEXT_LIMIT, clean
 from spfmilter.core.model import (
     Action,

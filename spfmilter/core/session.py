@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from spfmilter.config.loading import Config
+from spfmilter.config.schema import Config
 from spfmilter.core import policy, verdicts
 from spfmilter.core.headers import (
     AUTHENTICATION_RESULTS,

@@ -23,7 +23,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from spfmilter.config.loading import Config
+from spfmilter.config.schema import Config
 from spfmilter.core.metrics import Metrics
 from spfmilter.core.model import SpfOutcome, SpfQuery
 from spfmilter.evaluation.checker import Checker

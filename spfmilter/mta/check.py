@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from spfmilter.config.loading import Config
+from spfmilter.config.schema import Config
 from spfmilter.core.model import Action, Decision, Macro, SpfOutcome
 from spfmilter.core.session import Session
 from spfmilter.evaluation.services import Services

@@ -23,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 import Milter
 
-from spfmilter.config.loading import Config
+from spfmilter.config.schema import Config
 from spfmilter.core.headers import reply_text
 from spfmilter.core.model import Action, IPAddress, Macro, Step
 from spfmilter.core.session import Session

@@ -30,18 +30,14 @@ from types import FrameType, TracebackType
 
 import Milter
 
-from spfmilter.config.loading import (
-    EX_CONFIG,
-    Config,
-    ConfigError,
-    load_config,
-)
-from spfmilter.config.values import worker_count
+from spfmilter.config.loading import EX_CONFIG, ConfigError, load_config
+from spfmilter.config.schema import Config
 from spfmilter.core.metrics import Metrics
 from spfmilter.evaluation import services, warmup
 from spfmilter.mta import libmilter
 from spfmilter.process import activation, logs, privileges, workers
 from spfmilter.process.exporter import Listener
+from spfmilter.process.workers import worker_count
 
 log = logging.getLogger("spfmilter.daemon")
 

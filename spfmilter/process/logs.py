@@ -21,8 +21,7 @@ import os
 import sys
 from typing import Any
 
-from spfmilter.config.loading import Config
-from spfmilter.config.values import LogFormat, LogTarget
+from spfmilter.config.schema import Config, LogFormat, LogTarget
 
 # Escapes for the characters str.isprintable() refuses that are common
 # enough to deserve a short form; the rest become \xNN or \uNNNN.

@@ -1,7 +1,7 @@
 """Worker processes: forked on one listening socket, supervised, replaced.
 
 This module owns the process tree of a daemon with [milter] workers above
-one: the parent forks the workers after it opened libmilter's listening
+one (and how many "auto" starts): the parent forks the workers after it opened libmilter's listening
 socket (each worker accepts from it and runs its own libmilter), then only
 supervises: SIGTERM, SIGINT and SIGHUP stop every worker and wait for them
 (in-flight callbacks finish), SIGUSR1 is passed on so that each worker
@@ -35,6 +35,16 @@ PR_SET_PDEATHSIG = 1
 # Workers dying this many times within CRASH_WINDOW seconds is a crash loop.
 CRASH_LIMIT = 5
 CRASH_WINDOW = 60.0
+# Most workers "auto" starts: one per CPU up to this.  Each costs tens of
+# MiB and caches of its own; eight serve several thousand transactions a
+# second, more than the SMTP processes of one MTA send.
+AUTO_WORKERS = 8
+
+
+def worker_count(workers: int, cpus: int | None) -> int:
+    """How many workers a [milter] workers value starts on `cpus` CPUs
+    (0 is auto)."""
+    return workers or min(cpus or 1, AUTO_WORKERS)
 
 
 @dataclass

@@ -14,9 +14,8 @@ import Milter
 import pytest
 from Milter.testctx import TestCtx as MilterTestCtx
 
-from spfmilter.config.loading import Config
-from spfmilter.config.schema import HeadersConfig, PolicyConfig
-from spfmilter.config.values import HeaderType, parse_macros
+from spfmilter.config.schema import Config, HeadersConfig, HeaderType, PolicyConfig
+from spfmilter.config.values import parse_macros
 from spfmilter.core.metrics import Metrics
 from spfmilter.core.model import Identity, SpfOutcome, SpfQuery, SpfResult, Stage
 from spfmilter.core.session import Session

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from spfmilter.config.loading import load_config
-from spfmilter.config.values import worker_count
+from spfmilter.process.workers import worker_count
 from tests.support.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,17 +8,11 @@ from pathlib import Path
 import pytest
 
 from spfmilter.config import docs as configdoc
-from spfmilter.config.loading import (
-    SECTIONS,
-    Config,
-    ConfigError,
-    keys,
-    load_config,
-    parse_config,
-    render,
-)
-from spfmilter.config.values import HeaderType, Nameserver, worker_count
+from spfmilter.config.loading import ConfigError, load_config, parse_config, render
+from spfmilter.config.schema import SECTIONS, Config, HeaderType, keys
+from spfmilter.config.values import Nameserver
 from spfmilter.core.model import SpfResult, Stage
+from spfmilter.process.workers import worker_count
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -20,15 +20,8 @@ from typing import Any
 
 import pytest
 
-from spfmilter.config.loading import (
-    Config,
-    ConfigError,
-    load_config,
-    parse_config,
-    render,
-    rendered,
-)
-from spfmilter.config.schema import key
+from spfmilter.config.loading import ConfigError, load_config, parse_config, render
+from spfmilter.config.schema import Config, key, rendered
 from spfmilter.config.values import (
     Nameserver,
     choice,

@@ -12,8 +12,7 @@ import dataclasses
 import ipaddress
 from typing import Any
 
-from spfmilter.config.loading import Config
-from spfmilter.config.schema import PolicyConfig, SkipConfig
+from spfmilter.config.schema import Config, PolicyConfig, SkipConfig
 from spfmilter.core import policy
 from spfmilter.core.model import (
     Action,

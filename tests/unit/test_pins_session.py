@@ -26,9 +26,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from spfmilter.config.loading import Config
-from spfmilter.config.schema import HeadersConfig, PolicyConfig, SkipConfig
-from spfmilter.config.values import HeaderType
+from spfmilter.config.schema import Config, HeadersConfig, HeaderType, PolicyConfig, SkipConfig
 from spfmilter.core.metrics import Metrics
 from spfmilter.core.model import (
     Action,

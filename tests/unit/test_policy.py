@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from spfmilter.config.loading import Config
-from spfmilter.config.schema import PolicyConfig, ReplyConfig, SkipConfig
+from spfmilter.config.schema import Config, PolicyConfig, ReplyConfig, SkipConfig
 from spfmilter.config.values import parse_macros, parse_networks
 from spfmilter.core import policy
 from spfmilter.core.model import (

@@ -33,9 +33,15 @@ from hypothesis import event, example, given
 from hypothesis import strategies as st
 from Milter.testctx import TestCtx as MilterTestCtx
 
-from spfmilter.config.loading import Config
-from spfmilter.config.schema import HeadersConfig, PolicyConfig, ReplyConfig, SkipConfig
-from spfmilter.config.values import HeaderType, parse_domains, parse_macros, parse_results
+from spfmilter.config.schema import (
+    Config,
+    HeadersConfig,
+    HeaderType,
+    PolicyConfig,
+    ReplyConfig,
+    SkipConfig,
+)
+from spfmilter.config.values import parse_domains, parse_macros, parse_results
 from spfmilter.core import policy
 from spfmilter.core.headers import (
     AUTHENTICATION_RESULTS,

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from spfmilter.config.loading import Config
+from spfmilter.config.schema import Config
 from spfmilter.core.metrics import Metrics
 from spfmilter.core.model import Action, Identity, SpfOutcome, SpfQuery, SpfResult
 from spfmilter.core.session import Session

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -17,7 +18,8 @@ from spfmilter.config import docs
 from spfmilter.config.loading import EX_CONFIG, ConfigError, load_config, render
 from spfmilter.config.values import parse_macros, parse_socket
 from spfmilter.core.metrics import Metrics
-from spfmilter.evaluation import services
+from spfmilter.core.session import Services
+from spfmilter.evaluation import evaluator
 from spfmilter.mta import check
 from spfmilter.process import daemon, logs
 
@@ -96,11 +98,12 @@ def check_main(argv: Sequence[str]) -> int:
         macros = parse_macros(",".join(args.macro))
     except ValueError as error:
         parser.error(f"--macro: {error}")
-    shared = services.build(config, Metrics())
+    metrics = Metrics()
+    shared = Services(evaluator.build(config.dns, metrics), metrics, host_name=socket.getfqdn())
     if args.policy_request:
         check.serve_policy(config, shared, sys.stdin, sys.stdout)
         return 0
-    tx = check.Transaction(
+    request = check.Request(
         client_ip=args.client_ip,
         helo=args.helo,
         sender=args.sender.strip("<>"),
@@ -109,7 +112,7 @@ def check_main(argv: Sequence[str]) -> int:
         macros=macros,
     )
     try:
-        result = check.run(config, shared, tx)
+        result = check.run(config, shared, request)
     except ValueError as error:
         parser.error(f"--client-ip: {error}")
     print(check.as_json(result) if args.json else check.as_text(result))

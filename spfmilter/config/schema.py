@@ -283,11 +283,6 @@ class SkipConfig:
         example="example.com",
     )
 
-    @property
-    def needs_dns(self) -> bool:
-        """Whether a skip needs DNS facts about the client."""
-        return bool(self.helo_names or self.ptr_domains or self.forwarder_domains)
-
 
 @dataclass(frozen=True)
 class HeadersConfig:

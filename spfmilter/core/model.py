@@ -1,9 +1,9 @@
 """Value types shared by every layer of spfmilter.
 
 This module owns the vocabulary: SPF results and identities (RFC 7208 names),
-the per-connection and per-transaction facts the milter gathers, and the
-Decision that the policy engine returns.  Everything here is an immutable
-value.  It imports nothing from spfmilter.
+the per-connection and per-transaction facts the milter gathers, the Plan
+the policy makes, the Outcomes its evaluation finds, and the Decision the
+policy returns.  Everything here is an immutable value.
 """
 
 from __future__ import annotations
@@ -119,8 +119,8 @@ class Macro:
 
 
 @dataclass(frozen=True)
-class Transaction:
-    """One MAIL FROM ... end-of-message exchange.
+class Envelope:
+    """What MAIL FROM says about one transaction.
 
     `mail_from` is the reverse-path without angle brackets; ``""`` is the
     null sender.  `auth_user` is the SASL login name (macro
@@ -167,7 +167,7 @@ class SkipReason(enum.StrEnum):
 
 _SKIP_TEMPLATES = {
     SkipReason.LOCAL_SUBMISSION: "no client IP address (local submission)",
-    # The classic policy servers' wording (DESIGN section 1).
+    # The wording of the classic policy servers (postfix-policyd-spf-perl).
     SkipReason.LOCALHOST: "localhost is always allowed",
     SkipReason.NETWORK: "client {} in skip networks",
     SkipReason.AUTHENTICATED: "SASL authenticated as {}",
@@ -196,16 +196,23 @@ class Skip:
 
 @dataclass(frozen=True)
 class SkipFacts:
-    """What DNS said about the client, for the skips that need it.
+    """What DNS said about the client for the skips a Plan lists: each fact
+    found is a skip.
 
-    `helo_confirmed`: the HELO name resolves (A/AAAA) to the client IP.
-    `ptr_names`: the client's forward-confirmed PTR names.
-    `forwarder`: a forwarder domain whose SPF policy the client passes.
+    `helo_confirmed`: the plan's HELO name resolves (A/AAAA) to the client
+    IP.  `forwarder`: a listed forwarder domain whose SPF policy the client
+    passes.  `ptr`: a forward-confirmed PTR name of the client and the
+    listed domain it is in.
     """
 
     helo_confirmed: bool = False
-    ptr_names: tuple[str, ...] = ()
     forwarder: str | None = None
+    ptr: tuple[str, str] | None = None
+
+    @property
+    def found(self) -> bool:
+        """Whether any fact was found, so that a skip applies."""
+        return self.helo_confirmed or self.forwarder is not None or self.ptr is not None
 
 
 @dataclass(frozen=True)
@@ -226,20 +233,44 @@ class Reply:
 
 @dataclass(frozen=True)
 class Plan:
-    """What the policy needs evaluated before it can decide.
+    """Everything the policy needs evaluated for one transaction, said once.
 
-    `skip`: SPF is not applied at all.  `facts`: DNS facts about the client
-    (SkipFacts) are needed first, then the policy plans again with them.
-    `helo` and `mail_from`: the identities to evaluate, HELO first; MAIL FROM
-    is not evaluated after a HELO result in `final_helo_results` (the HELO
-    result rejects or defers already).
+    `skip`: SPF is not applied, and nothing is evaluated.  Otherwise DNS
+    facts about the client come first, each of which is a skip: whether
+    `helo_name` (the HELO, when [skip] helo_names lists it) resolves to the
+    client, a domain of `forwarder_domains` whose SPF policy the client
+    passes, a forward-confirmed PTR name in `ptr_domains`.  Then the
+    identities `helo` and `mail_from` say to evaluate, HELO first (RFC 7208
+    section 2.3).  `helo_refusing` and `mail_from_refusing` are the results
+    of each identity that reject or defer the transaction; MAIL FROM is not
+    evaluated after a HELO result in `final_helo_results` (the HELO result
+    refuses already; empty in dry-run, which evaluates both).
     """
 
     skip: Skip | None = None
-    facts: bool = False
+    helo_name: str | None = None
+    forwarder_domains: tuple[str, ...] = ()
+    ptr_domains: tuple[str, ...] = ()
     helo: bool = False
     mail_from: bool = False
+    helo_refusing: frozenset[SpfResult] = frozenset()
+    mail_from_refusing: frozenset[SpfResult] = frozenset()
     final_helo_results: frozenset[SpfResult] = frozenset()
+
+    @property
+    def needs_facts(self) -> bool:
+        """Whether a skip needs DNS facts about the client."""
+        return self.helo_name is not None or bool(self.forwarder_domains or self.ptr_domains)
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """What the evaluation of a Plan found: the skip facts, and the outcome
+    of each identity evaluated (None: not evaluated)."""
+
+    facts: SkipFacts = SkipFacts()
+    helo: SpfOutcome | None = None
+    mail_from: SpfOutcome | None = None
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,9 @@ to a Decision.
 This module owns what spfmilter does with SPF results: which clients and
 transactions are skipped, which identities are evaluated and in which
 order, which results reject or defer, the SMTP replies, and which recipients
-are exempt.  A session asks it twice: plan() says what to evaluate, decide()
-judges the outcomes.  It performs no I/O and must not import Milter, spf or
-anything that does (it may import model, config and headers).
+are exempt.  A session asks it twice per transaction: plan() says, once,
+everything to evaluate and which results will refuse; decide() judges the
+outcomes by that same plan.  It performs no I/O.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from spfmilter.core.model import (
     Action,
     Connection,
     Decision,
+    Envelope,
     Identity,
     IPAddress,
     IPNetwork,
+    Outcomes,
     Plan,
     Reply,
     Skip,
@@ -27,7 +29,6 @@ from spfmilter.core.model import (
     SkipReason,
     SpfOutcome,
     SpfResult,
-    Transaction,
 )
 
 # RFC 7372 section 3.2 (5.7.23 SPF validation failed, 5.7.24 SPF validation
@@ -37,32 +38,37 @@ _PERMERROR = (550, "5.7.24")
 _DEFER = (451, "4.7.24")
 
 
-def plan(config: Config, conn: Connection, tx: Transaction, facts: SkipFacts | None = None) -> Plan:
+def plan(config: Config, conn: Connection, envelope: Envelope) -> Plan:
     """What to evaluate for this transaction, HELO first (RFC 7208 2.3).
 
     Skips are checked in a fixed order, so that the logged reason is
-    predictable: skip networks, SASL authentication, trusted relays, sender
-    domains, then (once `facts` are known) HELO names that resolve to the
-    client, forwarder domains whose SPF the client passes, forward-confirmed
-    PTR names.  For the null sender the HELO identity is always evaluated:
-    RFC 7208 section 2.4 makes postmaster@<helo> its MAIL FROM identity.
+    predictable: no client address, skip networks, SASL authentication,
+    macros, trusted relays, sender domains; then, from DNS, HELO names that
+    resolve to the client, forwarder domains whose SPF the client passes,
+    forward-confirmed PTR names (the plan lists what to look up, decide()
+    keeps the order).  For the null sender the HELO identity is always
+    evaluated: RFC 7208 section 2.4 makes postmaster@<helo> its MAIL FROM
+    identity.
     """
-    skip = _skip(config, conn, tx)
-    if skip is None and facts is None and config.skip.needs_dns:
-        return Plan(facts=True)
-    if skip is None and facts is not None:
-        skip = _dns_skip(config, conn, facts)
+    skip = _skip(config, conn, envelope)
     if skip is not None:
         return Plan(skip=skip)
-    policy = config.policy
+    policy, skips = config.policy, config.skip
+    helo = conn.helo.lower().rstrip(".")
+    helo_refusing = _refusing(config, envelope, Identity.HELO)
     return Plan(
-        helo=policy.helo_check or tx.null_sender,
-        mail_from=not tx.null_sender,
-        final_helo_results=frozenset() if policy.dry_run else _refusing(config, tx, Identity.HELO),
+        helo_name=helo if helo in skips.helo_names else None,
+        forwarder_domains=skips.forwarder_domains,
+        ptr_domains=skips.ptr_domains,
+        helo=policy.helo_check or envelope.null_sender,
+        mail_from=not envelope.null_sender,
+        helo_refusing=helo_refusing,
+        mail_from_refusing=_refusing(config, envelope, Identity.MAIL_FROM),
+        final_helo_results=frozenset() if policy.dry_run else helo_refusing,
     )
 
 
-def _skip(config: Config, conn: Connection, tx: Transaction) -> Skip | None:
+def _skip(config: Config, conn: Connection, envelope: Envelope) -> Skip | None:
     skip = config.skip
     ip = conn.client_ip
     if ip is None:
@@ -73,41 +79,26 @@ def _skip(config: Config, conn: Connection, tx: Transaction) -> Skip | None:
         if ip.is_loopback:
             return Skip(SkipReason.LOCALHOST)
         return Skip(SkipReason.NETWORK, str(ip))
-    if skip.authenticated and tx.auth_user:
-        return Skip(SkipReason.AUTHENTICATED, clean(tx.auth_user, 64))
+    if skip.authenticated and envelope.auth_user:
+        return Skip(SkipReason.AUTHENTICATED, clean(envelope.auth_user, 64))
     for macro in skip.macros:
-        if macro in tx.macros:
+        if macro in envelope.macros:
             return Skip(SkipReason.MACRO, str(macro))
     if _in(ip, skip.trusted_relays):
         return Skip(SkipReason.TRUSTED_RELAY, str(ip))
-    if tx.sender_domain and tx.sender_domain in skip.sender_domains:
-        return Skip(SkipReason.SENDER_DOMAIN, clean(tx.sender_domain, 253))
+    if envelope.sender_domain and envelope.sender_domain in skip.sender_domains:
+        return Skip(SkipReason.SENDER_DOMAIN, clean(envelope.sender_domain, 253))
     return None
 
 
-def _dns_skip(config: Config, conn: Connection, facts: SkipFacts) -> Skip | None:
-    skip = config.skip
-    helo = conn.helo.lower().rstrip(".")
-    if facts.helo_confirmed and helo in skip.helo_names:
-        return Skip(SkipReason.HELO_NAME, clean(helo, 253))
+def _dns_skip(plan: Plan, facts: SkipFacts) -> Skip | None:
+    if facts.helo_confirmed and plan.helo_name is not None:
+        return Skip(SkipReason.HELO_NAME, clean(plan.helo_name, 253))
     if facts.forwarder is not None:
         return Skip(SkipReason.FORWARDER, facts.forwarder)
-    for name in facts.ptr_names:
-        domain = in_domains(name, skip.ptr_domains)
-        if domain is not None:
-            return Skip(SkipReason.PTR_DOMAIN, f"{clean(name, 253)} is in {domain}")
-    return None
-
-
-def in_domains(name: str, domains: tuple[str, ...]) -> str | None:
-    """The listed domain `name` is, or is below, on label boundaries.
-
-    "mail.example.com" is in "example.com"; "evilexample.com" is not.
-    """
-    name = name.lower().rstrip(".")
-    for domain in domains:
-        if name == domain or name.endswith("." + domain):
-            return domain
+    if facts.ptr is not None:
+        name, domain = facts.ptr
+        return Skip(SkipReason.PTR_DOMAIN, f"{clean(name, 253)} is in {domain}")
     return None
 
 
@@ -115,25 +106,26 @@ def _in(ip: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
     return any(ip in net for net in networks if net.version == ip.version)
 
 
-def decide(
-    config: Config,
-    tx: Transaction,
-    helo: SpfOutcome | None,
-    mail_from: SpfOutcome | None,
-) -> Decision:
-    """The verdict for one transaction, HELO first (RFC 7208 section 2.3).
-
-    The first identity whose result rejects or defers decides; otherwise
-    the transaction is accepted.  Dry-run turns any reject or defer into an
-    accept and keeps what it would have done in `intended`.
+def decide(config: Config, plan: Plan, outcomes: Outcomes) -> Decision:
+    """The verdict for one transaction, by the plan it was evaluated with:
+    a skip when the plan or a fact found says so, else the first identity,
+    HELO first (RFC 7208 section 2.3), whose result refuses decides, and
+    otherwise the transaction is accepted.  Dry-run turns any reject or
+    defer into an accept and keeps what it would have done in `intended`.
     """
     policy = config.policy
+    skip = plan.skip or _dns_skip(plan, outcomes.facts)
+    if skip is not None:
+        return Decision(
+            action=Action.SKIP, intended=Action.SKIP, stage=policy.reject_stage, skip=skip
+        )
     action, reply, decided_by = Action.ACCEPT, None, None
-    for outcome in (helo, mail_from):
-        if outcome is None:
-            continue
-        action = _action(config, tx, outcome.identity, outcome.result)
-        if action is not Action.ACCEPT:
+    for outcome, refusing in (
+        (outcomes.helo, plan.helo_refusing),
+        (outcomes.mail_from, plan.mail_from_refusing),
+    ):
+        if outcome is not None and outcome.result in refusing:
+            action = Action.DEFER if outcome.result is SpfResult.TEMPERROR else Action.REJECT
             reply = _reply(config, outcome)
             decided_by = outcome.identity
             break
@@ -143,14 +135,9 @@ def decide(
         stage=policy.reject_stage,
         reply=None if policy.dry_run else reply,
         decided_by=decided_by,
-        helo=helo,
-        mail_from=mail_from,
+        helo=outcomes.helo,
+        mail_from=outcomes.mail_from,
     )
-
-
-def skipped(policy: PolicyConfig, skip: Skip) -> Decision:
-    """The Decision for a transaction SPF is not applied to."""
-    return Decision(action=Action.SKIP, intended=Action.SKIP, stage=policy.reject_stage, skip=skip)
 
 
 def recipient_exempt(policy: PolicyConfig, recipient: str) -> bool:
@@ -164,12 +151,12 @@ def recipient_exempt(policy: PolicyConfig, recipient: str) -> bool:
     return any(entry in (address, local) for entry in policy.exempt_recipients)
 
 
-def _refusing(config: Config, tx: Transaction, identity: Identity) -> frozenset[SpfResult]:
+def _refusing(config: Config, envelope: Envelope, identity: Identity) -> frozenset[SpfResult]:
     """The results of `identity` that reject or defer this transaction."""
     policy = config.policy
     if identity is Identity.HELO and policy.helo_check:
         rejects = policy.helo_reject
-        if policy.helo_reject_null_sender_only and not tx.null_sender:
+        if policy.helo_reject_null_sender_only and not envelope.null_sender:
             rejects = frozenset()
     else:
         # A bounce's HELO identity checked only because it is the MAIL FROM
@@ -181,12 +168,6 @@ def _refusing(config: Config, tx: Transaction, identity: Identity) -> frozenset[
     if policy.permerror_reject:
         refusing.add(SpfResult.PERMERROR)
     return frozenset(refusing)
-
-
-def _action(config: Config, tx: Transaction, identity: Identity, result: SpfResult) -> Action:
-    if result not in _refusing(config, tx, identity):
-        return Action.ACCEPT
-    return Action.DEFER if result is SpfResult.TEMPERROR else Action.REJECT
 
 
 def _reply(config: Config, outcome: SpfOutcome) -> Reply:

@@ -1,25 +1,26 @@
 """One SMTP session as a plain object: connection facts, the HELO result
-kept per HELO, and a transaction per MAIL FROM.
+kept per HELO, and a Transaction per MAIL FROM.
 
 This module owns the order of a session and the state it keeps: the
 Connection facts (client, HELO, the receiver's name), the HELO identity's
 outcome (computed once per HELO, RFC 7208 section 2.3), and, from MAIL to
-end of message, a _Transaction holding the Decision and what the message
-brings (recipients exempted, forged result fields seen).  Its
-methods take plain values and return values: a Step for MAIL and RCPT
-(go on, or refuse with a reply), HeaderChanges at end of message.  The DNS
-budget of one MTA command is set here: the skips that need DNS, the HELO
-and the MAIL FROM evaluation share it.  It knows nothing of libmilter.
+end of message, a Transaction holding the Decision and what the message
+brings (recipients exempted, forged result fields seen).  Its methods take
+plain values and return values: a Step for MAIL and RCPT (go on, or refuse
+with a reply), HeaderChanges at end of message.  At MAIL it asks the policy
+for a plan, has the evaluator it was given carry the plan out, and asks the
+policy to decide; how the evaluation is done (DNS, threads, time) is the
+evaluator's business, and libmilter's is the adapter's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
-from collections.abc import Sequence
-from concurrent.futures import Future
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from spfmilter.config.schema import Config
 from spfmilter.core import policy, verdicts
@@ -32,42 +33,63 @@ from spfmilter.core.headers import (
     clean,
     received_spf,
 )
+from spfmilter.core.metrics import Metrics
 from spfmilter.core.model import (
     Action,
     Connection,
     Decision,
+    Envelope,
     HeaderChanges,
-    Identity,
     IPAddress,
     Macro,
+    Outcomes,
     Plan,
-    SkipFacts,
     SpfOutcome,
-    SpfQuery,
-    SpfResult,
     Stage,
     Step,
-    Transaction,
 )
-from spfmilter.evaluation.resolver import (
-    DnsLimitError,
-    DnsTempError,
-    Record,
-    confirmed_ptr_names,
-    resolves_to,
-)
-from spfmilter.evaluation.services import Services
-
-log = logging.getLogger("spfmilter.session")
 
 GO_ON = Step()
 
 
+class Evaluator(Protocol):
+    """What carries out a Plan: the SPF and DNS work of one MTA command."""
+
+    def evaluate(
+        self, plan: Plan, conn: Connection, mail_from: str, helo: SpfOutcome | None, conn_id: int
+    ) -> Outcomes:
+        """The Outcomes of `plan` for `mail_from` from the client of `conn`;
+        `helo` is the HELO identity's outcome when known already for this
+        HELO (it is then not evaluated again).  `conn_id` names the
+        connection in what is logged."""
+        ...
+
+
+@dataclass(frozen=True)
+class Services:
+    """The shared collaborators of the sessions of one process: the
+    evaluator, the metrics, the host's name (the receiver when neither
+    [headers] authserv_id nor the MTA names one) and the connection
+    numbers."""
+
+    evaluator: Evaluator
+    metrics: Metrics
+    host_name: str = "localhost"
+    # Numbers connections in log lines (next() on a count is atomic).
+    connection_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def for_worker(self, worker: int, workers: int) -> Services:
+        """These services in worker `worker` of `workers`, which numbers its
+        connections worker+1, worker+1+workers, ...: no two workers log the
+        same number."""
+        return dataclasses.replace(self, connection_ids=itertools.count(worker + 1, workers))
+
+
 @dataclass
-class _Transaction:
+class Transaction:
     """One MAIL FROM ... end of message: made at MAIL, dropped at its end."""
 
-    facts: Transaction
+    envelope: Envelope
     decision: Decision
     logged: bool = False
     exempt: list[str] = field(default_factory=list)
@@ -84,9 +106,8 @@ class Session:
         self.services = services
         self.id = next(services.connection_ids)
         self.conn: Connection | None = None
-        self.transaction: _Transaction | None = None
+        self.transaction: Transaction | None = None
         self._helo: SpfOutcome | None = None
-        self._deadline = 0.0
         self._open = True
         services.metrics.connections.inc()
 
@@ -115,18 +136,23 @@ class Session:
     def mail(self, mail_from: str, auth_user: str, macros: tuple[Macro, ...] = ()) -> Step:
         """MAIL FROM: evaluate the transaction; the answer to MAIL.  `macros`
         are the values the MTA sent for the macros [skip] macros names."""
-        assert self.conn is not None  # connect() comes first
-        facts = Transaction(mail_from, auth_user, macros)
-        self.transaction = _Transaction(facts, self._evaluate(self.conn, facts))
+        conn = self.conn
+        assert conn is not None  # connect() comes first
+        envelope = Envelope(mail_from, auth_user, macros)
+        plan = policy.plan(self.config, conn, envelope)
+        outcomes = self.services.evaluator.evaluate(plan, conn, mail_from, self._helo, self.id)
+        if outcomes.helo is not None:
+            self._helo = outcomes.helo
+        self.transaction = Transaction(envelope, policy.decide(self.config, plan, outcomes))
         if self.transaction.decision.stage is Stage.MAIL:
-            return self._refusal(None, "")
+            return self._refusal(None)
         return GO_ON
 
     def rcpt(self, recipient: str) -> Step:
         """RCPT TO: the answer for this recipient."""
         if self.transaction is None or self.transaction.decision.stage is not Stage.RCPT:
             return GO_ON
-        return self._refusal(recipient, "")
+        return self._refusal(recipient)
 
     def header(self, name: str, value: str) -> None:
         """A header of the message: note Authentication-Results that claim our
@@ -194,113 +220,9 @@ class Session:
             finally:
                 self.services.metrics.connections.dec()
 
-    # --- evaluation -------------------------------------------------------
-
-    def _evaluate(self, conn: Connection, tx: Transaction) -> Decision:
-        config = self.config
-        # One DNS budget for the whole MTA command (skip facts, HELO, MAIL
-        # FROM): the MTA times a milter command as a whole (Postfix's
-        # milter_command_timeout, 30 s), so identities evaluated one after
-        # the other share it.  RFC 7208 section 4.6.4 asks for at least 20 s
-        # per evaluation; the HELO result is reused across transactions.
-        self._deadline = self.services.clock() + config.dns.lookup_time
-        plan = policy.plan(config, conn, tx)
-        if plan.facts:
-            plan = policy.plan(config, conn, tx, self._skip_facts(conn))
-        if plan.skip is not None:
-            return policy.skipped(config.policy, plan.skip)
-        early = self._mail_from_beside_helo(conn, tx, plan)
-        helo = self._helo_outcome(conn) if plan.helo else None
-        mail_from = None
-        if plan.mail_from and (helo is None or helo.result not in plan.final_helo_results):
-            mail_from = self._collect(early) if early is not None else None
-            if mail_from is None:
-                mail_from = self._check(conn, Identity.MAIL_FROM, tx.mail_from)
-        elif early is not None and not early.cancel():
-            # HELO decided: the MAIL FROM result is not needed.  It finishes
-            # within the same budgets (its result is cached); a failure is
-            # still reported.
-            early.add_done_callback(self._report_unused)
-        return policy.decide(config, tx, helo, mail_from)
-
-    def _report_unused(self, early: Future[SpfOutcome]) -> None:
-        error = early.exception()
-        if error is not None:
-            log.error(
-                "internal error in a MAIL FROM evaluation: conn=%s",
-                self.id,
-                exc_info=(type(error), error, error.__traceback__),
-            )
-            self.services.metrics.errors.inc()
-
-    def _mail_from_beside_helo(
-        self, conn: Connection, tx: Transaction, plan: Plan
-    ) -> Future[SpfOutcome] | None:
-        """MAIL FROM evaluated in the background while HELO is evaluated
-        here, when both are needed and HELO is not known yet: a transaction
-        then waits for its DNS once, not twice (20 ms answers: 40 ms, not
-        80).  HELO still decides first (policy.decide); when it refuses, the
-        MAIL FROM lookups were made for nothing."""
-        background = self.services.background
-        if background is None or not (plan.helo and plan.mail_from) or self._helo is not None:
-            return None
-        known = self.services.known
-        if known(self._query(conn, Identity.HELO, "")) or known(
-            self._query(conn, Identity.MAIL_FROM, tx.mail_from)
-        ):
-            return None  # one of them answers at once: nothing to overlap
-        return background.submit(self._check, conn, Identity.MAIL_FROM, tx.mail_from)
-
-    def _collect(self, early: Future[SpfOutcome]) -> SpfOutcome | None:
-        """The background evaluation's outcome; None when it had not started
-        yet (every background thread busy), and then never will."""
-        if early.cancel():
-            return None
-        # Running or done: bounded by the same lookup and CPU budgets.
-        return early.result()
-
-    def _skip_facts(self, conn: Connection) -> SkipFacts:
-        """What DNS says about the client, for the skips that need it."""
-        skip = self.config.skip
-        ip = conn.client_ip
-        assert ip is not None  # clients without an address are skipped before
-        helo = conn.helo.lower().rstrip(".")
-        try:
-            helo_confirmed = helo in skip.helo_names and resolves_to(self._lookup, helo, ip)
-            ptr_names = confirmed_ptr_names(self._lookup, ip) if skip.ptr_domains else ()
-        except (DnsTempError, DnsLimitError) as error:
-            log.warning("conn=%s: DNS trouble while checking skips: %s", self.id, error)
-            return SkipFacts()
-        forwarder = None
-        for domain in skip.forwarder_domains:
-            outcome = self._check(conn, Identity.MAIL_FROM, f"postmaster@{domain}")
-            if outcome.result is SpfResult.PASS:
-                forwarder = domain
-                break
-        return SkipFacts(helo_confirmed=helo_confirmed, ptr_names=ptr_names, forwarder=forwarder)
-
-    def _helo_outcome(self, conn: Connection) -> SpfOutcome:
-        if self._helo is None:
-            self._helo = self._check(conn, Identity.HELO, "")
-        return self._helo
-
-    def _remaining(self) -> float:
-        # pyspf reads a budget of 0 as "no limit": never hand it one.
-        return max(0.001, self._deadline - self.services.clock())
-
-    def _lookup(self, name: str, qtype: str, budget: float | None) -> Sequence[Record]:
-        return self.services.lookup(name, qtype, self._remaining())
-
-    def _query(self, conn: Connection, identity: Identity, mail_from: str) -> SpfQuery:
-        assert conn.client_ip is not None  # clients without an address are skipped
-        return SpfQuery(identity, conn.client_ip, conn.helo, mail_from, conn.receiver)
-
-    def _check(self, conn: Connection, identity: Identity, mail_from: str) -> SpfOutcome:
-        return self.services.check(self._query(conn, identity, mail_from), self._remaining())
-
     # --- answers ----------------------------------------------------------
 
-    def _refusal(self, recipient: str | None, queue_id: str) -> Step:
+    def _refusal(self, recipient: str | None) -> Step:
         """The answer to MAIL or RCPT for the transaction's decision."""
         tx = self.transaction
         assert tx is not None
@@ -311,7 +233,9 @@ class Session:
         if recipient is not None and policy.recipient_exempt(self.config.policy, recipient):
             tx.exempt.append(recipient)
             return GO_ON
-        self._log(queue_id)
+        # A refusal comes before the MTA has a queue id: logged as Postfix
+        # logs its own, NOQUEUE.
+        self._log("")
         return Step(decision.action, decision.reply)
 
     def _result_headers(self, decision: Decision) -> tuple[tuple[str, str], ...]:
@@ -349,6 +273,6 @@ class Session:
             queue_id=queue_id,
             conn_id=self.id,
             conn=self.conn,
-            tx=tx.facts,
+            envelope=tx.envelope,
             exempt=tx.exempt,
         )

@@ -16,7 +16,7 @@ import logging
 import re
 
 from spfmilter.core.metrics import Metrics
-from spfmilter.core.model import Connection, Decision, Identity, SpfOutcome, Transaction
+from spfmilter.core.model import Connection, Decision, Envelope, Identity, SpfOutcome
 
 log = logging.getLogger("spfmilter.verdicts")
 
@@ -31,7 +31,7 @@ def record(
     queue_id: str,
     conn_id: int,
     conn: Connection,
-    tx: Transaction,
+    envelope: Envelope,
     exempt: list[str],
 ) -> None:
     """Log the verdict line of one transaction and count it."""
@@ -40,7 +40,7 @@ def record(
         "conn": conn_id,
         "client_ip": conn.client_ip,
         "helo": conn.helo,
-        "sender": tx.mail_from,
+        "sender": envelope.mail_from,
     }
     if decision.skip is not None:
         metrics.skips.labels(decision.skip.reason.value).inc()

@@ -14,7 +14,6 @@ dnswire's.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +21,6 @@ from typing import NamedTuple
 
 from spfmilter.config.schema import DnsConfig
 from spfmilter.core.metrics import Metrics
-from spfmilter.core.model import IPAddress
 from spfmilter.evaluation import dnswire
 from spfmilter.evaluation.ttlcache import TtlCache
 
@@ -58,9 +56,6 @@ Answers = Callable[[str, str, float | None], tuple[Sequence[Record], float]]
 # How a question reaches a server: (server, name in wire format, type code,
 # deadline, clock) -> reply (dnswire.exchange; tests inject their own).
 Exchange = Callable[[tuple[str, int], bytes, int, float, Callable[[], float]], dnswire.Reply]
-
-# RFC 7208 section 4.6.4: at most 10 PTR names are looked at.
-MAX_PTR_NAMES = 10
 
 
 class DnsTempError(Exception):
@@ -289,37 +284,3 @@ def _negative_ttl(reply: dnswire.Reply) -> int:
         if rr.rtype == 6 and isinstance(rr.value, int):
             return min(rr.ttl, rr.value, NEGATIVE_TTL_CAP)
     return 0
-
-
-def resolves_to(lookup: Lookup, name: str, ip: IPAddress) -> bool:
-    """Whether `name` has an A (IPv4) or AAAA (IPv6) record equal to `ip`."""
-    qtype = "A" if ip.version == 4 else "AAAA"
-    return any(
-        _same_address(value, ip) for key, value in lookup(name, qtype, None) if key[1] == qtype
-    )
-
-
-def confirmed_ptr_names(lookup: Lookup, ip: IPAddress) -> tuple[str, ...]:
-    """The client's PTR names that resolve back to it (forward-confirmed).
-
-    Like the SPF "ptr" mechanism (RFC 7208 section 5.5), at most ten names
-    are looked at and a name whose lookup fails is skipped.
-    """
-    names = [
-        str(value) for key, value in lookup(ip.reverse_pointer, "PTR", None) if key[1] == "PTR"
-    ]
-    confirmed = []
-    for name in names[:MAX_PTR_NAMES]:
-        try:
-            if resolves_to(lookup, name, ip):
-                confirmed.append(name.lower())
-        except (DnsTempError, DnsLimitError):
-            continue
-    return tuple(confirmed)
-
-
-def _same_address(value: object, ip: IPAddress) -> bool:
-    try:
-        return ipaddress.ip_address(str(value)) == ip
-    except ValueError:
-        return False

@@ -21,8 +21,7 @@ from typing import IO, Any
 
 from spfmilter.config.schema import Config
 from spfmilter.core.model import Action, Decision, Macro, SpfOutcome
-from spfmilter.core.session import Session
-from spfmilter.evaluation.services import Services
+from spfmilter.core.session import Services, Session
 
 # The recipient used when none is given.  Not postmaster@: that is the usual
 # exempt recipient, and would hide a reject.
@@ -53,7 +52,7 @@ class CheckResult:
 
 
 @dataclass(frozen=True)
-class Transaction:
+class Request:
     """The input of one check."""
 
     client_ip: str
@@ -66,41 +65,41 @@ class Transaction:
     macros: tuple[Macro, ...] = ()
 
 
-def run(config: Config, services: Services, tx: Transaction) -> CheckResult:
+def run(config: Config, services: Services, request: Request) -> CheckResult:
     """Drive one Session through connect, HELO, MAIL, RCPT... and end of message.
 
     Stops where an MTA would: after a MAIL refusal, or when every recipient
     was refused.  Raises ValueError for a client IP that is not one.
     """
-    ip = ipaddress.ip_address(tx.client_ip)
+    ip = ipaddress.ip_address(request.client_ip)
     session = Session(config, services)
     try:
         # No MTA name (macro j): the receiver is named as for an MTA that
         # sends none (authserv_id, else this host's name).
-        session.connect(ip, tx.client_name or f"[{ip}]", "")
-        session.hello(tx.helo)
-        step = session.mail(tx.sender, tx.auth_user, tx.macros)
+        session.connect(ip, request.client_name or f"[{ip}]", "")
+        session.hello(request.helo)
+        step = session.mail(request.sender, request.auth_user, request.macros)
         assert session.transaction is not None
         result = CheckResult(
             client_ip=str(ip),
-            helo=tx.helo,
-            sender=tx.sender,
+            helo=request.helo,
+            sender=request.sender,
             decision=session.transaction.decision,
             mail_action=step.action,
             mail_reply=str(step.reply) if step.reply else None,
         )
         if step.action is not Action.ACCEPT:
             return result
-        for address in tx.recipients:
+        for address in request.recipients:
             step = session.rcpt(f"<{address}>")
             reply = str(step.reply) if step.reply else None
             result.recipients.append(RecipientResult(address, step.action, reply))
         if any(r.action is Action.ACCEPT for r in result.recipients):
-            result.headers = list(session.end_of_message(tx.queue_id).insert)
+            result.headers = list(session.end_of_message(request.queue_id).insert)
         return result
     finally:
-        session.abort(tx.queue_id)
-        session.close(tx.queue_id)
+        session.abort(request.queue_id)
+        session.close(request.queue_id)
 
 
 # --- command line output -------------------------------------------------
@@ -222,15 +221,15 @@ def read_blocks(stream: IO[str], warn: Callable[[str], None]) -> Iterator[dict[s
         yield block
 
 
-def policy_transaction(block: Mapping[str, str]) -> Transaction | None:
-    """The Transaction an attribute block describes (None: nothing to check)."""
+def policy_request(block: Mapping[str, str]) -> Request | None:
+    """The Request an attribute block describes (None: nothing to check)."""
     if "" in block or block.get("request") != "smtpd_access_policy":
         return None
     address = block.get("client_address", "")
     if not address:
         return None
     recipient = block.get("recipient", "")
-    return Transaction(
+    return Request(
         client_ip=address,
         helo=block.get("helo_name", ""),
         sender=block.get("sender", ""),
@@ -271,11 +270,11 @@ def serve_policy(
 
     for block in read_blocks(stream, warn):
         answer = "action=DUNNO"
-        tx = policy_transaction(block)
-        if tx is not None:
+        request = policy_request(block)
+        if request is not None:
             try:
-                answer = policy_action(run(config, services, tx))
+                answer = policy_action(run(config, services, request))
             except ValueError as error:
-                warn(f"client_address {tx.client_ip!r}: {error}")
+                warn(f"client_address {request.client_ip!r}: {error}")
         out.write(f"{answer}\n\n")
         out.flush()

@@ -26,8 +26,7 @@ import Milter
 from spfmilter.config.schema import Config
 from spfmilter.core.headers import reply_text
 from spfmilter.core.model import Action, IPAddress, Macro, Step
-from spfmilter.core.session import Session
-from spfmilter.evaluation.services import Services
+from spfmilter.core.session import Services, Session
 
 log = logging.getLogger("spfmilter.milter")
 

@@ -33,7 +33,8 @@ import Milter
 from spfmilter.config.loading import EX_CONFIG, ConfigError, load_config
 from spfmilter.config.schema import Config
 from spfmilter.core.metrics import Metrics
-from spfmilter.evaluation import services, warmup
+from spfmilter.core.session import Services
+from spfmilter.evaluation import evaluator, warmup
 from spfmilter.mta import libmilter
 from spfmilter.process import activation, logs, privileges, workers
 from spfmilter.process.exporter import Listener
@@ -370,7 +371,7 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     # the system's files (the nameservers of /etc/resolv.conf, the host's
     # name) and may load codecs or modules.  Each worker gets a copy when it
     # forks, so that a worker's start reads nothing.
-    shared = services.build(config, metrics)
+    shared = Services(evaluator.build(config.dns, metrics), metrics, host_name=socket.getfqdn())
     if account is not None:
         privileges.drop_privileges(account)
     spec = config.milter.socket
@@ -437,7 +438,7 @@ class Worker:
     a stop."""
 
     holder: ConfigHolder
-    shared: services.Services
+    shared: Services
     metrics: Metrics
     count: int
     # libmilter's listening descriptor, when a stop is to drain it.

@@ -18,9 +18,9 @@ from spfmilter.config.schema import Config, HeadersConfig, HeaderType, PolicyCon
 from spfmilter.config.values import parse_macros
 from spfmilter.core.metrics import Metrics
 from spfmilter.core.model import Identity, SpfOutcome, SpfQuery, SpfResult, Stage
-from spfmilter.core.session import Session
+from spfmilter.core.session import Services, Session
+from spfmilter.evaluation.evaluator import Evaluator
 from spfmilter.evaluation.resolver import Record
-from spfmilter.evaluation.services import Services
 from spfmilter.mta import libmilter as adapter
 from spfmilter.mta.libmilter import Activity, client_address, reverse_path
 
@@ -99,7 +99,8 @@ def make(monkeypatch: pytest.MonkeyPatch, metrics: Metrics) -> Iterator[Any]:
     """A TestCtx whose milter objects come from the adapter's factory."""
 
     def made(config: Config | None = None) -> Ctx:
-        services = Services(check, no_dns, metrics)
+        evaluator = Evaluator(check, no_dns, metrics, lookup_time=20.0)
+        services = Services(evaluator, metrics)
         # TestCtx makes the connection object through pymilter's global.
         monkeypatch.setattr(
             Milter, "factory", adapter.factory(Source(config or Config()), services, Activity())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import tracemalloc
 
 import pytest
@@ -16,9 +15,6 @@ from spfmilter.evaluation.resolver import (
     DnsLimitError,
     DnsTempError,
     DnsTimeout,
-    Record,
-    confirmed_ptr_names,
-    resolves_to,
 )
 from tests.support.fakedns import make, reply
 
@@ -249,28 +245,6 @@ def test_names_that_cannot_be_on_the_wire_have_no_records() -> None:
     assert list(resolver.lookup("a..b.example", "TXT")) == []
     assert list(resolver.lookup("x" * 64 + ".example", "A")) == []
     assert fake.asked == []
-
-
-def test_resolves_to_and_confirmed_ptr_names() -> None:
-    table: dict[tuple[str, str], list[Record]] = {
-        ("7.100.51.198.in-addr.arpa", "PTR"): [
-            (("7.100.51.198.in-addr.arpa", "PTR"), "Mail.Example.org"),
-            (("7.100.51.198.in-addr.arpa", "PTR"), "liar.example"),
-            (("7.100.51.198.in-addr.arpa", "PTR"), "broken.example"),
-        ],
-        ("mail.example.org", "A"): [(("mail.example.org", "A"), "198.51.100.7")],
-        ("liar.example", "A"): [(("liar.example", "A"), "198.51.100.8"), (("x", "A"), "junk")],
-    }
-
-    def lookup(name: str, qtype: str, budget: float | None) -> list[Record]:
-        if name == "broken.example":
-            raise DnsTempError("SERVFAIL")
-        return table.get((name.lower(), qtype), [])
-
-    ip = ipaddress.ip_address("198.51.100.7")
-    assert resolves_to(lookup, "mail.example.org", ip)
-    assert not resolves_to(lookup, "liar.example", ip)
-    assert confirmed_ptr_names(lookup, ip) == ("mail.example.org",)
 
 
 def test_cache_accounting_matches_the_memory_it_holds() -> None:

@@ -18,9 +18,9 @@ PACKAGE = Path(__file__).resolve().parents[2] / "spfmilter"
 LAYERS: dict[str, set[str]] = {
     "": {"config", "core", "evaluation", "mta", "process"},
     "process": {"config", "core", "evaluation", "mta"},
-    "mta": {"config", "core", "evaluation"},
+    "mta": {"config", "core"},
     "evaluation": {"config", "core"},
-    "core": {"config", "evaluation"},
+    "core": {"config"},
     "config": set(),
 }
 # What every layer may import: the version and the vocabulary.
@@ -36,7 +36,8 @@ ALLOWED: dict[str, set[str]] = {
         "config.loading",
         "config.values",
         "core.metrics",
-        "evaluation.services",
+        "core.session",
+        "evaluation.evaluator",
         "mta.check",
         "process.daemon",
         "process.logs",
@@ -54,11 +55,10 @@ ALLOWED: dict[str, set[str]] = {
     "core.session": {
         "config.schema",
         "core.headers",
+        "core.metrics",
         "core.model",
         "core.policy",
         "core.verdicts",
-        "evaluation.resolver",
-        "evaluation.services",
     },
     "core.verdicts": {"core.metrics", "core.model"},
     "evaluation.__init__": set(),
@@ -68,20 +68,23 @@ ALLOWED: dict[str, set[str]] = {
         "evaluation.resolver",
         "evaluation.ttlcache",
     },
+    "evaluation.clientfacts": {"core.model", "evaluation.resolver"},
     "evaluation.dnswire": set(),
-    "evaluation.resolver": {
-        "config.schema",
-        "core.metrics",
-        "core.model",
-        "evaluation.dnswire",
-        "evaluation.ttlcache",
-    },
-    "evaluation.services": {
+    "evaluation.evaluator": {
         "config.schema",
         "core.metrics",
         "core.model",
         "evaluation.checker",
+        "evaluation.clientfacts",
+        "evaluation.pool",
         "evaluation.resolver",
+    },
+    "evaluation.pool": set(),
+    "evaluation.resolver": {
+        "config.schema",
+        "core.metrics",
+        "evaluation.dnswire",
+        "evaluation.ttlcache",
     },
     "evaluation.ttlcache": set(),
     "evaluation.warmup": {
@@ -91,21 +94,16 @@ ALLOWED: dict[str, set[str]] = {
         "evaluation.resolver",
     },
     "mta.__init__": set(),
-    "mta.check": {"config.schema", "core.model", "core.session", "evaluation.services"},
-    "mta.libmilter": {
-        "config.schema",
-        "core.headers",
-        "core.model",
-        "core.session",
-        "evaluation.services",
-    },
+    "mta.check": {"config.schema", "core.model", "core.session"},
+    "mta.libmilter": {"config.schema", "core.headers", "core.model", "core.session"},
     "process.__init__": set(),
     "process.activation": set(),
     "process.daemon": {
         "config.loading",
         "config.schema",
         "core.metrics",
-        "evaluation.services",
+        "core.session",
+        "evaluation.evaluator",
         "evaluation.warmup",
         "mta.libmilter",
         "process.activation",
@@ -173,6 +171,17 @@ def test_every_module_is_listed() -> None:
 
 def test_every_package_is_a_layer() -> None:
     assert {layer(module) for module in MODULES} == set(LAYERS)
+
+
+def test_the_layers_stack_without_a_cycle() -> None:
+    below: dict[str, set[str]] = {}
+    for _ in LAYERS:  # enough rounds to follow any path
+        below = {
+            name: LAYERS[name]
+            | {deeper for under in LAYERS[name] for deeper in below.get(under, ())}
+            for name in LAYERS
+        }
+    assert all(name not in below[name] for name in LAYERS), below
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -2,8 +2,7 @@
 cache bound at their exact boundaries, two lookups of one name racing, what
 is logged and counted for a query, how the time budget is shared among the
 servers, the wording of a server failure, names whose text form differs from
-the name asked, CNAME loops, the memory accounted per entry, and the
-forward-confirmation helpers for IPv6 and failing names.
+the name asked, CNAME loops, and the memory accounted per entry.
 
 A fake exchange and clock stand in for the network (as in
 tests/unit/test_dns.py, which holds the resolver's main paths).
@@ -11,7 +10,6 @@ tests/unit/test_dns.py, which holds the resolver's main paths).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import tracemalloc
 from collections.abc import Callable
@@ -28,8 +26,6 @@ from spfmilter.evaluation.resolver import (
     DnsTempError,
     Record,
     Resolver,
-    confirmed_ptr_names,
-    resolves_to,
 )
 from spfmilter.evaluation.resolver import footprint as dns_footprint
 from tests.support.fakedns import Clock, FakeDns, make, reply
@@ -307,35 +303,3 @@ def test_negative_answers_are_accounted_as_the_memory_they_hold() -> None:
     # more memory than cache_size says.
     ratio = held_by_cache(lambda i: reply(authority=(SOA,), rcode=3), "AAAA", 4000)
     assert 0.75 < ratio < 1.25, ratio
-
-
-# --- forward confirmation ------------------------------------------------------------
-
-
-def test_an_ipv6_client_is_confirmed_by_an_aaaa_record() -> None:
-    table: dict[tuple[str, str], list[Record]] = {
-        ("v6.example", "AAAA"): [(("v6.example", "AAAA"), "2001:db8::7")],
-        ("v6.example", "A"): [(("v6.example", "A"), "192.0.2.7")],
-    }
-
-    def lookup(name: str, qtype: str, budget: float | None) -> list[Record]:
-        return table.get((name, qtype), [])
-
-    assert resolves_to(lookup, "v6.example", ipaddress.ip_address("2001:db8::7"))
-    assert not resolves_to(lookup, "v6.example", ipaddress.ip_address("2001:db8::8"))
-
-
-def test_a_ptr_name_that_fails_to_resolve_does_not_hide_the_next() -> None:
-    ip = ipaddress.ip_address("198.51.100.7")
-    ptr = ip.reverse_pointer
-    table: dict[tuple[str, str], list[Record]] = {
-        (ptr, "PTR"): [((ptr, "PTR"), "broken.example"), ((ptr, "PTR"), "mail.example.org")],
-        ("mail.example.org", "A"): [(("mail.example.org", "A"), "198.51.100.7")],
-    }
-
-    def lookup(name: str, qtype: str, budget: float | None) -> list[Record]:
-        if name == "broken.example":
-            raise DnsLimitError("too many records")
-        return table.get((name, qtype), [])
-
-    assert confirmed_ptr_names(lookup, ip) == ("mail.example.org",)

@@ -18,11 +18,13 @@ from spfmilter.core.model import (
     Action,
     Connection,
     Decision,
+    Envelope,
+    Outcomes,
+    Plan,
     Skip,
     SkipFacts,
     SkipReason,
     Stage,
-    Transaction,
 )
 
 CLIENT = ipaddress.ip_address("198.51.100.7")
@@ -39,7 +41,8 @@ def with_skip(**changes: Any) -> Config:
 def test_a_skipped_transaction_is_a_skip_decision_at_the_configured_stage() -> None:
     skip = Skip(SkipReason.NETWORK, "192.0.2.1")
     for stage in Stage:
-        decision = policy.skipped(PolicyConfig(reject_stage=stage), skip)
+        config = dataclasses.replace(Config(), policy=PolicyConfig(reject_stage=stage))
+        decision = policy.decide(config, Plan(skip=skip), Outcomes())
         assert decision == Decision(
             action=Action.SKIP, intended=Action.SKIP, stage=stage, skip=skip
         )
@@ -48,10 +51,10 @@ def test_a_skipped_transaction_is_a_skip_decision_at_the_configured_stage() -> N
 
 def test_a_long_sasl_login_is_cut_to_64_characters_in_the_skip_reason() -> None:
     login = "u" * 100
-    skip = policy.plan(Config(), conn(), Transaction("a@example.org", login)).skip
+    skip = policy.plan(Config(), conn(), Envelope("a@example.org", login)).skip
     assert skip is not None and skip.reason is SkipReason.AUTHENTICATED
     assert skip.detail == "u" * 61 + "..."
-    short = policy.plan(Config(), conn(), Transaction("a@example.org", "u" * 64)).skip
+    short = policy.plan(Config(), conn(), Envelope("a@example.org", "u" * 64)).skip
     assert short is not None and short.detail == "u" * 64
 
 
@@ -59,17 +62,19 @@ def test_a_ptr_name_in_the_skip_reason_is_cut_to_a_dns_name_length() -> None:
     # A name from DNS is hostile text (STYLE rule 8): it is capped at 253
     # characters, the longest name in text form.
     long_name = ("a" * 60 + ".") * 4 + "relay.example"  # 257 characters
-    facts = SkipFacts(ptr_names=(long_name,))
+    facts = SkipFacts(ptr=(long_name, "relay.example"))
     config = with_skip(ptr_domains=("relay.example",))
-    skip = policy.plan(config, conn(), Transaction("a@example.org"), facts).skip
+    plan = policy.plan(config, conn(), Envelope("a@example.org"))
+    skip = policy.decide(config, plan, Outcomes(facts)).skip
     assert skip is not None and skip.reason is SkipReason.PTR_DOMAIN
     assert skip.detail == long_name[:250] + "... is in relay.example"
 
 
 def test_a_helo_name_with_a_trailing_dot_is_the_listed_name() -> None:
     config = with_skip(helo_names=("backup-mx.example.net",))
-    facts = SkipFacts(helo_confirmed=True)
-    skip = policy.plan(config, conn("Backup-MX.example.net."), Transaction("a@x.org"), facts).skip
+    plan = policy.plan(config, conn("Backup-MX.example.net."), Envelope("a@x.org"))
+    assert plan.helo_name == "backup-mx.example.net"
+    skip = policy.decide(config, plan, Outcomes(SkipFacts(helo_confirmed=True))).skip
     assert skip == Skip(SkipReason.HELO_NAME, "backup-mx.example.net")
 
 

@@ -37,9 +37,9 @@ from spfmilter.core.model import (
     SpfResult,
     Stage,
 )
-from spfmilter.core.session import GO_ON, Session
+from spfmilter.core.session import GO_ON, Services, Session
+from spfmilter.evaluation.evaluator import Evaluator
 from spfmilter.evaluation.resolver import DnsTempError, Record
-from spfmilter.evaluation.services import Services
 
 CLIENT = "198.51.100.7"
 Results = dict[tuple[Identity, str], SpfResult]
@@ -132,17 +132,20 @@ def make(
     clock = [1000.0]
     checker = Checker(results or {}, clock)
     metrics = Metrics()
-    services = Services(
+    config = config or Config()
+    evaluator = Evaluator(
         checker,
         lookup or Lookup(),
         metrics,
-        clock=lambda: clock[0],
-        host_name="host.example",
-        connection_ids=itertools.count(first_id),
-        background=background,
+        lookup_time=config.dns.lookup_time,
         known=known,
+        background=background,
+        clock=lambda: clock[0],
     )
-    return Session(config or Config(), services), checker, metrics, clock
+    services = Services(
+        evaluator, metrics, host_name="host.example", connection_ids=itertools.count(first_id)
+    )
+    return Session(config, services), checker, metrics, clock
 
 
 def start(session: Session, helo: str = "mail.example.org", j: str = "mx") -> None:

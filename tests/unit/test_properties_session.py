@@ -55,10 +55,12 @@ from spfmilter.core.model import (
     Action,
     Connection,
     Decision,
+    Envelope,
     HeaderChanges,
     Identity,
     IPAddress,
     Macro,
+    Outcomes,
     Plan,
     Skip,
     SkipFacts,
@@ -68,11 +70,11 @@ from spfmilter.core.model import (
     SpfResult,
     Stage,
     Step,
-    Transaction,
 )
-from spfmilter.core.session import GO_ON, Session
+from spfmilter.core.session import GO_ON, Services, Session
+from spfmilter.evaluation.clientfacts import in_domains
+from spfmilter.evaluation.evaluator import Evaluator
 from spfmilter.evaluation.resolver import DnsTempError, Record
-from spfmilter.evaluation.services import Services
 from spfmilter.mta import libmilter as adapter
 from spfmilter.process.logs import JsonFormatter, TextFormatter
 from tests.unit.test_properties import (
@@ -161,43 +163,100 @@ macro_values = st.lists(
     ),
     max_size=2,
 ).map(tuple)
-transactions = st.builds(Transaction, mail_froms, auth_users, macro_values)
+transactions = st.builds(Envelope, mail_froms, auth_users, macro_values)
 skip_facts = st.builds(
-    SkipFacts, st.booleans(), st.lists(st.one_of(domains, texts), max_size=3).map(tuple),
-    st.one_of(st.none(), domains),
+    SkipFacts, st.booleans(), st.one_of(st.none(), domains),
+    st.one_of(st.none(), st.tuples(st.one_of(domains, texts), domains)),
 )  # fmt: skip
+# A client no skip applies to, and a configuration without skips: what
+# decide() is given when the identities were evaluated.
+CLIENT = Connection(ipaddress.ip_address("198.51.100.7"), "", "mx", "mail.example.org")
+NO_SKIP = SkipConfig(networks=(), authenticated=False)
 
 
 # --- policy -----------------------------------------------------------------
 
 
-def refuses(config: Config, tx: Transaction, helo: SpfResult) -> bool:
+def refusing(config: Config, tx: Envelope, identity: Identity) -> set[SpfResult]:
+    """The results of `identity` that refuse, written out from the
+    documentation of [policy] rather than from the engine."""
+    settings = config.policy
+    if identity is Identity.HELO and settings.helo_check:
+        null_only = settings.helo_reject_null_sender_only and not tx.null_sender
+        results = set() if null_only else set(settings.helo_reject)
+    else:  # a bounce's HELO checked as its MAIL FROM identity: MAIL FROM's rules
+        results = set(settings.mailfrom_reject)
+    results.discard(SpfResult.TEMPERROR)
+    if settings.temperror_defer:
+        results.add(SpfResult.TEMPERROR)
+    if settings.permerror_reject:
+        results.add(SpfResult.PERMERROR)
+    return results
+
+
+def decide(
+    config: Config, tx: Envelope, helo: SpfOutcome | None, mfrom: SpfOutcome | None
+) -> Decision:
+    """decide() on these outcomes, by the plan for a client no skip applies to."""
+    plan = policy.plan(dataclasses.replace(config, skip=NO_SKIP), CLIENT, tx)
+    return policy.decide(config, plan, Outcomes(helo=helo, mail_from=mfrom))
+
+
+def refuses(config: Config, tx: Envelope, helo: SpfResult) -> bool:
     one = SpfOutcome(Identity.HELO, helo, "d", "postmaster@d")
-    return policy.decide(config, tx, one, None).intended is not Action.ACCEPT
+    return decide(config, tx, one, None).intended is not Action.ACCEPT
 
 
 @SETTINGS
-@given(configs, connections(st.none() | ips), transactions, st.none() | skip_facts)
-def test_plan(config: Config, conn: Connection, tx: Transaction, facts: SkipFacts | None) -> None:
-    plan = policy.plan(config, conn, tx, facts)
-    if plan.facts:  # DNS facts first, nothing else yet
-        assert facts is None and config.skip.needs_dns and plan == Plan(facts=True)
-        return
+@given(configs, connections(st.none() | ips), transactions)
+def test_plan(config: Config, conn: Connection, tx: Envelope) -> None:
+    plan = policy.plan(config, conn, tx)
     if conn.client_ip is None:
         assert plan.skip == Skip(SkipReason.LOCAL_SUBMISSION)
     elif any(conn.client_ip in net for net in config.skip.networks):
         assert plan.skip is not None
         assert plan.skip.reason in (SkipReason.LOCALHOST, SkipReason.NETWORK)
-    if plan.skip is not None:  # nothing to evaluate, so nothing to decide
-        assert not (plan.helo or plan.mail_from or plan.final_helo_results)
+    if plan.skip is not None:  # nothing to look up or evaluate, so nothing to decide
+        assert plan == Plan(skip=plan.skip)
         assert plan.skip.text.isascii() and plan.skip.text.isprintable()  # safe for headers
         return
+    # DNS facts: what the configured skips ask for, the HELO only if listed.
+    helo = conn.helo.lower().rstrip(".")
+    assert plan.helo_name == (helo if helo in config.skip.helo_names else None)
+    assert plan.ptr_domains == config.skip.ptr_domains
+    assert plan.forwarder_domains == config.skip.forwarder_domains
     assert plan.mail_from is not tx.null_sender  # never MAIL FROM for <>
     assert plan.helo is (config.policy.helo_check or tx.null_sender)
+    assert plan.helo_refusing == refusing(config, tx, Identity.HELO)
+    assert plan.mail_from_refusing == refusing(config, tx, Identity.MAIL_FROM)
     # MAIL FROM is skipped exactly after a HELO result that decides already;
     # dry-run evaluates it anyway.  A HELO pass never ends the evaluation.
     expected = {r for r in SpfResult if not config.policy.dry_run and refuses(config, tx, r)}
     assert plan.final_helo_results == expected and SpfResult.PASS not in expected
+
+
+@SETTINGS
+@given(configs, connections(ips), transactions, skip_facts)
+def test_a_fact_found_is_a_skip(
+    config: Config, conn: Connection, tx: Envelope, facts: SkipFacts
+) -> None:
+    plan = policy.plan(config, conn, tx)
+    decision = policy.decide(config, plan, Outcomes(facts))
+    if plan.skip is not None:
+        assert decision.skip == plan.skip
+        return
+    helo = facts.helo_confirmed and plan.helo_name is not None
+    assert (decision.skip is not None) is (
+        helo or facts.forwarder is not None or facts.ptr is not None
+    )
+    if decision.skip is not None:  # in the documented order: HELO, forwarder, PTR
+        expected = (
+            SkipReason.HELO_NAME if helo
+            else SkipReason.FORWARDER if facts.forwarder is not None
+            else SkipReason.PTR_DOMAIN
+        )  # fmt: skip
+        assert decision.skip.reason is expected and decision.action is Action.SKIP
+        assert decision.skip.text.isascii() and decision.skip.text.isprintable()
 
 
 @SETTINGS
@@ -208,15 +267,15 @@ def test_plan(config: Config, conn: Connection, tx: Transaction, facts: SkipFact
     st.one_of(st.none(), outcomes(Identity.MAIL_FROM)),
 )
 def test_decide(
-    config: Config, tx: Transaction, helo: SpfOutcome | None, mfrom: SpfOutcome | None
+    config: Config, tx: Envelope, helo: SpfOutcome | None, mfrom: SpfOutcome | None
 ) -> None:
-    decision = policy.decide(config, tx, helo, mfrom)
+    decision = decide(config, tx, helo, mfrom)
     assert decision.report == (mfrom or helo) and decision.stage is config.policy.reject_stage
     assert decision.intended in (Action.ACCEPT, Action.REJECT, Action.DEFER)
     if config.policy.dry_run:  # never refuses, says what it would have done
         assert decision.action is Action.ACCEPT and decision.reply is None
         real = dataclasses.replace(config.policy, dry_run=False)
-        wet = policy.decide(dataclasses.replace(config, policy=real), tx, helo, mfrom)
+        wet = decide(dataclasses.replace(config, policy=real), tx, helo, mfrom)
         assert (decision.intended, decision.decided_by) == (wet.intended, wet.decided_by)
         return
     assert decision.action is decision.intended
@@ -249,22 +308,22 @@ def test_decide(
 @example(  # CVE-2019-20790: a HELO pass must not stand in for MAIL FROM's none
     Config(),
     Connection(ipaddress.ip_address("198.51.100.7"), "", "mx", "mail.example.org"),
-    Transaction("victim@example.com"),
+    Envelope("victim@example.com"),
     SpfOutcome(Identity.HELO, SpfResult.PASS, "mail.example.org", "postmaster@mail.example.org"),
     SpfOutcome(Identity.MAIL_FROM, SpfResult.NONE, "example.com", "victim@example.com"),
 )
 def test_plan_then_decide_reports_the_sender(
-    config: Config, conn: Connection, tx: Transaction, helo: SpfOutcome, mfrom: SpfOutcome
+    config: Config, conn: Connection, tx: Envelope, helo: SpfOutcome, mfrom: SpfOutcome
 ) -> None:
     """As the Session runs them: never a HELO pass as the sender's result
     (CVE-2019-20790), the HELO result for <>."""
     # A client no skip applies to (the skips have test_plan).
     config = dataclasses.replace(config, skip=SkipConfig(networks=(), authenticated=False))
-    plan = policy.plan(config, conn, tx, SkipFacts())
+    plan = policy.plan(config, conn, tx)
     helo_done = helo if plan.helo else None
     stop = helo_done is not None and helo_done.result in plan.final_helo_results
     mfrom_done = mfrom if plan.mail_from and not stop else None
-    decision = policy.decide(config, tx, helo_done, mfrom_done)
+    decision = policy.decide(config, plan, Outcomes(helo=helo_done, mail_from=mfrom_done))
     report = decision.report
     if tx.null_sender:
         assert report is helo
@@ -288,7 +347,7 @@ def test_recipient_exempt(policy_config: PolicyConfig, recipient: str) -> None:
 @SETTINGS
 @given(st.one_of(texts, domains, st.builds("{}.{}".format, hostnames, domains)), domain_lists)
 def test_in_domains_matches_on_label_boundaries(name: str, listed: tuple[str, ...]) -> None:
-    found = policy.in_domains(name, listed)
+    found = in_domains(name, listed)
     name = name.lower().rstrip(".")
     below = [d for d in listed if name == d or name.endswith("." + d)]
     assert found == (below[0] if below else None)
@@ -353,7 +412,8 @@ def make_services(
             return [((name, qtype), data.draw(st.one_of(domains, texts)))]
         return [((name, qtype), str(data.draw(ips)))]
 
-    return Services(check, lookup, metrics, host_name=HOST_NAME)
+    evaluator = Evaluator(check, lookup, metrics, lookup_time=Config().dns.lookup_time)
+    return Services(evaluator, metrics, host_name=HOST_NAME)
 
 
 class Keep(logging.Handler):
@@ -395,7 +455,7 @@ def assert_step(step: Step, config: Config, stage: Stage, recipient: str | None 
 def assert_changes(
     changes: HeaderChanges,
     config: Config,
-    tx: Transaction,
+    tx: Envelope,
     decision: Decision,
     seen: list[str],
     our_id: str,
@@ -465,7 +525,7 @@ def test_session(
                 if tx is None:
                     assert changes == HeaderChanges()
                 else:
-                    assert_changes(changes, config, tx.facts, tx.decision, seen, our_id)
+                    assert_changes(changes, config, tx.envelope, tx.decision, seen, our_id)
                 assert session.transaction is None
             else:
                 session.abort(op[1])
@@ -600,7 +660,8 @@ def test_adapter_refusal_carries_any_text(sender: str, explanation: str, stage: 
     def no_dns(name: str, qtype: str, budget: float | None) -> Sequence[Record]:
         raise AssertionError(f"unexpected DNS lookup {name} {qtype}")
 
-    services = Services(check, no_dns, Metrics())
+    metrics = Metrics()
+    services = Services(Evaluator(check, no_dns, metrics, lookup_time=20.0), metrics)
     config = dataclasses.replace(Config(), policy=PolicyConfig(reject_stage=stage))
     ip = ipaddress.ip_address("198.51.100.7")
     with connected(config, services, ip, "client.example", "mx.example") as ctx:

@@ -14,9 +14,10 @@ import pytest
 from spfmilter.config.schema import Config
 from spfmilter.core.metrics import Metrics
 from spfmilter.core.model import Action, Identity, SpfOutcome, SpfQuery, SpfResult
-from spfmilter.core.session import Session
+from spfmilter.core.session import Services, Session
+from spfmilter.evaluation.evaluator import Evaluator
+from spfmilter.evaluation.pool import IdlingPool
 from spfmilter.evaluation.resolver import Record
-from spfmilter.evaluation.services import IdlingPool, Services
 from tests.support.daemon import wait_for
 
 
@@ -82,8 +83,9 @@ def session(checker: SlowChecker, pool: IdlingPool | None) -> Session:
     def no_dns(name: str, qtype: str, budget: float | None) -> list[Record]:
         raise AssertionError("no DNS here")
 
-    services = Services(checker, no_dns, Metrics(), background=pool)
-    made = Session(Config(), services)
+    metrics = Metrics()
+    evaluator = Evaluator(checker, no_dns, metrics, lookup_time=20.0, background=pool)
+    made = Session(Config(), Services(evaluator, metrics))
     made.connect(ipaddress.ip_address("198.51.100.7"), "ptr.example.net", "mx")
     made.hello("mail.example.org")
     return made
@@ -118,7 +120,11 @@ def test_helo_still_decides_first(pool: IdlingPool) -> None:
 
 
 def test_workers_number_their_connections_apart() -> None:
-    shared = Services(SlowChecker(0, {}), lambda name, qtype, budget: [], Metrics())
+    metrics = Metrics()
+    evaluator = Evaluator(
+        SlowChecker(0, {}), lambda name, qtype, budget: [], metrics, lookup_time=20.0
+    )
+    shared = Services(evaluator, metrics)
     numbers = [list(itertools.islice(shared.for_worker(w, 3).connection_ids, 3)) for w in range(3)]
     assert numbers == [[1, 4, 7], [2, 5, 8], [3, 6, 9]]
     assert next(shared.connection_ids) == 1  # the copy each worker starts from is left alone

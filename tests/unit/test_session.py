@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,9 +24,9 @@ from spfmilter.core.model import (
     Stage,
     Step,
 )
-from spfmilter.core.session import GO_ON, Session
+from spfmilter.core.session import GO_ON, Services, Session
+from spfmilter.evaluation.evaluator import Evaluator
 from spfmilter.evaluation.resolver import DnsTempError, Record
-from spfmilter.evaluation.services import Services
 
 Results = dict[tuple[Identity, str], SpfResult]
 
@@ -70,10 +71,16 @@ def make(
 ) -> tuple[Session, Recorder, Metrics]:
     recorder = Recorder(PASSING if results is None else results)
     metrics = Metrics()
-    services = Services(recorder, lookup, metrics, host_name="host.example")
-    if clock is not None:
-        services = dataclasses.replace(services, clock=clock)
-    return Session(config or Config(), services), recorder, metrics
+    config = config or Config()
+    evaluator = Evaluator(
+        recorder,
+        lookup,
+        metrics,
+        lookup_time=config.dns.lookup_time,
+        clock=clock or time.monotonic,
+    )
+    services = Services(evaluator, metrics, host_name="host.example")
+    return Session(config, services), recorder, metrics
 
 
 def start(

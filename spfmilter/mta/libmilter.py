@@ -1,13 +1,14 @@
 """The milter adapter: libmilter's callbacks in, a Session's values out.
 
-This module owns the translation between libmilter and spfmilter: it
-registers its own callbacks with pymilter's C module (serve), unpacks their
-arguments (client address, reverse-path, macros that may not be UTF-8),
-calls the connection's Session, and turns the Steps and HeaderChanges it
-returns into setreply / REJECT / TEMPFAIL and header changes.  It holds the
-one error boundary: an unexpected exception in a callback is logged with a
-traceback and the transaction is tempfailed.  Only it and daemon import
-Milter.
+This module owns everything spfmilter says to libmilter: the registration
+(its name, timeout, exception policy and callbacks), the listening socket
+it opens, how it is stopped, and the translation of each callback: it
+unpacks the arguments (client address, reverse-path, macros that may not be
+UTF-8), calls the connection's Session, and turns the Steps and
+HeaderChanges it returns into setreply / REJECT / TEMPFAIL and header
+changes.  Every callback reaches the Session through one error boundary: an
+unexpected exception is logged with the connection and a traceback,
+counted, and answered with the one fail-safe reply.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import Milter
 
 from spfmilter.config.schema import Config
 from spfmilter.core.headers import reply_text
-from spfmilter.core.model import Action, IPAddress, Macro, Step
+from spfmilter.core.model import Action, IPAddress, Macro, Reply, Step
 from spfmilter.core.session import Services, Session
 
 log = logging.getLogger("spfmilter.milter")
@@ -34,8 +35,23 @@ log = logging.getLogger("spfmilter.milter")
 CONTINUE: int = Milter.CONTINUE
 REJECT: int = Milter.REJECT
 TEMPFAIL: int = Milter.TEMPFAIL
+NOREPLY: int = Milter.NOREPLY
 
-_TROUBLE = Step(Action.DEFER)  # the fail-safe: tempfail, with the reply below
+# What libmilter's calls raise when it refuses one (pymilter's MilterError).
+LibmilterError: type[Exception] = Milter.milter.error
+
+# The name the milter registers under, and libmilter's own timeout for
+# talking to the MTA (seconds): longer than Postfix's
+# milter_command_timeout, so that the MTA gives up first.
+MILTER_NAME = "spfmilter"
+MILTER_TIMEOUT = 600
+
+# The answer to a transaction whose checking failed: deferred, neither
+# accepted unchecked nor rejected (RFC 3463 4.3.0: other mail system
+# status).
+FAIL_SAFE = Step(
+    Action.DEFER, Reply(451, "4.3.0", "Temporary SPF checking problem; try again later")
+)
 
 
 class ConfigSource(Protocol):
@@ -77,62 +93,11 @@ class Activity:
         return True
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _boundary(callback: F) -> F:
-    """The error boundary: an exception never escapes a callback.
-
-    libmilter would turn it into a tempfail anyway; here it is logged with
-    the connection id and the reply says why.
-    """
-
-    @functools.wraps(callback)
-    def guarded(self: SpfMilter, *args: Any) -> Any:
-        try:
-            with self.activity:
-                return callback(self, *args)
-        except Exception:
-            conn = self.session.conn
-            log.exception(
-                "internal error in %s: conn=%s client_ip=%s; transaction tempfailed",
-                callback.__name__,
-                self.session.id,
-                conn.client_ip if conn else None,
-            )
-            self.session.services.metrics.errors.inc()
-            return self._answer(_TROUBLE)
-
-    return guarded  # type: ignore[return-value]
-
-
-def _no_reply(callback: F) -> F:
-    """The error boundary of a step the MTA does not wait for (connect,
-    HELO: SPF is decided at MAIL FROM and RCPT, so the MTA is told not to
-    wait, a round trip saved on each).  An exception is logged and the
-    connection's next MAIL FROM is tempfailed instead."""
-
-    @functools.wraps(callback)
-    def guarded(self: SpfMilter, *args: Any) -> Any:
-        try:
-            with self.activity:
-                callback(self, *args)
-        except Exception:
-            log.exception(
-                "internal error in %s: conn=%s; its transactions are tempfailed",
-                callback.__name__,
-                self.session.id,
-            )
-            self.session.services.metrics.errors.inc()
-            self.broken = True
-        return CONTINUE
-
-    # pymilter's decorator: negotiated as a step without reply (SMFIP_NR_*).
-    return Milter.noreply(guarded)  # type: ignore[no-any-return]
-
-
 class SpfMilter(Milter.Base):  # type: ignore[misc]
-    """libmilter's side of one SMTP connection: its Session does the work."""
+    """libmilter's side of one SMTP connection: its Session does the work.
+
+    Its callbacks are called through dispatch(), which holds the error
+    boundary, and raise what they do not expect."""
 
     def __init__(self, source: ConfigSource, services: Services, activity: Activity) -> None:
         self.session = Session(source.config, services)
@@ -150,39 +115,42 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
             opts[1] |= offered & Milter.P_NOHDRS
         return status
 
-    @_no_reply
-    def connect(self, hostname: str, family: int, hostaddr: Any) -> None:
+    # SPF is decided at MAIL FROM and RCPT: the MTA is told not to wait for
+    # connect and HELO (SMFIP_NR_*, pymilter's noreply), a round trip saved
+    # on each, and nor for each header.
+
+    @Milter.noreply  # type: ignore[untyped-decorator]
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         """The client's address, and the MTA's name for itself (macro j)."""
         self.session.connect(client_address(family, hostaddr), hostname or "", self._macro("j"))
+        return CONTINUE
 
-    @_no_reply
-    def hello(self, heloname: str) -> None:
+    @Milter.noreply  # type: ignore[untyped-decorator]
+    def hello(self, heloname: str) -> int:
         """HELO/EHLO."""
         # Without connection facts MAIL FROM tempfails: nothing to keep here.
         if self.session.conn is not None or self._recover_connection():
             self.session.hello(heloname or "")
+        return CONTINUE
 
-    @_boundary
     def envfrom(self, mail_from: str, *params: str) -> int:
         """MAIL FROM: the transaction is evaluated here."""
         if self.broken or (self.session.conn is None and not self._recover_connection()):
-            return self._answer(_TROUBLE)
+            return self._answer(FAIL_SAFE)
         sent = (Macro(m.name, self._macro(m.name)) for m in self.session.config.skip.macros)
         step = self.session.mail(reverse_path(mail_from), self._macro("{auth_authen}"), tuple(sent))
         return self._answer(step)
 
-    @_boundary
     def envrcpt(self, recipient: str, *params: str) -> int:
         """RCPT TO."""
         return self._answer(self.session.rcpt(recipient))
 
     @Milter.noreply  # type: ignore[untyped-decorator]
     def header(self, name: str, value: str) -> int:
-        """A header: no reply is sent for it (a round trip saved per header)."""
+        """A header of the message."""
         self.session.header(name, value)
         return CONTINUE
 
-    @_boundary
     def eom(self) -> int:
         """End of message: the header changes (RFC 8601 section 5 deletions,
         then the result header at the top)."""
@@ -193,7 +161,6 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
             self.addheader(name, value, 0)
         return CONTINUE
 
-    @_boundary
     def abort(self) -> int:
         """The client gave up on the transaction (RSET, QUIT, error)."""
         self.session.abort(self._macro("i"))
@@ -201,10 +168,7 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
 
     def close(self) -> int:
         """The SMTP connection ended."""
-        try:
-            self.session.close(self._macro("i"))
-        except Exception:  # the connection is gone either way; say why
-            log.exception("conn=%s: cannot log the verdict at close", self.session.id)
+        self.session.close(self._macro("i"))
         return CONTINUE
 
     @Milter.nocallback  # type: ignore[untyped-decorator]
@@ -212,21 +176,45 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         """Not needed: SPF is decided by the envelope."""
         return CONTINUE
 
+    def failed(self, callback: str) -> int:
+        """The answer to `callback` after an unexpected error in it (to be
+        called while it is handled): logged with its traceback and counted.
+        A transaction is tempfailed; after connect or HELO, which the MTA
+        does not wait for, the connection's MAIL FROM is; after close,
+        nothing is left to answer."""
+        session = self.session
+        session.services.metrics.errors.inc()
+        if callback in _BEFORE_TRANSACTIONS:
+            log.exception(
+                "internal error in %s: conn=%s; its transactions are tempfailed",
+                callback,
+                session.id,
+            )
+            self.broken = True
+            negotiated = self._protocol & Milter.OPTIONAL_CALLBACKS[callback][0]
+            return NOREPLY if negotiated else CONTINUE
+        conn = session.conn
+        log.exception(
+            "internal error in %s: conn=%s client_ip=%s; transaction tempfailed",
+            callback,
+            session.id,
+            conn.client_ip if conn else None,
+        )
+        if callback == "close":
+            return CONTINUE
+        return self._answer(FAIL_SAFE)
+
     # --- translation ------------------------------------------------------
 
     def _answer(self, step: Step) -> int:
         if step.action is Action.ACCEPT:
             return CONTINUE
         reply = step.reply
-        code, status, text = (
-            (reply.code, reply.status, reply.text)
-            if reply is not None
-            else (451, "4.3.0", "Temporary SPF checking problem; try again later")
-        )
+        assert reply is not None  # a refusal always says why
         try:
-            self.setreply(str(code), status, reply_text(text))
-        except Exception:  # the reply text is best effort; the verdict stands
-            log.warning("conn=%s: MTA refused the reply text %r", self.session.id, text)
+            self.setreply(str(reply.code), reply.status, reply_text(reply.text))
+        except LibmilterError:  # the reply text is best effort; the verdict stands
+            log.warning("conn=%s: MTA refused the reply text %r", self.session.id, reply.text)
         return REJECT if step.action is Action.REJECT else TEMPFAIL
 
     def _macro(self, name: str) -> str:
@@ -301,6 +289,7 @@ def factory(
 # SpfMilter method it calls.  envfrom, envrcpt and header get bytes from the
 # C module and are decoded by the methods of Milter.Base that end in _bytes.
 _CALLBACKS = {
+    "negotiate": "negotiate",
     "connect": "connect",
     "helo": "hello",
     "envfrom": "envfrom_bytes",
@@ -312,41 +301,81 @@ _CALLBACKS = {
     "abort": "abort",
     "close": "close",
 }
+# The steps before any transaction, which the MTA does not wait for.
+_BEFORE_TRANSACTIONS = ("connect", "hello")
 
 
-def serve(name: str, make: Callable[[], SpfMilter]) -> None:
-    """Serve connections on the socket daemon opened until libmilter stops.
+def register(timeout: int = MILTER_TIMEOUT) -> None:
+    """libmilter's settings, before it opens its socket.
 
-    Like pymilter's runmilter, with callbacks that cannot raise: each one
-    finds (or makes) the connection's object and calls its guarded method,
-    and any failure on the way is a tempfail.  That makes pymilter's
-    exception policy reach only what fails in its C module before any
-    Python code runs, which is the conversion of a callback's arguments: an
-    8-bit HELO (not UTF-8) fails there.  With the default policy that
-    tempfails the whole connection on every retry; with CONTINUE the HELO
-    callback is skipped and the connection goes on with the HELO it had (none
-    before a first HELO: a HELO that is not a domain, RFC 7208 section 2.3).
+    pymilter's exception policy reaches only what fails in its C module
+    before any Python code runs, since every callback goes through
+    dispatch(), which cannot raise: that is the conversion of a callback's
+    arguments, and an 8-bit HELO (not UTF-8) fails there.  With the default
+    policy that tempfails the whole connection on every retry; with
+    CONTINUE the HELO callback is skipped and the connection goes on with
+    the HELO it had (none before a first HELO: a HELO that is not a domain,
+    RFC 7208 section 2.3).
     """
     lowlevel = Milter.milter
-    for callback, method in _CALLBACKS.items():
-        setter = getattr(lowlevel, f"set_{callback}_callback")
-        setter(functools.partial(_dispatch, make, method))
-    lowlevel.register(name, negotiate=functools.partial(_dispatch, make, "negotiate"))
+    lowlevel.set_exception_policy(lowlevel.CONTINUE)
+    lowlevel.settimeout(timeout)
+    lowlevel.register(MILTER_NAME)
+
+
+def open_socket(spec: str) -> None:
+    """Have libmilter open its listening socket on `spec`, removing a stale
+    one a crash left."""
+    lowlevel = Milter.milter
+    lowlevel.setconn(spec)
+    lowlevel.opensocket(True)
+
+
+def callbacks(make: Callable[[], SpfMilter]) -> dict[str, Callable[..., int]]:
+    """Every callback by its name in pymilter's C module, each finding (or
+    making) the connection's object through dispatch()."""
+    return {name: functools.partial(dispatch, make, method) for name, method in _CALLBACKS.items()}
+
+
+def serve(make: Callable[[], SpfMilter]) -> None:
+    """Serve connections on the socket libmilter opened until it stops
+    (like pymilter's runmilter, with the callbacks above)."""
+    lowlevel = Milter.milter
+    table = callbacks(make)
+    negotiate = table.pop("negotiate")
+    for name, callback in table.items():
+        getattr(lowlevel, f"set_{name}_callback")(callback)
+    lowlevel.register(MILTER_NAME, negotiate=negotiate)
     lowlevel.main()
 
 
-def _dispatch(make: Callable[[], SpfMilter], method: str, ctx: Any, *args: Any) -> int:
+def stop() -> None:
+    """Ask libmilter's loop to stop (smfi_stop)."""
+    Milter.milter.stop()
+
+
+def dispatch(make: Callable[[], SpfMilter], method: str, ctx: Any, *args: Any) -> int:
+    """One libmilter callback: the connection's object (made at negotiation;
+    an MTA that does not negotiate starts with connect) and its method.
+
+    The error boundary: whatever fails on the way is the fail-safe answer
+    (SpfMilter.failed), never an exception for libmilter, which would turn
+    it into a tempfail of the whole connection or, under the exception
+    policy above, skip the callback.
+    """
+    connection: SpfMilter | None = ctx.getpriv()
     try:
-        connection = ctx.getpriv()
         if connection is None:
-            # Made at negotiation; an MTA that does not negotiate starts
-            # with connect.
             connection = make()
             connection._setctx(ctx)
-        result: int = getattr(connection, method)(*args)
-        if method == "close":
-            connection._setctx(None)
+        with connection.activity:
+            result: int = getattr(connection, method)(*args)
         return result
     except Exception:
-        log.exception("internal error in the %s callback; tempfailed", method)
-        return TEMPFAIL
+        if connection is None:
+            log.exception("internal error in the %s callback; tempfailed", method)
+            return TEMPFAIL
+        return connection.failed(method.removesuffix("_bytes"))
+    finally:
+        if method == "close" and connection is not None:
+            connection._setctx(None)

@@ -4,12 +4,11 @@ This module owns process-wide state and the order it is set up in: logging
 handlers, signal masks (before any thread starts), the metrics listener,
 the socket's directory and mode, dropping root, libmilter's listening socket
 (opened once, before workers fork, or the one the service manager passed),
-the resolver installed into the checker, the SIGUSR1 reload thread,
-readiness for the service manager, serving (libmilter's loop on a thread of
-its own, so that a stop signal can wake its listener at once), and a stop
-that lets the callbacks in progress finish (and, on a socket that outlives
-the process, the MTA connections).  It is the only module besides mta/libmilter.py
-that imports Milter.
+the evaluator installed into pyspf, the SIGUSR1 reload thread, readiness
+for the service manager, serving (libmilter's loop on a thread of its own,
+so that a stop signal can wake its listener at once), and a stop that lets
+the callbacks in progress finish (and, on a socket that outlives the
+process, the MTA connections).
 """
 
 from __future__ import annotations
@@ -28,8 +27,6 @@ import threading
 from collections.abc import Callable
 from types import FrameType, TracebackType
 
-import Milter
-
 from spfmilter.config.loading import EX_CONFIG, ConfigError, load_config
 from spfmilter.config.schema import Config
 from spfmilter.core.metrics import Metrics
@@ -42,10 +39,8 @@ from spfmilter.process.workers import worker_count
 
 log = logging.getLogger("spfmilter.daemon")
 
-MILTER_NAME = "spfmilter"
-# libmilter's own timeout for talking to the MTA (seconds): longer than
-# Postfix's milter_command_timeout so that the MTA gives up first.
-MILTER_TIMEOUT = 600
+# The program's name in the system log.
+PROGRAM = "spfmilter"
 # How long a stop waits for callbacks in progress: above [dns] lookup_time's
 # default, so a transaction waiting on DNS still gets its answer.
 STOP_GRACE = 25.0
@@ -92,27 +87,16 @@ def _limit_malloc_arenas() -> None:
 RESTART_SECTIONS = ("milter", "dns", "log", "metrics")
 
 
-def _listen(name: str, spec: str, timeout: int, passed: socket.socket | None) -> int:
+def _listen(spec: str, passed: socket.socket | None) -> int:
     """Open libmilter's listening socket on `spec`, or serve on the socket
     the service manager `passed` (before forking workers, which all accept
     from it); a stale socket left by a crash is removed.  Returns its
-    descriptor.
-
-    pymilter's exception policy is set here: see libmilter.serve().
-    """
-    lowlevel = Milter.milter
-    lowlevel.set_exception_policy(lowlevel.CONTINUE)
-    lowlevel.settimeout(timeout)
-    lowlevel.register(name)
-
-    def open_socket(where: str) -> None:
-        lowlevel.setconn(where)
-        lowlevel.opensocket(True)
-
+    descriptor."""
+    libmilter.register()
     if passed is not None:
-        descriptor = activation.adopt(passed, open_socket)
+        descriptor = activation.adopt(passed, libmilter.open_socket)
     else:
-        descriptor = activation.opened_by(open_socket, spec)
+        descriptor = activation.opened_by(libmilter.open_socket, spec)
     with socket.socket(fileno=os.dup(descriptor)) as listening:
         # Every worker's listener waits in poll() on this one socket, and a
         # connection wakes them all; those that lose the race to accept it
@@ -278,7 +262,7 @@ class MilterLoop:
         finally:
             self._released.set()
         thread.join()
-        if isinstance(self._failure, Milter.milter.error) and stopping:
+        if isinstance(self._failure, libmilter.LibmilterError) and stopping:
             # smfi_stop closes the listening socket.  A listener that had not
             # opened it yet, or that looked at the flag just before it was
             # set and takes its lock just after, fails (libmilter's own
@@ -296,7 +280,7 @@ class MilterLoop:
         waker.start()
         # Sets the flag at once, then waits for the listener's lock (held
         # across its poll()) to close the socket: the waker ends that wait.
-        Milter.milter.stop()
+        libmilter.stop()
         waker.join()
 
     def _wake(self, listener: int) -> None:
@@ -326,7 +310,7 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     _limit_malloc_arenas()
     if socket_override is not None:
         config = with_socket(config, socket_override)
-    logs.setup_logging(config, MILTER_NAME)
+    logs.setup_logging(config, PROGRAM)
     for warning in config.warnings:
         log.warning("%s", warning)
     # Python signal handlers cannot run while libmilter blocks in C, and
@@ -378,8 +362,8 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     if passed is not None:
         spec = f"{activation.describe(passed)} (passed by the service manager)"
     try:
-        descriptor = _listen(MILTER_NAME, config.milter.socket, MILTER_TIMEOUT, passed)
-    except (Milter.milter.error, activation.ActivationError) as error:
+        descriptor = _listen(config.milter.socket, passed)
+    except (libmilter.LibmilterError, activation.ActivationError) as error:
         log.error("cannot listen on %s: %s", spec, error)
         return 1
     # Opened as the unprivileged user: nothing but the milter socket's
@@ -462,8 +446,8 @@ class Worker:
         activity = libmilter.Activity()
         make = libmilter.factory(holder, shared, activity)
         try:
-            MilterLoop(functools.partial(libmilter.serve, MILTER_NAME, make), self._drain).run()
-        except Milter.milter.error as error:
+            MilterLoop(functools.partial(libmilter.serve, make), self._drain).run()
+        except libmilter.LibmilterError as error:
             log.error("cannot run the milter on %s: %s", holder.config.milter.socket, error)
             return 1
         # libmilter has stopped accepting; let callbacks in progress answer.

@@ -7,12 +7,11 @@ from __future__ import annotations
 import dataclasses
 import email
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import Milter
 import pytest
-from Milter.testctx import TestCtx as MilterTestCtx
 
 from spfmilter.config.schema import Config, HeadersConfig, HeaderType, PolicyConfig
 from spfmilter.config.values import parse_macros
@@ -21,8 +20,8 @@ from spfmilter.core.model import Identity, SpfOutcome, SpfQuery, SpfResult, Stag
 from spfmilter.core.session import Services, Session
 from spfmilter.evaluation.evaluator import Evaluator
 from spfmilter.evaluation.resolver import Record
-from spfmilter.mta import libmilter as adapter
-from spfmilter.mta.libmilter import Activity, client_address, reverse_path
+from spfmilter.mta.libmilter import client_address, reverse_path
+from tests.support.testctx import Ctx
 
 RESULTS = {
     "mail.example.org": SpfResult.PASS,
@@ -47,69 +46,25 @@ def no_dns(name: str, qtype: str, budget: float | None) -> list[Record]:
     raise AssertionError(f"unexpected DNS lookup {name} {qtype}")
 
 
-# What TestCtx offers: every protocol step libmilter 1.0 knows.
-OFFERED_STEPS = 0x1FFFFF
-
-
-class Ctx(MilterTestCtx):  # type: ignore[misc]
-    """TestCtx that also records where headers are inserted and changed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inserted: list[tuple[str, str, int]] = []
-        self.changed: list[tuple[str, int, str]] = []
-
-    def _negotiate(self) -> int:
-        # TestCtx takes NOREPLY (the answer of a step negotiated without
-        # reply) for a refusal and closes; libmilter does not.  So this MTA
-        # cannot skip replies to connect and HELO (as Sendmail 8.13 could
-        # not): the adapter must work that way too.  The daemon's tests
-        # cover the steps without reply (SMFIP_NR_CONN, SMFIP_NR_HELO).
-        # TestCtx negotiates on its class's list, in place: a fresh one.
-        saved = MilterTestCtx.default_opts
-        steps = OFFERED_STEPS & ~(Milter.P_NR_CONN | Milter.P_NR_HELO)
-        MilterTestCtx.default_opts = [Milter.CURR_ACTS, steps, 0, 0]
-        try:
-            result: int = super()._negotiate()
-        finally:
-            MilterTestCtx.default_opts = saved
-        return result
-
-    def addheader(self, field: str, value: str, idx: int) -> None:
-        self.inserted.append((field, value, idx))
-        super().addheader(field, value, idx)
-
-    def chgheader(self, field: str, idx: int, value: str) -> None:
-        self.changed.append((field, idx, value))
-        super().chgheader(field, idx, value)
-
-
-class Source:
-    def __init__(self, config: Config) -> None:
-        self.config = config
-
-
 @pytest.fixture
 def metrics() -> Metrics:
     return Metrics()
 
 
 @pytest.fixture
-def make(monkeypatch: pytest.MonkeyPatch, metrics: Metrics) -> Iterator[Any]:
-    """A TestCtx whose milter objects come from the adapter's factory."""
+def make(metrics: Metrics) -> Callable[..., Ctx]:
+    """An MTA connection to the adapter.  This MTA cannot skip replies to
+    connect and HELO (as Sendmail 8.13 could not): the adapter must work
+    that way too; the property tests and the daemon's tests cover the steps
+    without reply (SMFIP_NR_CONN, SMFIP_NR_HELO)."""
 
     def made(config: Config | None = None) -> Ctx:
         evaluator = Evaluator(check, no_dns, metrics, lookup_time=20.0)
-        services = Services(evaluator, metrics)
-        # TestCtx makes the connection object through pymilter's global.
-        monkeypatch.setattr(
-            Milter, "factory", adapter.factory(Source(config or Config()), services, Activity())
-        )
-        ctx = Ctx()
+        ctx = Ctx(config or Config(), Services(evaluator, metrics), no_reply=False)
         ctx._setsymval("j", "mx.test.example")
         return ctx
 
-    yield made
+    return made
 
 
 def start(ctx: Ctx, ip: str = "198.51.100.7") -> None:
@@ -120,9 +75,8 @@ def message(ctx: Ctx, text: str = "Subject: t\n\nhi\n") -> int:
     ctx._body = None
     ctx._msg = email.message_from_string(text)
     for name, value in ctx._msg.items():
-        ctx._priv.header(name, value)
-    rc: int = ctx._eom()
-    return rc
+        ctx._header(name, value)
+    return ctx._eom()
 
 
 def test_accepted_message_gets_its_header_at_the_top(make: Any) -> None:

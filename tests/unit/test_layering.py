@@ -119,7 +119,7 @@ ALLOWED: dict[str, set[str]] = {
 }
 # dnspython is not used: spfmilter.evaluation.dnswire speaks DNS itself.
 THIRD_PARTY = {
-    "Milter": {"mta.libmilter", "process.daemon"},
+    "Milter": {"mta.libmilter"},
     "spf": {"evaluation.checker"},
     "dns": set(),
 }

@@ -28,10 +28,8 @@ import socket
 from collections.abc import Iterator, Sequence
 
 import Milter
-import pytest
 from hypothesis import event, example, given
 from hypothesis import strategies as st
-from Milter.testctx import TestCtx as MilterTestCtx
 
 from spfmilter.config.schema import (
     Config,
@@ -75,8 +73,8 @@ from spfmilter.core.session import GO_ON, Services, Session
 from spfmilter.evaluation.clientfacts import in_domains
 from spfmilter.evaluation.evaluator import Evaluator
 from spfmilter.evaluation.resolver import DnsTempError, Record
-from spfmilter.mta import libmilter as adapter
 from spfmilter.process.logs import JsonFormatter, TextFormatter
+from tests.support.testctx import Ctx
 from tests.unit.test_properties import (
     CHARS,
     SETTINGS,
@@ -543,83 +541,45 @@ def test_session(
 # --- the adapter under pymilter's TestCtx ----------------------------------
 
 
-class Ctx(MilterTestCtx):  # type: ignore[misc]
-    """TestCtx that keeps every reply and header change, as libmilter gets them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.replies: list[tuple[str, str | None, str]] = []
-        self.inserted: list[tuple[str, int]] = []
-
-    def setreply(self, rcode: str, xcode: str | None, msg: str, *more: str) -> None:
-        assert not more  # spfmilter's replies are one line
-        self.replies.append((rcode, xcode, msg))
-        super().setreply(rcode, xcode, msg)
-
-    def addheader(self, field: str, value: str, idx: int) -> None:
-        self.inserted.append((field, idx))
-        super().addheader(field, value, idx)
-
-
-class Source:
-    def __init__(self, config: Config) -> None:
-        self.config = config
-
-
 ANSWERS = {Milter.CONTINUE, Milter.REJECT, Milter.TEMPFAIL}
 
 
-def call(ctx: Ctx, stage: int, op: Op) -> int:
+def call(ctx: Ctx, op: Op) -> int:
     """One libmilter callback, arguments as pymilter's C module passes them."""
-    ctx._stage = stage  # getsymval needs a stage
-    milter = ctx.getpriv()
-    raw = [text.encode("utf-8", "surrogatepass") for text in op[1:]]  # any bytes
     if op[0] == "hello":
-        rc: int = milter.hello(op[1])
-    elif op[0] == "mail":
+        return ctx._helo(op[1])
+    if op[0] == "mail":
         ctx._setsymval("{auth_authen}", op[2])
         ctx._setsymval("{daemon_name}", op[3])
-        rc = milter.envfrom_bytes(raw[0])
-    elif op[0] == "rcpt":
-        rc = milter.envrcpt_bytes(raw[0])
-    elif op[0] == "header":
-        rc = milter.header_bytes(op[1], raw[1])
-    elif op[0] == "eom":
-        ctx._setsymval("i", op[1])
+        return ctx._envfrom(op[1])
+    if op[0] == "rcpt":
+        return ctx._envrcpt(op[1])
+    if op[0] == "header":
+        return ctx._header(op[1], op[2])
+    ctx._setsymval("i", op[1])
+    if op[0] == "eom":
         ctx._msg = email.message.Message()
-        rc = ctx._eom()
-    else:
-        ctx._setsymval("i", op[1])
-        rc = milter.abort()
-    return rc
-
-
-STAGES = {"hello": Milter.M_HELO, "mail": Milter.M_ENVFROM, "rcpt": Milter.M_ENVRCPT}
+        return ctx._eom()
+    return ctx._abort()
 
 
 @contextlib.contextmanager
 def connected(
     config: Config, services: Services, ip: IPAddress | None, name: str, j: str
 ) -> Iterator[Ctx]:
-    """A TestCtx past the connect callback, closed at the end."""
-    with pytest.MonkeyPatch.context() as patch, verdict_records():
-        # TestCtx makes the connection object through pymilter's global.
-        patch.setattr(
-            Milter, "factory", adapter.factory(Source(config), services, adapter.Activity())
-        )
-        ctx = Ctx()
+    """A connection to the adapter past its connect callback, closed at the end."""
+    with verdict_records():
+        ctx = Ctx(config, services)
         ctx._setsymval("j", j)
         ctx._negotiate()
-        ctx._stage = Milter.M_CONNECT
         if ip is None:
-            rc = ctx.getpriv().connect(name, socket.AF_UNIX, "/run/submission")
+            rc = ctx.step("connect", Milter.M_CONNECT, name, socket.AF_UNIX, "/run/submission")
         else:
             family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
-            rc = ctx.getpriv().connect(name, family, (str(ip), 25))
+            rc = ctx.step("connect", Milter.M_CONNECT, name, family, (str(ip), 25))
         assert rc == Milter.NOREPLY  # negotiated without reply (SMFIP_NR_CONN)
         yield ctx
-        ctx._stage = Milter.M_EOM
-        assert Milter.close_callback(ctx) == Milter.CONTINUE
+        assert ctx._close() == Milter.CONTINUE
     assert services.metrics.value("spfmilter_internal_errors_total") == 0  # no error boundary
     assert services.metrics.value("spfmilter_connections_in_flight") == 0
 
@@ -632,7 +592,7 @@ def test_adapter(
     with connected(config, make_services(data, Metrics()), ip, name, j) as ctx:
         for op in data.draw(operations(authserv_id_key(config.headers.authserv_id or j))):
             replies, inserted = len(ctx.replies), len(ctx.inserted)
-            rc = call(ctx, STAGES.get(op[0], Milter.M_EOM), op)
+            rc = call(ctx, op)
             # HELO gets no reply at all (negotiated away: NOREPLY), nor do
             # headers when the Session reads them.
             if op[0] == "hello":
@@ -643,7 +603,7 @@ def test_adapter(
                 assert len(ctx.replies) == replies + 1 and op[0] in ("mail", "rcpt")
                 assert_setreply_ok(*ctx.replies[-1])
             if op[0] == "eom":  # at the top, at most one of each
-                names = [field for field, idx in ctx.inserted[inserted:] if idx == 0]
+                names = [field for field, _, idx in ctx.inserted[inserted:] if idx == 0]
                 assert len(names) == len(set(names)) == len(ctx.inserted) - inserted
 
 
@@ -665,9 +625,9 @@ def test_adapter_refusal_carries_any_text(sender: str, explanation: str, stage: 
     config = dataclasses.replace(Config(), policy=PolicyConfig(reject_stage=stage))
     ip = ipaddress.ip_address("198.51.100.7")
     with connected(config, services, ip, "client.example", "mx.example") as ctx:
-        assert call(ctx, Milter.M_HELO, ("hello", "mail.example")) == Milter.NOREPLY
+        assert call(ctx, ("hello", "mail.example")) == Milter.NOREPLY
         ops = [("mail", sender, "", ""), ("rcpt", "<a@example.net>")]
-        rcs = [call(ctx, STAGES[op[0]], op) for op in ops]
+        rcs = [call(ctx, op) for op in ops]
         assert rcs == (
             [Milter.REJECT, Milter.CONTINUE]
             if stage is Stage.MAIL

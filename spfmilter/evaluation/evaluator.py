@@ -32,8 +32,8 @@ from spfmilter.core.model import (
     SpfQuery,
 )
 from spfmilter.evaluation import clientfacts
-from spfmilter.evaluation.checker import Checker
 from spfmilter.evaluation.pool import IdlingPool
+from spfmilter.evaluation.pyspf import Checker
 from spfmilter.evaluation.resolver import DnsLimitError, DnsTempError, Record, Resolver
 
 # What it logs is about one session's transaction, under the name those

@@ -26,7 +26,7 @@ from types import ModuleType
 
 from spfmilter.core.model import Identity, SpfQuery
 from spfmilter.evaluation import dnswire
-from spfmilter.evaluation.checker import Checker
+from spfmilter.evaluation.pyspf import Checker
 from spfmilter.evaluation.resolver import Record
 
 log = logging.getLogger("spfmilter.warmup")

@@ -13,7 +13,7 @@ import spf
 
 from spfmilter.core.metrics import Metrics
 from spfmilter.core.model import Identity, SpfOutcome, SpfQuery, SpfResult
-from spfmilter.evaluation.checker import (
+from spfmilter.evaluation.pyspf import (
     MAX_EXPLANATION_LENGTH,
     MAX_RECORD_LENGTH,
     MAX_TERM_LENGTH,

@@ -62,35 +62,38 @@ ALLOWED: dict[str, set[str]] = {
     },
     "core.verdicts": {"core.metrics", "core.model"},
     "evaluation.__init__": set(),
-    "evaluation.checker": {
-        "core.metrics",
-        "core.model",
-        "evaluation.resolver",
-        "evaluation.ttlcache",
-    },
     "evaluation.clientfacts": {"core.model", "evaluation.resolver"},
+    "evaluation.cpubudget": set(),
     "evaluation.dnswire": set(),
     "evaluation.evaluator": {
         "config.schema",
         "core.metrics",
         "core.model",
-        "evaluation.checker",
         "evaluation.clientfacts",
         "evaluation.pool",
+        "evaluation.pyspf",
         "evaluation.resolver",
     },
     "evaluation.pool": set(),
+    "evaluation.pyspf": {
+        "core.metrics",
+        "core.model",
+        "evaluation.cpubudget",
+        "evaluation.resolver",
+        "evaluation.results",
+    },
     "evaluation.resolver": {
         "config.schema",
         "core.metrics",
         "evaluation.dnswire",
         "evaluation.ttlcache",
     },
+    "evaluation.results": {"core.metrics", "core.model", "evaluation.ttlcache"},
     "evaluation.ttlcache": set(),
     "evaluation.warmup": {
         "core.model",
-        "evaluation.checker",
         "evaluation.dnswire",
+        "evaluation.pyspf",
         "evaluation.resolver",
     },
     "mta.__init__": set(),
@@ -120,7 +123,7 @@ ALLOWED: dict[str, set[str]] = {
 # dnspython is not used: spfmilter.evaluation.dnswire speaks DNS itself.
 THIRD_PARTY = {
     "Milter": {"mta.libmilter"},
-    "spf": {"evaluation.checker"},
+    "spf": {"evaluation.pyspf"},
     "dns": set(),
 }
 

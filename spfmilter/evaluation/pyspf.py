@@ -1,21 +1,20 @@
-"""Evaluates one SPF identity with pyspf and returns an SpfOutcome value.
+"""pyspf behind bounds: check_host() for one identity, as an SpfOutcome.
 
 This module owns the only ``import spf`` in spfmilter, and the bounds put on
-pyspf: what it reads from DNS passes through :meth:`Checker.lookup`, which
-refuses SPF records it would spend unbounded CPU on (pyspf's domain checks
-take time growing with the square of a label's length), drops explanation
-texts too long to expand cheaply, writes the modifier names pyspf would miss
-in lower case, and stops an evaluation whose CPU time exceeds a budget (the
-lookups' own, parsing included, counts).  pyspf reads two module globals
-(its DNS lookup function and the void lookup limit); :meth:`Checker.install`
-sets them once at start-up, before any milter thread runs, and nothing
-changes them afterwards (callbacks run in parallel threads).
+pyspf: what it reads from DNS passes through :meth:`Checker.pyspf_lookup`,
+which refuses SPF records it would spend unbounded CPU on (pyspf's domain
+checks take time growing with the square of a label's length), drops
+explanation texts too long to expand cheaply, writes the modifier names
+pyspf would miss in lower case, and stops an evaluation that used up its
+CPU budget.  Outcomes are kept for reuse while the records they read hold.
+pyspf reads two module globals (its DNS lookup function and the void lookup
+limit); :meth:`Checker.install` sets them once at start-up, before any
+milter thread runs, and nothing changes them afterwards (callbacks run in
+parallel threads).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import gc
 import re
 import threading
 import time
@@ -25,8 +24,9 @@ import spf
 
 from spfmilter.core.metrics import Metrics
 from spfmilter.core.model import Identity, SpfOutcome, SpfQuery, SpfResult
+from spfmilter.evaluation.cpubudget import CPU_BUDGET, CpuBudget
 from spfmilter.evaluation.resolver import Answers, DnsLimitError, DnsTempError, Record
-from spfmilter.evaluation.ttlcache import TtlCache
+from spfmilter.evaluation.results import MAX_RESULT_SECONDS, Results
 
 # RFC 7208 section 4.3 / RFC 1035 section 2.3.1: a domain the HELO identity
 # can be checked for.  Address literals ("[192.0.2.1]") and bare words are
@@ -49,14 +49,6 @@ MAX_TERM_LENGTH = 320
 # An exp= text (RFC 7208 section 6.2) is expanded in time growing with its
 # number of dots times its length; a longer one is treated as absent.
 MAX_EXPLANATION_LENGTH = 1024
-# An outcome is kept at most this long, however long its records live
-# (spfmilter.evaluation.resolver caps record TTLs the same way).
-MAX_RESULT_SECONDS = 86400
-# CPU seconds one evaluation may use, checked before and after each DNS
-# lookup (which parses the answer in the evaluating thread); a normal one
-# takes about a millisecond.  Garbage collection is not counted: a
-# collection is charged to whichever thread happens to run it.
-CPU_BUDGET = 0.1
 
 _SPF_RECORD = re.compile(rb"v=spf1( |$)", re.IGNORECASE)
 # Mechanisms and modifiers whose argument is a domain-spec (RFC 7208 5, 6).
@@ -75,11 +67,9 @@ class Checker:
 
     `answers` is the resolver's lookup that also says until when the
     records hold.  With `results_bytes`, outcomes are kept and reused for
-    the same query (an SPF result depends only on the query's inputs and
-    on DNS data, RFC 7208 section 4.1) until the shortest TTL among the
-    records the evaluation read runs out; temperrors and evaluations stopped
-    by the CPU budget are not kept.  `cpu_clock` measures the calling
-    thread's CPU time.
+    the same query until the shortest TTL among the records the evaluation
+    read runs out; temperrors and evaluations stopped by the CPU budget are
+    not kept.  `cpu_clock` measures the calling thread's CPU time.
     """
 
     def __init__(
@@ -93,16 +83,11 @@ class Checker:
         cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         self._answers = answers
-        self._metrics = metrics
-        self._results: TtlCache[SpfOutcome] | None = (
-            TtlCache(results_bytes, clock) if results_bytes else None
-        )
-        self._cpu_budget = cpu_budget
+        self._results = Results(results_bytes, clock, metrics) if results_bytes else None
+        self._budget = CpuBudget(cpu_budget, cpu_clock)
         self._clock = clock
-        self._cpu_clock = cpu_clock
-        # Per thread: the evaluation running in it (CPU deadline, the
-        # earliest expiry of what it read, whether its outcome may be kept),
-        # and the CPU its garbage collections took (gc_seconds, gc_started).
+        # Per thread, of the evaluation running in it: the earliest expiry
+        # of what it read, and whether its outcome may be kept.
         self._local = threading.local()
 
     def install(self, void_lookup_limit: int) -> None:
@@ -113,27 +98,7 @@ class Checker:
         """
         spf.DNSLookup = self.pyspf_lookup
         spf.MAX_VOID_LOOKUPS = void_lookup_limit
-        if self.gc_phase not in gc.callbacks:
-            gc.callbacks.append(self.gc_phase)
-
-    def gc_phase(self, phase: str, info: dict[str, int]) -> None:
-        """gc.callbacks: account the CPU of a collection to the thread's GC."""
-        now = self._cpu_clock()
-        if phase == "start":
-            self._local.gc_started = now
-            return
-        started = getattr(self._local, "gc_started", None)
-        if started is not None:
-            self._local.gc_seconds = self._gc_seconds() + now - started
-            self._local.gc_started = None
-
-    def _gc_seconds(self) -> float:
-        seconds: float = getattr(self._local, "gc_seconds", 0.0)
-        return seconds
-
-    def _work(self) -> float:
-        # This thread's CPU time, its garbage collections left out.
-        return self._cpu_clock() - self._gc_seconds()
+        self._budget.install()
 
     def pyspf_lookup(
         self, name: str, qtype: str, strict: object, timeout: float
@@ -158,12 +123,10 @@ class Checker:
     def _within_budget(self) -> None:
         """Raise PermError when the evaluation in this thread has used up
         its CPU budget."""
-        local = self._local
-        cpu_deadline: float | None = getattr(local, "cpu_deadline", None)
-        if cpu_deadline is not None and self._work() > cpu_deadline:
-            local.keep = False  # a verdict of this machine's load, not of DNS
+        if self._budget.spent():
+            self._local.keep = False  # a verdict of this machine's load, not of DNS
             raise spf.PermError(
-                f"evaluation needed more than {self._cpu_budget:g} s of CPU; stopped"
+                f"evaluation needed more than {self._budget.seconds:g} s of CPU; stopped"
             )
 
     def _read_until(self, expiry: float) -> None:
@@ -176,7 +139,7 @@ class Checker:
         that is no domain, or a result kept from before."""
         if query.identity is Identity.HELO and not is_checkable_helo(query.helo):
             return True
-        return self._results is not None and self._results.get(query) is not None
+        return self._results is not None and self._results.known(query)
 
     def check(self, query: SpfQuery, lookup_time: float) -> SpfOutcome:
         """Run check_host() (RFC 7208 section 4) for one identity.
@@ -186,36 +149,35 @@ class Checker:
         time of the whole evaluation (section 4.6.4); running out yields
         temperror.
         """
-        identity, helo = query.identity, query.helo
-        if identity is Identity.HELO:
-            sender = f"postmaster@{helo}"
-            if not is_checkable_helo(helo):
-                return SpfOutcome(identity, SpfResult.NONE, helo, sender)
-        else:
-            sender = query.mail_from
-        if self._results is not None:
-            kept = self._results.get(query)
-            if self._metrics is not None:
-                hits = self._metrics.result_cache_hits
-                (hits if kept is not None else self._metrics.result_cache_misses).inc()
-            if kept is not None:
-                return kept
+        if query.identity is Identity.HELO and not is_checkable_helo(query.helo):
+            return SpfOutcome(query.identity, SpfResult.NONE, query.helo, _sender(query))
+        kept = self._results.get(query) if self._results is not None else None
+        if kept is not None:
+            return kept
         started = self._clock()
         local = self._local
-        local.cpu_deadline = self._work() + self._cpu_budget
         local.expiry = started + MAX_RESULT_SECONDS
         local.keep = True
+        self._budget.start()
         try:
-            evaluation = spf.query(
-                i=str(query.client_ip),
-                s="" if identity is Identity.HELO else sender,
-                h=helo,
-                receiver=query.receiver,
-                querytime=lookup_time,
-            )
-            result, _code, explanation = evaluation.check()
+            outcome = self._evaluate(query, lookup_time, started)
         finally:
-            local.cpu_deadline = None
+            self._budget.stop()
+        if self._results is not None and local.keep and outcome.result is not SpfResult.TEMPERROR:
+            self._results.keep(query, outcome, local.expiry - self._clock())
+        return outcome
+
+    def _evaluate(self, query: SpfQuery, lookup_time: float, started: float) -> SpfOutcome:
+        """pyspf's check_host(), its answer as an SpfOutcome."""
+        helo_identity = query.identity is Identity.HELO
+        evaluation = spf.query(
+            i=str(query.client_ip),
+            s="" if helo_identity else query.mail_from,
+            h=query.helo,
+            receiver=query.receiver,
+            querytime=lookup_time,
+        )
+        result, _code, explanation = evaluation.check()
         elapsed = self._clock() - started
         outcome = SpfResult(result)
         problem = None
@@ -226,31 +188,22 @@ class Checker:
             # pyspf fills in its stock wording when the domain gave no exp=
             # (RFC 7208 section 6.2); only the domain's own text is reported.
             explanation = None
-        checked = SpfOutcome(
-            identity=identity,
+        return SpfOutcome(
+            identity=query.identity,
             result=outcome,
             domain=evaluation.o,
-            sender=sender,
+            sender=_sender(query),
             mechanism=evaluation.mechanism,
             explanation=explanation or None,
             problem=problem,
             lookup_seconds=elapsed,
         )
-        if self._results is not None and local.keep and outcome is not SpfResult.TEMPERROR:
-            kept = dataclasses.replace(checked, lookup_seconds=0.0)
-            self._results.put(query, kept, local.expiry - self._clock(), _size(query, kept))
-        return checked
 
 
-# A kept outcome with its query, as CPython holds them (measured like the
-# DNS cache's entries, spfmilter.evaluation.resolver.footprint), plus their strings.
-_RESULT_BYTES = 700
-
-
-def _size(query: SpfQuery, outcome: SpfOutcome) -> int:
-    texts = (query.helo, query.mail_from, query.receiver, outcome.domain, outcome.sender)
-    extra = (outcome.mechanism, outcome.explanation, outcome.problem)
-    return _RESULT_BYTES + sum(len(t) for t in texts) + sum(len(t) for t in extra if t)
+def _sender(query: SpfQuery) -> str:
+    """The address check_host() is given: postmaster@<helo> for the HELO
+    identity (RFC 7208 section 2.3), the MAIL FROM otherwise."""
+    return f"postmaster@{query.helo}" if query.identity is Identity.HELO else query.mail_from
 
 
 def _acceptable_text(name: str, record: Record) -> bool:

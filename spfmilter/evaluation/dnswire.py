@@ -28,7 +28,7 @@ import secrets
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 # RFC 1035 section 3.2.2 and RFC 3596 / RFC 7208 section 3.1 type codes.
@@ -82,6 +82,10 @@ _FLAG_QR = 0x8000
 _OPCODE_SHIFT, _OPCODE_MASK = 11, 0xF  # QUERY is opcode 0 (RFC 1035 section 4.1.1)
 _FLAG_TC = 0x0200
 _FLAG_RD = 0x0100
+_FLAG_RA = 0x0080
+# A name compressed to the question's (RFC 1035 section 4.1.4): it starts
+# right after the header.
+QUESTION_NAME = b"\xc0\x0c"
 # An OPT pseudo-record: root owner, type 41, class = payload size, no options.
 _OPT_RECORD = b"\x00" + struct.pack("!HHIH", OPT, EDNS_PAYLOAD, 0, 0)
 # Printable ASCII that stands for itself in a name's text form; anything else
@@ -180,10 +184,30 @@ def _label_text(label: bytes) -> str:
     return "".join(chr(b) if b in _PLAIN else f"\\{b:03d}" for b in label.lower())
 
 
+def make_question(qname: bytes, qtype: int) -> bytes:
+    """A question section of one question, class IN (RFC 1035 section 4.1.2)."""
+    return qname + _QUESTION_TAIL.pack(qtype, CLASS_IN)
+
+
 def make_query(qid: int, qname: bytes, qtype: int, *, edns: bool = True) -> bytes:
     """A recursive query for one question (RFC 1035 section 4.1)."""
     header = _HEADER.pack(qid, _FLAG_RD, 1, 0, 0, 1 if edns else 0)
-    return header + qname + _QUESTION_TAIL.pack(qtype, CLASS_IN) + (_OPT_RECORD if edns else b"")
+    return header + make_question(qname, qtype) + (_OPT_RECORD if edns else b"")
+
+
+def make_record(owner: bytes, rtype: int, ttl: int, rdata: bytes) -> bytes:
+    """A resource record of class IN (RFC 1035 section 4.1.3); `owner` is a
+    name in wire format or a compression pointer."""
+    return owner + _RR_FIXED.pack(rtype, CLASS_IN, ttl, len(rdata)) + rdata
+
+
+def make_reply(
+    qid: int, question: bytes, records: Sequence[bytes] = (), *, truncated: bool = False
+) -> bytes:
+    """A recursive resolver's reply to the query `qid` with this question
+    section: `records`, each whole in wire format, as its answer section."""
+    flags = _FLAG_QR | _FLAG_RD | _FLAG_RA | (_FLAG_TC if truncated else 0)
+    return _HEADER.pack(qid, flags, 1, len(records), 0, 0) + question + b"".join(records)
 
 
 class _Parser:

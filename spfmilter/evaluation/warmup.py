@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import struct
 import sys
 import threading
 from collections.abc import Sequence
@@ -87,23 +86,21 @@ def exercise(void_lookup_limit: int) -> None:
 
 def _parse_every_type() -> None:
     qname = dnswire.encode_name("bücher.example")
-    query = dnswire.make_query(1, qname, dnswire.QTYPES["TXT"])
+    qtype = dnswire.QTYPES["TXT"]
+    name = dnswire.QUESTION_NAME
     rdata = {
         "A": bytes(4),
         "AAAA": bytes(16),
-        "CNAME": b"\xc0\x0c",
-        "PTR": b"\xc0\x0c",
-        "MX": b"\x00\x0a\xc0\x0c",
+        "CNAME": name,
+        "PTR": name,
+        "MX": b"\x00\x0a" + name,
         "TXT": b"\x03v=x",
         "SPF": b"\x03v=x",
-        "SOA": b"\xc0\x0c\xc0\x0c" + bytes(20),
+        "SOA": name + name + bytes(20),
     }
-    records = b"".join(
-        b"\xc0\x0c" + struct.pack("!HHIH", dnswire.QTYPES[kind], 1, 60, len(data)) + data
-        for kind, data in rdata.items()
-    )
-    header = struct.pack("!6H", 1, 0x8180, 1, len(rdata), 0, 0)
-    reply = dnswire.parse_reply(header + query[12 : 12 + len(qname) + 4] + records, 1, qname, 16)
+    records = [dnswire.make_record(name, dnswire.QTYPES[k], 60, d) for k, d in rdata.items()]
+    data = dnswire.make_reply(1, dnswire.make_question(qname, qtype), records)
+    reply = dnswire.parse_reply(data, 1, qname, qtype)
     if reply is None or len(reply.answer) != len(rdata):
         raise RuntimeError("warm-up: the canned DNS reply did not parse")
 

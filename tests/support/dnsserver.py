@@ -102,6 +102,8 @@ from dnslib import (
     DNSRecord,
 )
 
+from spfmilter.evaluation import dnswire
+
 # dnslib ships no type hints; these aliases say what each Any stands for.
 _Message: TypeAlias = Any  # dnslib.DNSRecord
 _Record: TypeAlias = Any  # dnslib.RR
@@ -486,7 +488,7 @@ def pointer_chain(
 
 def _malformed(qid: int, question: bytes) -> bytes:
     """A reply with this ID whose one answer record breaks off."""
-    return struct.pack("!6H", qid, 0x8180, 1, 1, 0, 0) + question + b"\xc0\x0c\x00"
+    return dnswire.make_reply(qid, question, [dnswire.QUESTION_NAME + b"\x00"])
 
 
 def _update(request: _Message, text: _RData) -> bytes:
@@ -725,7 +727,7 @@ class DNSTestServer:
         qid = request.header.id
         if _Hostile.POINTER_CHAIN in hostile:
             if transport == "udp":  # TC set: ask again over TCP
-                return [struct.pack("!6H", qid, 0x8380, 1, 0, 0, 0) + _question(data)]
+                return [dnswire.make_reply(qid, _question(data), truncated=True)]
             return [pointer_chain(qid, _question(data))]
         answer = _resolve(zone, question.qname, question.qtype, self.ttl)
         if answer is None:

@@ -70,6 +70,28 @@ def test_query_layout() -> None:
     assert struct.unpack("!H", plain[10:12]) == (0,) and len(plain) == len(query) - 11
 
 
+def test_reply_layout() -> None:
+    # What the warm-up and the test DNS server build replies with, read by dnslib.
+    question = dnswire.make_question(encode_name("example.org"), 16)
+    txt_record = dnswire.make_record(dnswire.QUESTION_NAME, 16, 60, b"\x06v=spf1")
+    a_record = dnswire.make_record(dnswire.QUESTION_NAME, 1, 61, bytes([192, 0, 2, 1]))
+    parsed = DNSRecord.parse(dnswire.make_reply(0x4321, question, [txt_record, a_record]))
+    assert (parsed.header.id, parsed.header.qr, parsed.header.rd, parsed.header.ra) == (
+        0x4321,
+        1,
+        1,
+        1,
+    )
+    assert str(parsed.q.qname) == "example.org." and parsed.q.qtype == QTYPE.TXT
+    assert [(str(rr.rname), rr.rtype, rr.ttl) for rr in parsed.rr] == [
+        ("example.org.", QTYPE.TXT, 60),
+        ("example.org.", QTYPE.A, 61),
+    ]
+    assert str(parsed.rr[1].rdata) == "192.0.2.1"
+    truncated = DNSRecord.parse(dnswire.make_reply(7, question, truncated=True))
+    assert truncated.header.tc == 1 and not truncated.rr
+
+
 def reply_for(query: bytes, *answers: RR, authority: tuple[RR, ...] = (), rcode: int = 0) -> bytes:
     record = DNSRecord.parse(query).reply()
     record.header.rcode = rcode

@@ -36,9 +36,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchmarks.harness import DNS_SERVER_MODULE, REPO, free_port, wait_for
 from benchmarks.report import json_text, load_average, say
 from benchmarks.workloads import CLIENT_NET
+from testkit.daemon import REPO, free_port, wait_for
 
 
 @dataclass(frozen=True)
@@ -252,7 +252,7 @@ def measure_dns_clients(queries: int, workdir: Path) -> list[DnsClientCost]:
     log_path = workdir / "dnsbench.log"
     with log_path.open("wb") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", DNS_SERVER_MODULE, str(zone_path), "--port", str(port)],
+            [sys.executable, "-m", "testkit.dnsserver", str(zone_path), "--port", str(port)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import config_text
-from tests.support.daemon import Daemon
-from tests.support.dnsserver import DNSTestServer
+from testkit.daemon import Daemon, config_text
+from testkit.dnsserver import DNSTestServer
 from tests.support.postfix import PrivatePostfix
 from tests.support.stack import PASS_IP, Stack, send
 

@@ -3,7 +3,7 @@
 docs/performance.md's scaling section has every spfmilter of a fleet name one caching
 resolver in `[dns] nameservers`.  Here that resolver is Debian's own
 `unbound`, run in the foreground on 127.0.0.1 with a private configuration
-(tests/support/unbound.py) that forwards the test zone to the authoritative
+(testkit/unbound.py) that forwards the test zone to the authoritative
 test server and refuses everything else.  The authoritative server's query
 log shows what reached it: verdicts through Unbound are right, a record is
 asked again only once its TTL has run out, and a second daemon is answered
@@ -22,15 +22,14 @@ from pathlib import Path
 import pytest
 from dnslib import RCODE, DNSRecord
 
-from tests.conftest import ZONES, Sections, config_text
-from tests.support import unbound
-from tests.support.daemon import Daemon, wait_for
-from tests.support.dnsserver import DNSTestServer, ZoneData, load_zone_file
-from tests.support.milterclient import TransactionResult, one_transaction
+from testkit import unbound
+from testkit.daemon import Daemon, Sections, config_text, wait_for
+from testkit.dnsserver import ZONES, DNSTestServer, ZoneData, load_zone_file
+from testkit.milterclient import TransactionResult, one_transaction
 
 # The zone the transactions below ask about; Unbound forwards only this.
 FORWARDED_ZONES = ("example.org.",)
-CLIENT_IP = "198.51.100.7"  # one of "our servers" in tests/zones/core.yaml
+CLIENT_IP = "198.51.100.7"  # one of "our servers" in testkit/zones/core.yaml
 HELO = "helo-pass.example.org"
 SHORT_TTL = 3  # seconds: the TTL test waits about this long
 LONG_TTL = 300  # nothing expires during a test

@@ -8,7 +8,7 @@ way systemd connects a unit's stderr; rsyslogd reading what journald
 forwards, with Debian's stock file rules writing to a temp directory; and
 reading back the journal (journalctl -o json) and those files.  Everything
 is started as a process of its own and stopped by its PID.  It imports
-nothing from spfmilter: the daemon is started through tests.support.daemon.
+nothing from spfmilter: the daemon is started through testkit.daemon.
 
 Why each piece is set up as it is (systemd 252, rsyslog 8.2302, both Debian
 12; found by experiment and in their sources):
@@ -78,7 +78,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from tests.support.daemon import REPO, Daemon, wait_for
+from testkit.daemon import REPO, Daemon, wait_for
 
 JOURNALD = "/lib/systemd/systemd-journald"
 RSYSLOG_CONF = Path("/etc/rsyslog.conf")

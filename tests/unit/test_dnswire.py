@@ -22,8 +22,8 @@ from spfmilter.evaluation.dnswire import (
     name_text,
     parse_reply,
 )
-from tests.support.dnsserver import pointer_chain
-from tests.support.net import udp_and_tcp_on_one_port
+from testkit.dnsserver import pointer_chain
+from testkit.net import udp_and_tcp_on_one_port
 
 
 def test_encode_name_plain_and_root() -> None:

@@ -14,8 +14,8 @@ from prometheus_client.metrics_core import Metric
 from spfmilter import __version__
 from spfmilter.core.metrics import Metrics
 from spfmilter.process.exporter import Listener
-from tests.support.daemon import wait_for
-from tests.support.net import sockets_on_port
+from testkit.daemon import wait_for
+from testkit.net import sockets_on_port
 from tests.support.prometheus import (
     PROMETHEUS_ACCEPT,
     histogram_problems,

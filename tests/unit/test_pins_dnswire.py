@@ -24,7 +24,7 @@ import pytest
 
 from spfmilter.evaluation import dnswire
 from spfmilter.evaluation.dnswire import BadName, Unreachable, WireError, encode_name, name_text
-from tests.support.net import udp_and_tcp_on_one_port
+from testkit.net import udp_and_tcp_on_one_port
 
 QNAME = encode_name("example.org")
 A = 1

@@ -18,7 +18,7 @@ from spfmilter.core.session import Services, Session
 from spfmilter.evaluation.evaluator import Evaluator
 from spfmilter.evaluation.pool import IdlingPool
 from spfmilter.evaluation.resolver import Record
-from tests.support.daemon import wait_for
+from testkit.daemon import wait_for
 
 
 def pool_threads() -> int:

@@ -18,27 +18,53 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from spfmilter.config.loading import load_config
 from spfmilter.process.workers import worker_count
-from tests.support.net import free_port
+from testkit.dnsserver import DNSTestServer
+from testkit.net import free_port
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 __all__ = [
     "REPO",
     "Daemon",
     "ProcessStats",
+    "Sections",
     "children",
+    "config_text",
     "free_port",
     "process_stats",
     "sockets_of",
     "wait_for",
 ]
+
+# Configuration sections: {section: {key: value}}.
+Sections = Mapping[str, Mapping[str, str]]
+
+
+def config_text(dns_server: DNSTestServer, sections: Sections | None = None) -> str:
+    """Config file text pointing [dns] at the test server, plus `sections`.
+
+    Short DNS times make TIMEOUT names turn into temperror quickly.
+    """
+    merged: dict[str, dict[str, str]] = {
+        # The tests run as root and rewrite config files the daemon must
+        # re-read; the privilege drop has a test of its own.
+        "milter": {"user": "root"},
+        "dns": {"nameservers": dns_server.nameserver, "timeout": "0.5", "lookup_time": "2"},
+    }
+    for section, values in (sections or {}).items():
+        merged.setdefault(section, {}).update(values)
+    return "".join(
+        f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
+        for section, values in merged.items()
+    )
+
 
 # asm-generic/unistd.h: pidfd_getfd (x86-64 and arm64 alike).
 SYS_PIDFD_GETFD = 438

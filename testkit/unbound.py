@@ -41,7 +41,7 @@ from types import TracebackType
 
 from dnslib import DNSRecord
 
-from tests.support.daemon import free_port, wait_for
+from testkit.daemon import free_port, wait_for
 
 _START_ATTEMPTS = 5  # the free TCP port's UDP twin may be taken: try another
 _PROBE_TIMEOUT = 0.1  # seconds one readiness query may take (loopback)

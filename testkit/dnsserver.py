@@ -5,7 +5,7 @@ against: a server answering over UDP and TCP on one loopback port from zone
 data in the format of the openspf RFC 7208 test suite (rfc7208-tests.yml), a
 loader for YAML files in that format, and a small CLI::
 
-    python -m tests.support.dnsserver ZONE.yaml [--port N] [--delay SECONDS]
+    python -m testkit.dnsserver ZONE.yaml [--port N] [--delay SECONDS]
 
 Zone data maps a domain name to a list of entries.  An entry is a one-key
 mapping ``{TYPE: value}`` with TYPE one of A, AAAA, MX (value
@@ -77,6 +77,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Self, TypeAlias
 
 import yaml
@@ -119,6 +120,9 @@ QueryLogEntry: TypeAlias = tuple[str, str, str]
 _Key: TypeAlias = tuple[bytes, ...]  # lower-cased labels, leftmost first
 
 _LOG = logging.getLogger(__name__)
+
+# The zones the tests and the benchmarks serve.
+ZONES = Path(__file__).parent / "zones"
 
 _POLL_SECONDS = 0.1  # how long a blocked socket call waits before rechecking stop
 _BIND_ATTEMPTS = 20  # the free UDP port may be taken for TCP; try other ports
@@ -749,7 +753,7 @@ class DNSTestServer:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.support.dnsserver",
+        prog="python -m testkit.dnsserver",
         description="Serve a YAML zone file (openspf test-suite format) on 127.0.0.1.",
     )
     parser.add_argument("zone", help="YAML file mapping names to record lists")

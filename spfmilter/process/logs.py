@@ -166,10 +166,9 @@ def setup_logging(config: Config, ident: str) -> None:
         else:
             formatter = JsonFormatter() if json_lines else TextFormatter()
     handler.setFormatter(formatter)
-    # No format here shows where a record was made, in which thread or
-    # process: spare each record the stack walk and lookups (the logging
-    # HOWTO's "Optimization").  Set once, before any thread starts.
-    logging._srcfile = None
+    # No format here shows in which thread or process a record was made:
+    # spare each record those lookups (the logging HOWTO's "Optimization").
+    # Set once, before any thread starts.
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

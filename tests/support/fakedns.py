@@ -17,14 +17,7 @@ from spfmilter.core.metrics import Metrics
 from spfmilter.evaluation import dnswire
 from spfmilter.evaluation.dnswire import RR, Reply
 from spfmilter.evaluation.resolver import Resolver
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.fakes import Clock
 
 
 class FakeDns:

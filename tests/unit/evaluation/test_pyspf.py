@@ -20,6 +20,7 @@ from spfmilter.evaluation.pyspf import (
     Checker,
 )
 from spfmilter.evaluation.resolver import DnsLimitError, DnsTempError, Record
+from tests.support.fakes import Clock
 
 ZONE: dict[tuple[str, str], list[Record]] = {
     ("example.org", "TXT"): [(("example.org", "TXT"), [b"v=spf1 ip4:198.51.100.0/24 -all"])],
@@ -270,14 +271,6 @@ def test_garbage_collection_does_not_count_against_the_budget() -> None:
         assert checker.check(query, 5).result is SpfResult.FAIL
     finally:
         gc.callbacks.remove(slow_collection)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def kept_checker(clock: Clock, expiry: float) -> tuple[Checker, list[tuple[str, str]], Metrics]:

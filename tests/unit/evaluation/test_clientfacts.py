@@ -7,8 +7,16 @@ import ipaddress
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from spfmilter.core.model import Identity, Plan, SkipFacts, SpfOutcome, SpfResult
+from spfmilter.core.model import (
+    Identity,
+    Plan,
+    SkipFacts,
+    SpfOutcome,
+    SpfResult,
+)
 from spfmilter.evaluation.clientfacts import (
     confirmed_ptr_names,
     gather,
@@ -16,6 +24,7 @@ from spfmilter.evaluation.clientfacts import (
     resolves_to,
 )
 from spfmilter.evaluation.resolver import DnsLimitError, DnsTempError, Record
+from tests.support.strategies import SETTINGS, domain_lists, domains, hostnames, texts
 
 CLIENT = ipaddress.ip_address("198.51.100.7")
 PTR = CLIENT.reverse_pointer
@@ -141,3 +150,14 @@ def test_facts_are_looked_for_only_as_the_plan_lists_them() -> None:
     facts = gather(plan, CLIENT, lookup, mail_from)
     assert facts == SkipFacts(helo_confirmed=True, forwarder="fwd.example")
     assert asked == [("mail.example.org", "A")]
+
+
+@SETTINGS
+@given(st.one_of(texts, domains, st.builds("{}.{}".format, hostnames, domains)), domain_lists)
+def test_in_domains_finds_the_first_listed_domain_on_label_boundaries(
+    name: str, listed: tuple[str, ...]
+) -> None:
+    found = in_domains(name, listed)
+    name = name.lower().rstrip(".")
+    below = [d for d in listed if name == d or name.endswith("." + d)]
+    assert found == (below[0] if below else None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -18,17 +17,13 @@ from spfmilter.core.model import (
     HeaderChanges,
     Identity,
     Reply,
-    SpfOutcome,
-    SpfQuery,
     SpfResult,
     Stage,
     Step,
 )
-from spfmilter.core.session import GO_ON, Services, Session
-from spfmilter.evaluation.evaluator import Evaluator
-from spfmilter.evaluation.resolver import DnsTempError, Record
-
-Results = dict[tuple[Identity, str], SpfResult]
+from spfmilter.core.session import GO_ON, Session
+from spfmilter.evaluation.resolver import Record
+from tests.support.fakes import Clock, FakeChecker, FakeLookup, Results, make_session, no_dns, start
 
 PASSING: Results = {
     (Identity.HELO, "mail.example.org"): SpfResult.PASS,
@@ -38,56 +33,15 @@ PASSING: Results = {
 }
 
 
-class Recorder:
-    """A checker that answers from a table and records every call."""
-
-    def __init__(self, results: Results) -> None:
-        self.results = results
-        self.calls: list[tuple[Identity, str, str, str, float]] = []
-        self.before: Callable[[], None] = lambda: None  # runs at each call
-
-    def __call__(self, query: SpfQuery, lookup_time: float) -> SpfOutcome:
-        identity, helo, mail_from = query.identity, query.helo, query.mail_from
-        self.calls.append((identity, str(query.client_ip), helo, mail_from, lookup_time))
-        self.before()
-        subject = helo if identity is Identity.HELO else mail_from
-        result = self.results.get((identity, subject), SpfResult.NONE)
-        sender = f"postmaster@{helo}" if identity is Identity.HELO else mail_from
-        return SpfOutcome(identity, result, sender.rpartition("@")[2], sender, "-all")
-
-    def identities(self) -> list[Identity]:
-        return [call[0] for call in self.calls]
-
-
-def no_dns(name: str, qtype: str, budget: float | None) -> list[Record]:
-    raise AssertionError(f"unexpected DNS lookup {name} {qtype}")
-
-
 def make(
     config: Config | None = None,
     results: Results | None = None,
     lookup: Callable[[str, str, float | None], list[Record]] = no_dns,
-    clock: Callable[[], float] | None = None,
-) -> tuple[Session, Recorder, Metrics]:
-    recorder = Recorder(PASSING if results is None else results)
-    metrics = Metrics()
-    config = config or Config()
-    evaluator = Evaluator(
-        recorder,
-        lookup,
-        metrics,
-        lookup_time=config.dns.lookup_time,
-        clock=clock or time.monotonic,
-    )
-    services = Services(evaluator, metrics, host_name="host.example")
-    return Session(config, services), recorder, metrics
-
-
-def start(
-    session: Session, ip: str = "198.51.100.7", helo: str = "mail.example.org", j: str = "mx"
-) -> None:
-    session.connect(ipaddress.ip_address(ip), "ptr.example.net", j)
-    session.hello(helo)
+    clock: Clock | None = None,
+) -> tuple[Session, FakeChecker, Metrics]:
+    checker = FakeChecker(PASSING if results is None else results, mechanism="-all", clock=clock)
+    session, metrics = make_session(config, checker, lookup, clock=clock or time.monotonic)
+    return session, checker, metrics
 
 
 def with_policy(**changes: Any) -> Config:
@@ -159,7 +113,7 @@ def test_helo_evaluated_once_per_helo_and_again_after_a_new_ehlo() -> None:
     assert rec.identities().count(Identity.HELO) == 1
     session.hello("other.example.org")
     session.mail("good@example.org", "")
-    assert [c[2] for c in rec.calls if c[0] is Identity.HELO] == [
+    assert [query.helo for query, _ in rec.queries if query.identity is Identity.HELO] == [
         "mail.example.org",
         "other.example.org",
     ]
@@ -183,7 +137,7 @@ def test_loopback_is_skipped_without_header(caplog: pytest.LogCaptureFixture) ->
     assert session.mail("bad@example.org", "") == GO_ON
     assert session.rcpt("<a@example.net>") == GO_ON
     assert session.end_of_message("Q2") == HeaderChanges()
-    assert rec.calls == []
+    assert rec.queries == []
     (line,) = verdict_lines(caplog)
     assert line.startswith("Q2: SPF skipped - localhost is always allowed conn=")
     assert metrics.value("spfmilter_skips_total", reason="localhost") == 1
@@ -354,25 +308,11 @@ def test_receiver_is_authserv_id_else_mta_name_else_host() -> None:
 def test_identities_of_one_command_share_the_lookup_budget() -> None:
     # The MTA times out the MAIL FROM command as a whole: what the HELO
     # evaluation spent is not available to MAIL FROM any more.
-    now = [1000.0]
-
-    def clock() -> float:
-        return now[0]
-
-    session, rec, _ = make(clock=clock)
-    rec.before = lambda: now.__setitem__(0, now[0] + 15.0)
+    session, rec, _ = make(clock=Clock())
+    rec.cost = 15.0
     start(session)
     session.mail("good@example.org", "")
-    assert [c[4] for c in rec.calls] == [20.0, 5.0]
-
-
-def table_lookup(table: dict[tuple[str, str], list[Record]]) -> Callable[..., list[Record]]:
-    def lookup(name: str, qtype: str, budget: float | None) -> list[Record]:
-        if name == "broken.example":
-            raise DnsTempError("DNS timeout looking up broken.example A")
-        return table.get((name, qtype), [])
-
-    return lookup
+    assert [budget for _, budget in rec.queries] == [20.0, 5.0]
 
 
 def test_dns_based_skip_uses_the_session_budget() -> None:
@@ -383,12 +323,12 @@ def test_dns_based_skip_uses_the_session_budget() -> None:
         ("mx.relay.example", "A"): [(("mx.relay.example", "A"), "198.51.100.7")],
     }
     config = dataclasses.replace(Config(), skip=SkipConfig(ptr_domains=("relay.example",)))
-    session, rec, metrics = make(config, lookup=table_lookup(table))
+    session, rec, metrics = make(config, lookup=FakeLookup(table))
     start(session)
     session.mail("bad@example.org", "")
     assert session.rcpt("<a@example.net>") == GO_ON
     session.end_of_message("")
-    assert rec.calls == []
+    assert rec.queries == []
     assert metrics.value("spfmilter_skips_total", reason="ptr_domain") == 1
 
 
@@ -396,7 +336,7 @@ def test_dns_trouble_while_checking_skips_is_no_skip(caplog: pytest.LogCaptureFi
     config = dataclasses.replace(
         Config(), skip=SkipConfig(helo_names=("broken.example",), ptr_domains=("x.example",))
     )
-    session, _, _ = make(config, lookup=table_lookup({}))
+    session, _, _ = make(config, lookup=FakeLookup())
     start(session, helo="broken.example")
     session.mail("bad@example.org", "")
     assert session.rcpt("<a@example.net>").action is Action.REJECT
@@ -406,11 +346,11 @@ def test_dns_trouble_while_checking_skips_is_no_skip(caplog: pytest.LogCaptureFi
 def test_forwarder_domains_pass_as_postmaster() -> None:
     config = dataclasses.replace(Config(), skip=SkipConfig(forwarder_domains=("fwd.example",)))
     results = {**PASSING, (Identity.MAIL_FROM, "postmaster@fwd.example"): SpfResult.PASS}
-    session, rec, _ = make(config, results, lookup=table_lookup({}))
+    session, rec, _ = make(config, results, lookup=FakeLookup())
     start(session)
     session.mail("bad@example.org", "")
     assert session.rcpt("<a@example.net>") == GO_ON
-    assert [c[3] for c in rec.calls] == ["postmaster@fwd.example"]
+    assert [query.mail_from for query, _ in rec.queries] == ["postmaster@fwd.example"]
 
 
 def test_no_transaction_means_nothing_to_do() -> None:

@@ -28,7 +28,8 @@ from spfmilter.evaluation.resolver import (
     Resolver,
 )
 from spfmilter.evaluation.resolver import footprint as dns_footprint
-from tests.support.fakedns import Clock, FakeDns, make, reply
+from tests.support.fakedns import FakeDns, make, reply
+from tests.support.fakes import Clock
 
 SOA = RR("example", 6, 3600, 300)
 

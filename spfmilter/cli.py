@@ -2,7 +2,7 @@
 
 This module owns argument parsing and exit statuses (0 ok, 2 usage, 78
 EX_CONFIG).  ``main(argv)`` does everything and returns the status, so
-tests can call it.  It imports daemon and config; nothing imports it.
+tests can call it.
 """
 
 from __future__ import annotations

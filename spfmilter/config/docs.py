@@ -6,7 +6,7 @@ the package, ``spfmilter --example-config``), the reference table in docs/config
 the key list of the spfmilter.cfg(5) man page.  Tests check that the files
 in the repository equal what this writes, so the documentation cannot drift
 from the code.  Regenerate with ``python -m spfmilter.config.docs example``
-(or ``table``).  It imports config, schema and values.
+(or ``man``, ``table``).
 """
 
 from __future__ import annotations

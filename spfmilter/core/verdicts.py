@@ -7,7 +7,7 @@ connection, the client, the identity that decided, its result, the action),
 or "SPF skipped - <reason>" and the fields for a skipped one; the same
 fields, queue_id included, as JSON keys; and the verdict and skip counters.
 Values are quoted here; making them safe for a log line is the formatters'
-job (spfmilter.process.logs).  It imports model and metrics.
+job (the process layer's log formatters).
 """
 
 from __future__ import annotations

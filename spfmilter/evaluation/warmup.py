@@ -7,10 +7,10 @@ sender, parts of pyspf's macro and exp= handling), and an installation under
 /root (mode 0700, the usual place of a clone or a virtual environment on a
 fresh Debian) is unreadable after the drop, so such an import would fail on
 the first real mail.  :func:`exercise` runs real SPF evaluations against
-canned DNS data, through the same checker and wire codec the daemon uses.
+canned DNS data, through the same pyspf adapter and wire codec the daemon uses.
 :class:`ImportWatch` then reports any module imported afterwards, so a new
 lazy import shows up as a warning in every test instead of as a failure on a
-user's machine.  It imports model, dnswire, dns and checker.
+user's machine.
 """
 
 from __future__ import annotations

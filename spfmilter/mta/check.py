@@ -4,9 +4,8 @@ This module owns the check command's engine and its two front ends: a
 command line (client IP, HELO, sender, recipients) and the Postfix policy
 delegation protocol (attribute blocks on stdin, ``action=`` answers).  It
 evaluates nothing itself: it drives a Session (the class the milter's
-adapter drives) with the services the daemon would build, so the checker,
-the policy and the header builder are exactly the milter's.  It imports
-config, model, services and session; only cli imports it.
+adapter drives) with the services the daemon would build, so the evaluation,
+the policy and the header builder are exactly the milter's.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ TXT record can hold a line feed, and macro expansion supplies spaces, RFC
 line or hide text: whatever a record holds, it stays one line, and no fake
 line can be written through it.  Tracebacks follow their record, every line
 of them (the exception's own text included) starting with "  | ", so that
-none can pass for a record.  It imports config only.
+none can pass for a record.
 """
 
 from __future__ import annotations

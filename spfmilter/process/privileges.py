@@ -9,8 +9,7 @@ owner and a mode, set through a descriptor opened without following
 symlinks; an existing one is never changed, only checked: the daemon must
 be able to create its socket there, nobody else may replace it, and Postfix
 should be able to reach it, which is said only where the daemon can tell:
-not for owners outside its user namespace), and the drop itself.  It imports config only;
-no Milter.
+not for owners outside its user namespace), and the drop itself.
 """
 
 from __future__ import annotations

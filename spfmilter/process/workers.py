@@ -8,7 +8,6 @@ supervises: SIGTERM, SIGINT and SIGHUP stop every worker and wait for them
 re-reads the configuration, and a worker that dies is replaced in the same
 metrics slot, unless workers keep dying (then the daemon stops, and the
 service manager decides).  The parent runs no milter thread of its own.
-It imports nothing from spfmilter beyond its callers' callables.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import itertools
+import pathlib
+import re
 from typing import Any
 
 import pytest
@@ -442,3 +444,81 @@ def test_replies_are_made_safe_where_they_are_built() -> None:
     assert "\r" not in text and "\n" not in text
     assert text.startswith("SPF MAIL FROM check for a@example.org: fail: line one X-Injected")
     assert len(text) == 400 and text.endswith("...")
+
+
+# Every skip applying at once: each key below, when set, skips this client.
+_ALL_SKIPS = SkipConfig(
+    networks=parse_networks("198.51.100.0/24"),
+    authenticated=True,
+    macros=parse_macros("daemon_name=ORIGINATING"),
+    trusted_relays=parse_networks("198.51.100.0/24"),
+    sender_domains=("example.org",),
+    helo_names=("mail.example.org",),
+    forwarder_domains=("fwd.example",),
+    ptr_domains=("relay.example",),
+)
+_SKIP_KEYS = {
+    SkipReason.NETWORK: "networks",
+    SkipReason.AUTHENTICATED: "authenticated",
+    SkipReason.MACRO: "macros",
+    SkipReason.TRUSTED_RELAY: "trusted_relays",
+    SkipReason.SENDER_DOMAIN: "sender_domains",
+    SkipReason.HELO_NAME: "helo_names",
+    SkipReason.FORWARDER: "forwarder_domains",
+    SkipReason.PTR_DOMAIN: "ptr_domains",
+}
+_FACT_OF: dict[str, dict[str, Any]] = {
+    "helo_names": {"helo_confirmed": False},
+    "forwarder_domains": {"forwarder": None},
+    "ptr_domains": {"ptr": None},
+}
+_DOCS = pathlib.Path(__file__).resolve().parents[3]
+
+
+def _documented_skip_order(path: str, key: str) -> list[str]:
+    """The keys in the order the paragraph starting "Skips are checked in
+    this order" of `path` names them (`key` matches one key's mention)."""
+    text = (_DOCS / path).read_text()
+    start = text.index("Skips are checked in this order")
+    ends = [i for i in (text.find("\n\n", start), text.find("\n.SH", start)) if i != -1]
+    paragraph = text[start : min(ends)]
+    return [k for k in re.findall(key, paragraph) if k in _SKIP_KEYS.values()]
+
+
+def _skip_order() -> list[str]:
+    """The order plan() and decide() apply the skips in: with every skip
+    applying, the one reported, then with that one unset, the next."""
+    envelope = Envelope(
+        "a@example.org",
+        auth_user="bob",
+        macros=(Macro("{daemon_name}", "ORIGINATING"),),
+    )
+    facts = SkipFacts(
+        helo_confirmed=True, forwarder="fwd.example", ptr=("mx.relay.example", "relay.example")
+    )
+    skip, order = _ALL_SKIPS, list[str]()
+    while True:
+        config = dataclasses.replace(DEFAULT, skip=skip)
+        found = policy.decide(config, policy.plan(config, CONN, envelope), Outcomes(facts)).skip
+        if found is None:
+            return order
+        key = _SKIP_KEYS[found.reason]
+        order.append(key)
+        unset: Any = False if key == "authenticated" else ()
+        skip = dataclasses.replace(skip, **{key: unset})
+        # The evaluator looks for a DNS fact only when its list is set.
+        facts = dataclasses.replace(facts, **_FACT_OF.get(key, {}))
+
+
+@pytest.mark.parametrize(
+    ("path", "key"),
+    [
+        ("docs/configuration.md", r"`([a-z_]+)`"),
+        ("man/spfmilter.cfg.5", r"^\.BR? ([a-z_]+)"),
+    ],
+)
+def test_documented_skip_order_is_the_policys(path: str, key: str) -> None:
+    assert _skip_order() == list(_SKIP_KEYS.values())
+    assert _documented_skip_order(path, key if path.endswith(".md") else f"(?m){key}") == (
+        _skip_order()
+    )

@@ -5,8 +5,7 @@ handlers, signal masks (before any thread starts), the metrics listener,
 the socket's directory and mode, dropping root, libmilter's listening socket
 (opened once, before workers fork, or the one the service manager passed),
 the evaluator installed into pyspf, the SIGUSR1 reload thread, readiness
-for the service manager, serving (libmilter's loop on a thread of its own,
-so that a stop signal can wake its listener at once), and a stop that lets
+for the service manager, serving (milterloop), and a stop that lets
 the callbacks in progress finish (and, on a socket that outlives the
 process, the MTA connections).
 """
@@ -24,8 +23,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
-from types import FrameType, TracebackType
+from types import TracebackType
 
 from spfmilter.config.loading import EX_CONFIG, ConfigError, load_config
 from spfmilter.config.schema import Config
@@ -33,7 +31,7 @@ from spfmilter.core.metrics import Metrics
 from spfmilter.core.session import Services
 from spfmilter.evaluation import evaluator, warmup
 from spfmilter.mta import libmilter
-from spfmilter.process import activation, logs, privileges, workers
+from spfmilter.process import activation, logs, milterloop, privileges, workers
 from spfmilter.process.exporter import Listener
 from spfmilter.process.workers import worker_count
 
@@ -44,15 +42,6 @@ PROGRAM = "spfmilter"
 # How long a stop waits for callbacks in progress: above [dns] lookup_time's
 # default, so a transaction waiting on DNS still gets its answer.
 STOP_GRACE = 25.0
-# libmilter's listener looks for a stop request when its poll() returns: at
-# once for a connection, else within this many seconds.  MilterLoop wakes it
-# at once; this is the longest a stop can wait when libmilter's own signal
-# thread took the stop signal instead.
-LIBMILTER_POLL = 5.0
-# A signal that only interrupts libmilter's listener where it waits (see
-# MilterLoop), and the seconds between two while a stop waits for it.
-WAKE = signal.SIGUSR2
-WAKE_INTERVAL = 0.02
 # How long a stop on a socket that outlives the process waits for the MTA's
 # open connections: new ones wait in the backlog meanwhile, and Postfix
 # gives up on a milter after milter_connect_timeout (30 s by default), so
@@ -207,104 +196,6 @@ def _reload_loop(holder: ConfigHolder) -> None:
         holder.reload()
 
 
-def _woken(signum: int, frame: FrameType | None) -> None:
-    """WAKE's handler: nothing to do.  A signal that is caught (one that is
-    ignored would be discarded) makes the poll() it lands in return."""
-
-
-class MilterLoop:
-    """libmilter's main loop on a thread of its own, stopped without delay.
-
-    libmilter's listener looks at its stop flag only when its poll() on the
-    listening socket returns: for a connection, or every 5 s; libmilter's
-    signal thread, which takes SIGTERM, SIGINT and SIGHUP, only sets that
-    flag.  So the process's main thread, in run(), waits for those signals
-    itself (the kernel offers a signal sent to a process to its main thread
-    first when that thread waits for it), sets the flag (smfi_stop) and has
-    the listener's poll() interrupted with WAKE until the loop has returned.
-    Should libmilter's thread take the signal after all, the loop ends at
-    the listener's next wake-up, as it always did, and says so with WAKE.
-    """
-
-    def __init__(self, serve: Callable[[], None], drain: Callable[[], None]) -> None:
-        self._serve = serve
-        self._drain = drain
-        self._waiting = 0  # the thread in run()
-        # Set when the loop may begin, and whether it is to serve at all.
-        self._begin = threading.Event()
-        self._serving = False
-        self._ended = threading.Event()
-        # Set once nothing sends WAKE to the loop's thread any more, which
-        # must not end before: signalling a thread that ended is undefined.
-        self._released = threading.Event()
-        self._failure: BaseException | None = None
-
-    def run(self) -> None:
-        """Serve until a stop signal; raises what the loop raised."""
-        self._waiting = threading.get_ident()
-        thread = threading.Thread(target=self._loop, name="libmilter")
-        thread.start()
-        # A stop signal that came while the process was starting means there
-        # is nothing to serve.
-        self._serving = signal.sigtimedwait(workers.STOP_SIGNALS, 0) is None
-        # The loop starts libmilter's signal thread, which waits for the stop
-        # signals too, so it must start after this thread waits for them:
-        # woken, the loop's thread still needs the interpreter's lock, which
-        # this one holds until it is in sigwait() below.
-        self._begin.set()
-        stopping = False
-        try:
-            while self._serving and not self._ended.is_set():
-                if signal.sigwait(workers.STOP_SIGNALS | {WAKE}) != WAKE:
-                    stopping = True
-                    self._stop(thread)
-                    break
-        finally:
-            self._released.set()
-        thread.join()
-        if isinstance(self._failure, libmilter.LibmilterError) and stopping:
-            # smfi_stop closes the listening socket.  A listener that had not
-            # opened it yet, or that looked at the flag just before it was
-            # set and takes its lock just after, fails (libmilter's own
-            # signal thread runs the same race); the stop was asked for, and
-            # the callbacks in flight still answer.
-            log.info("libmilter's loop ended with an error while stopping: %s", self._failure)
-        elif self._failure is not None:
-            raise self._failure
-
-    def _stop(self, thread: threading.Thread) -> None:
-        self._drain()
-        listener = thread.ident
-        assert listener is not None  # set before start() returned
-        waker = threading.Thread(target=self._wake, args=(listener,), name="wake")
-        waker.start()
-        # Sets the flag at once, then waits for the listener's lock (held
-        # across its poll()) to close the socket: the waker ends that wait.
-        libmilter.stop()
-        waker.join()
-
-    def _wake(self, listener: int) -> None:
-        # The first WAKE only after a while, once smfi_stop has set the flag:
-        # a listener woken earlier could look at it and then find its socket
-        # closed, which libmilter takes for a failure.
-        while not self._ended.wait(WAKE_INTERVAL):
-            signal.pthread_kill(listener, WAKE)
-
-    def _loop(self) -> None:
-        # libmilter's threads, started from this one, inherit the mask.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {WAKE})
-        self._begin.wait()
-        try:
-            if self._serving:
-                self._serve()
-        except BaseException as failure:  # raised again in run()
-            self._failure = failure
-        finally:
-            self._ended.set()
-            signal.pthread_kill(self._waiting, WAKE)
-            self._released.wait()
-
-
 def run(config: Config, path: str | None, socket_override: str | None = None) -> int:
     """Run the milter in the foreground until SIGTERM, SIGINT or SIGHUP."""
     _limit_malloc_arenas()
@@ -320,8 +211,8 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     # milter, as libmilter's own signal thread would (so HUP cannot mean
     # reload); a supervisor takes them all with sigwaitinfo().  Only the
     # thread of libmilter's loop (and those libmilter starts) unblocks WAKE.
-    signal.pthread_sigmask(signal.SIG_BLOCK, workers.SUPERVISED | {WAKE})
-    signal.signal(WAKE, _woken)
+    signal.pthread_sigmask(signal.SIG_BLOCK, workers.SUPERVISED | {milterloop.WAKE})
+    signal.signal(milterloop.WAKE, milterloop.woken)
     notifier = activation.Notifier.from_environ(os.environ)
     try:
         passed = activation.passed_socket(os.environ)
@@ -406,7 +297,7 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
             worker.forked,
             count,
             on_exit=metrics.retire_slot,
-            stop_grace=DRAIN_GRACE + STOP_GRACE + LIBMILTER_POLL,
+            stop_grace=DRAIN_GRACE + STOP_GRACE + milterloop.LIBMILTER_POLL,
             on_reload=holder.reload,
         )
         status = supervisor.run()
@@ -446,7 +337,7 @@ class Worker:
         activity = libmilter.Activity()
         make = libmilter.factory(holder, shared, activity)
         try:
-            MilterLoop(functools.partial(libmilter.serve, make), self._drain).run()
+            milterloop.MilterLoop(functools.partial(libmilter.serve, make), self._drain).run()
         except libmilter.LibmilterError as error:
             log.error("cannot run the milter on %s: %s", holder.config.milter.socket, error)
             return 1

@@ -25,6 +25,7 @@ from types import TracebackType
 
 from spfmilter.config.loading import load_config
 from spfmilter.process.workers import worker_count
+from testkit import processes
 from testkit.dnsserver import DNSTestServer
 from testkit.net import free_port
 
@@ -324,16 +325,7 @@ class Daemon:
 
     def stop(self, timeout: float = 15) -> int | None:
         """SIGTERM, wait; SIGKILL only if it hangs.  Returns the exit status."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        return self.process.returncode
+        return processes.stop(self.process, timeout)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

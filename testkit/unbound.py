@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from types import TracebackType
 
 from dnslib import DNSRecord
 
+from testkit import processes
 from testkit.daemon import free_port, wait_for
 
 _START_ATTEMPTS = 5  # the free TCP port's UDP twin may be taken: try another
@@ -184,18 +184,15 @@ class Unbound:
             return False
         return bool(answer.rr)
 
+    def prime(self, name: str, qtype: str = "TXT", timeout: float = 60) -> None:
+        """Have Unbound fetch `name` now and keep it in its cache (asked over
+        TCP, so that an answer of any size arrives whole)."""
+        question = DNSRecord.question(name, qtype)
+        DNSRecord.parse(question.send("127.0.0.1", self.port, tcp=True, timeout=timeout))
+
     def stop(self, timeout: float = 10) -> int | None:
         """SIGTERM the process we started, wait; SIGKILL only if it hangs."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        return self.process.returncode
+        return processes.stop(self.process, timeout)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

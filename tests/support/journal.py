@@ -69,7 +69,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -78,6 +77,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from testkit import processes
 from testkit.daemon import REPO, Daemon, wait_for
 
 JOURNALD = "/lib/systemd/systemd-journald"
@@ -153,17 +153,7 @@ def _program(name: str) -> str:
 
 
 def _stop(process: subprocess.Popen[bytes] | None) -> int | None:
-    """SIGTERM one process we started, wait; SIGKILL only if it hangs."""
-    if process is None:
-        return None
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-    return process.returncode
+    return processes.stop(process, _STOP_TIMEOUT)
 
 
 # --- the unit's side: what systemd would write ------------------------------

@@ -9,20 +9,19 @@ unused).
 
 A table-driven checker and lookup stand in for pyspf and DNS, executors that
 run jobs when the test says for the background threads; no libmilter.
-tests/unit/test_session.py holds the session's main paths and
-tests/unit/test_services.py the background pool itself.
+test_session.py holds the session's main paths and
+tests/unit/evaluation/test_pool.py the background pool itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import ipaddress
 import itertools
 import logging
 from collections.abc import Callable
-from concurrent.futures import Executor, Future
-from typing import Any, TypeVar
+from concurrent.futures import Executor
+from typing import Any
 
 import pytest
 
@@ -40,6 +39,7 @@ from spfmilter.core.model import (
 from spfmilter.core.session import GO_ON, Services, Session
 from spfmilter.evaluation.evaluator import Evaluator
 from spfmilter.evaluation.resolver import DnsTempError, Record
+from tests.support.fakes import Held, Immediate
 
 CLIENT = "198.51.100.7"
 Results = dict[tuple[Identity, str], SpfResult]
@@ -80,45 +80,6 @@ class Lookup:
         if name == "broken.example":
             raise DnsTempError("DNS timeout looking up broken.example A")
         return self.table.get((name, qtype), [])
-
-
-T = TypeVar("T")
-
-
-class Held(Executor):
-    """A background executor whose jobs wait for the test: each future stays
-    queued (or running, with `started`) until finish() runs the job."""
-
-    def __init__(self, started: bool = False) -> None:
-        self.started = started
-        self.jobs: list[tuple[Future[Any], Callable[[], Any]]] = []
-
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        future: Future[T] = Future()
-        if self.started:
-            future.set_running_or_notify_cancel()
-        self.jobs.append((future, functools.partial(fn, *args, **kwargs)))
-        return future
-
-    def finish(self) -> None:
-        for future, job in self.jobs:
-            if future.cancelled():
-                continue
-            if not self.started:
-                future.set_running_or_notify_cancel()
-            try:
-                future.set_result(job())
-            except Exception as error:
-                future.set_exception(error)
-
-
-class Immediate(Held):
-    """Runs each job as it is submitted."""
-
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        future = super().submit(fn, *args, **kwargs)
-        self.finish()
-        return future
 
 
 def make(

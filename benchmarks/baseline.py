@@ -27,7 +27,7 @@ BASELINE_HEADER = "X-Baseline"
 class BaselineMilter(Milter.Base):  # type: ignore[misc]
     """The protocol work spfmilter does, minus SPF.
 
-    It overrides the same callbacks as spfmilter.milter.SpfMilter with the
+    It overrides the same callbacks as spfmilter.mta.libmilter.SpfMilter with the
     same decorators, so libmilter negotiates the same steps as spfmilter's
     defaults (no reply to connect and HELO, no headers, no body);
     bench_milter checks that the daemons agree on them.
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("socket", help="libmilter socket spec, e.g. unix:/path or inet:PORT@HOST")
     args = parser.parse_args(argv)
     Milter.factory = BaselineMilter
-    Milter.runmilter("baseline", args.socket, 600)  # the timeout spfmilter.daemon uses
+    Milter.runmilter("baseline", args.socket, 600)  # the timeout spfmilter.process.daemon uses
     return 0
 
 

@@ -36,9 +36,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchmarks.harness import DNS_SERVER_MODULE, REPO, free_port, wait_for
 from benchmarks.report import json_text, load_average, say
 from benchmarks.workloads import CLIENT_NET
+from testkit.daemon import REPO, free_port, wait_for
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ def _py3dns(port: int, names: Sequence[str]) -> Callable[[str], object]:
 
 def _spfmilter_exchange(port: int, names: Sequence[str]) -> Callable[[str], object]:
     """spfmilter's own codec: the query built, sent, the reply checked and parsed."""
-    from spfmilter import dnswire
+    from spfmilter.evaluation import dnswire
 
     def query(name: str) -> object:
         return dnswire.exchange(
@@ -183,10 +183,10 @@ def _spfmilter_exchange(port: int, names: Sequence[str]) -> Callable[[str], obje
 def _spfmilter_resolver(port: int, names: Sequence[str]) -> Callable[[str], object]:
     """spfmilter's resolver as pyspf calls it, without its cache: the codec,
     the answer kept to the chain, the metrics."""
-    from spfmilter.dns import Resolver
-    from spfmilter.metrics import Metrics
-    from spfmilter.schema import DnsConfig
-    from spfmilter.values import Nameserver
+    from spfmilter.config.schema import DnsConfig
+    from spfmilter.config.values import Nameserver
+    from spfmilter.core.metrics import Metrics
+    from spfmilter.evaluation.resolver import Resolver
 
     config = DnsConfig(nameservers=(Nameserver("127.0.0.1", port),), timeout=2.0, cache_size=0)
     resolver = Resolver(config, Metrics())
@@ -252,7 +252,7 @@ def measure_dns_clients(queries: int, workdir: Path) -> list[DnsClientCost]:
     log_path = workdir / "dnsbench.log"
     with log_path.open("wb") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", DNS_SERVER_MODULE, str(zone_path), "--port", str(port)],
+            [sys.executable, "-m", "testkit.dnsserver", str(zone_path), "--port", str(port)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -7,13 +7,13 @@ version of spfmilter, all from one run:
 
 - chain: 3,072 NULL records (1,024 in each section, 37 KB) whose owners
   are a chain of compression pointers, sent byte for byte by the test DNS
-  server (tests/support/dnsserver.py, POINTER_CHAIN).  A resolver
+  server (testkit/dnsserver.py, POINTER_CHAIN).  A resolver
   re-encodes what it forwards, so this reaches a daemon whose nameserver
   passes bytes on verbatim, or that an attacker can spoof;
 - chain-64k: the same chain over 65,535 octets in one section (parse only:
   the daemons meet the one above);
 - big-txt: 5,000 TXT records on names of 119 labels, compressed as usual
-  (65 KB), fetched by a real Unbound (tests/support/unbound.py) from the
+  (65 KB), fetched by a real Unbound (testkit/unbound.py) from the
   test server and passed on whole.
 
 Figures:
@@ -64,10 +64,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks.milterproc import MilterProcess, percentile, tree_cpu_seconds
-from tests.support.daemon import REPO
-from tests.support.dnsserver import DNSTestServer, pointer_chain
-from tests.support.milterclient import MilterError, one_transaction
-from tests.support.unbound import Unbound
+from testkit.daemon import REPO
+from testkit.dnsserver import DNSTestServer, pointer_chain
+from testkit.milterclient import MilterError, one_transaction
+from testkit.unbound import Unbound
 
 CLIENT_IP = "198.51.100.7"
 MTA_NAME = "mx.bench.example"
@@ -90,7 +90,7 @@ _RECORD = "v=spf1 ip4:198.51.100.0/24 -all"
 _PARSE = """
 import json, statistics, sys, time
 sys.path.insert(0, sys.argv[1])
-from spfmilter import dnswire
+from spfmilter.evaluation import dnswire
 repeat, results = int(sys.argv[2]), {}
 for path in sys.argv[3:]:
     data = open(path, "rb").read()

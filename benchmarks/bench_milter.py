@@ -54,13 +54,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.baseline import BASELINE_HEADER
-from benchmarks.harness import ZONES, Daemon, DNSTestServer, MilterClient, free_port, load_zone_file
 from benchmarks.milterproc import BaselineDaemon, percentile, tree_cpu_seconds, tree_memory
 from benchmarks.report import load_average
 from benchmarks.targets import spfmilter_config
+from testkit.daemon import Daemon, free_port
+from testkit.dnsserver import ZONES, DNSTestServer, load_zone_file
+from testkit.milterclient import MilterClient
 
 # The client posed in every transaction: an address that spf-pass.example.org
-# and helo-pass.example.org (tests/zones/core.yaml) authorise, so both
+# and helo-pass.example.org (testkit/zones/core.yaml) authorise, so both
 # identities pass and the message gets its header.
 CLIENT_IP = "198.51.100.7"
 HELO = "helo-pass.example.org"

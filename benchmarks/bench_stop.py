@@ -44,13 +44,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.daemon import Daemon, wait_for
-from tests.support.milterclient import MilterClient
+from testkit.daemon import Daemon, wait_for
+from testkit.milterclient import MilterClient
 
 # Longer than the longest stop the daemon allows itself (its supervisor
 # kills the workers after 30 s): a round still running then has hung.
 HANG = 40.0
-# A sender whose domain's DNS server never answers (tests/zones/core.yaml).
+# A sender whose domain's DNS server never answers (testkit/zones/core.yaml).
 SILENT_SENDER = "<t@spf-timeout.example.org>"
 SILENT_DOMAIN = "spf-timeout.example.org"
 
@@ -153,8 +153,8 @@ def summary(name: str, rounds: list[Round]) -> Stops:
 def run(rounds: int) -> Report:
     # Imported here rather than at the top: importing this module should not
     # pull in pytest, dnslib and PyYAML.
-    from tests.conftest import ZONES, config_text
-    from tests.support.dnsserver import DNSTestServer, load_zone_file
+    from testkit.daemon import config_text
+    from testkit.dnsserver import ZONES, DNSTestServer, load_zone_file
 
     load_before = os.getloadavg()
     stops: list[Stops] = []

@@ -79,7 +79,6 @@ from benchmarks.clientpool import (
     check_transaction,
     start_session,
 )
-from benchmarks.harness import MilterClient, MilterError, Response
 from benchmarks.milterproc import percentile
 from benchmarks.report import closing_lines, json_text, load_average, say
 from benchmarks.targets import (
@@ -97,6 +96,7 @@ from benchmarks.targets import (
 )
 from benchmarks.workloads import CLIENT_IP, CLIENT_NET, RCPT
 from spfmilter import __version__ as spfmilter_version
+from testkit.milterclient import MilterClient, MilterError, Response
 
 # ---------------------------------------------------------------- the corpus
 

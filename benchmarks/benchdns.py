@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from benchmarks.harness import DNSTestServer, QueryLogEntry, ZoneData
+from testkit.dnsserver import DNSTestServer, QueryLogEntry, ZoneData
 
 # Long enough that no cached answer expires during a run.
 DNS_TTL = 3600

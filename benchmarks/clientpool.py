@@ -26,10 +26,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from benchmarks.harness import MilterClient, Response, TransactionResult
 from benchmarks.mtaclient import MtaLikeTcpClient
 from benchmarks.targets import Expectation
 from benchmarks.workloads import CLIENT_IP, RCPT, RECEIVER, cold_identity
+from testkit.milterclient import MilterClient, Response, TransactionResult
 
 # A reply slower than this means something is broken, not slow.
 CLIENT_TIMEOUT = 60.0

@@ -24,7 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.harness import REPO, MilterClient, MilterError, wait_for
+from testkit.daemon import REPO, wait_for
+from testkit.milterclient import MilterClient, MilterError
 
 # ---------------------------------------------------------------- processes
 

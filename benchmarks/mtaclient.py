@@ -1,7 +1,7 @@
 """The milter client as an MTA runs it over TCP.
 
-This module owns the one way the benchmarks' client differs from the test
-harness's: how it uses TCP.  The harness's client sets TCP_NODELAY and
+This module owns the one way the benchmarks' client differs from the
+testkit's: how it uses TCP.  The testkit's client sets TCP_NODELAY and
 re-arms TCP_QUICKACK so that tests do not wait for delayed ACKs, and writes
 every command at once.  An MTA does neither: Postfix (milter8.c) leaves
 Nagle and delayed ACKs on and buffers macros, the command and any unanswered
@@ -15,7 +15,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from benchmarks.harness import SMFIC_QUIT, MilterClient, MilterError
+from testkit.milterclient import SMFIC_QUIT, MilterClient, MilterError
 
 
 class MtaLikeTcpClient(MilterClient):

@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-# A client the test zone's spf-pass.example.org authorizes (tests/zones/core.yaml).
+# A client the test zone's spf-pass.example.org authorizes (testkit/zones/core.yaml).
 CLIENT = "198.51.100.7"
 HELO = "helo-pass.example.org"
 SENDER = "alice@spf-pass.example.org"

@@ -2,8 +2,8 @@
 
 This module owns the milters the benchmarks measure and how each is run:
 
-- spfmilter: ``python -m spfmilter --config FILE --socket SPEC`` (the test
-  harness's daemon runner), ``[dns] nameservers = 127.0.0.1:PORT``;
+- spfmilter: ``python -m spfmilter --config FILE --socket SPEC`` (the
+  testkit's daemon runner), ``[dns] nameservers = 127.0.0.1:PORT``;
 - baseline: the bare pymilter daemon (python -m benchmarks.baseline), which
   does the protocol work and adds one header, without SPF;
 - pyspf-milter: Debian's package (``apt-get install pyspf-milter``), run as
@@ -39,9 +39,9 @@ from typing import Protocol
 
 from benchmarks.baseline import BASELINE_HEADER
 from benchmarks.benchdns import BenchDNS, address_in_use
-from benchmarks.harness import Daemon, free_port
 from benchmarks.milterproc import BaselineDaemon, MilterProcess
 from benchmarks.workloads import RECEIVER
+from testkit.daemon import Daemon, free_port
 
 PYSPF_MILTER = Path("/usr/bin/pyspf-milter")
 
@@ -155,7 +155,7 @@ def log_findings(targets: Mapping[str, Target]) -> tuple[list[str], list[str]]:
     return problems, notes
 
 
-# spfmilter's own notion of a problem (tests/support/daemon.py Daemon.unexpected).
+# spfmilter's own notion of a problem (testkit/daemon.py Daemon.unexpected).
 SPFMILTER_PROBLEM = r"^(WARNING|ERROR|CRITICAL)\b|Traceback"
 # The others log tracebacks and errors to their output, if anything.
 OTHER_PROBLEM = r"Traceback|\bError\b|\bERROR\b|Exception"

@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# Mutation testing of the fast suites (tests/unit and tests/milter) over
-# the modules whose behaviour they pin: policy, headers, config, values,
-# schema, dns, dnswire, ttlcache, session.  The configuration is
+# Mutation testing of the unit suite (tests/unit) over
+# the modules whose behaviour they pin: [tool.mutmut] only_mutate lists them.  The configuration is
 # [tool.mutmut] in pyproject.toml; mutmut works in mutants/ (a copy of the
 # tree) and needs the fast suites to pass first.
 #

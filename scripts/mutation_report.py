@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         for entry in tomllib.loads(EQUIVALENTS.read_text()).get("equivalent", [])
         if isinstance(entry, dict)
     }
-    metas = sorted((ROOT / "mutants" / "spfmilter").glob("*.py.meta"))
+    metas = sorted((ROOT / "mutants" / "spfmilter").rglob("*.py.meta"))
     if not metas:
         print("no results under mutants/: run scripts/mutation.sh first", file=sys.stderr)
         return 2
@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     gaps: list[str] = []
     matched: set[str] = set()
     for meta in metas:
-        source = Path("spfmilter") / meta.name.removesuffix(".meta")
+        # spfmilter/core/policy.py, whose mutants are named spfmilter.core.policy.*
+        source = meta.relative_to(ROOT / "mutants").with_suffix("")
+        module = ".".join(source.with_suffix("").parts)
         codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
         status = {name: status_by_exit_code[code] for name, code in codes.items()}
         lines = {
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         # module was edited), the mutant of the same function with the line.
         equivalent: set[str] = set()
         for key, entry in equivalents.items():
-            if not key.startswith(f"spfmilter.{source.stem}."):
+            if not key.startswith(f"{module}."):
                 continue
             candidates = [key] + [
                 n for n in lines if function_of(n) == function_of(key) and n != key
@@ -90,19 +92,21 @@ def main(argv: list[str] | None = None) -> int:
         detected = sum(counts[s] for s in DETECTED)
         scored = len(status) - len(equivalent)
         score = 100.0 * detected / scored if scored else 100.0
-        rows.append((source.name, len(status), counts, len(equivalent), score))
+        rows.append(
+            (module.removeprefix("spfmilter."), len(status), counts, len(equivalent), score)
+        )
         for name in sorted(lines, key=lambda n: (function_of(n), int(n.rpartition("_")[2]))):
             if name not in equivalent:
                 gaps.append(f"  {name} [{status[name]}]: {lines[name]}")
 
-    header = f"{'module':<12}{'mutants':>8}{'killed':>8}{'timeout':>8}{'survived':>9}"
+    header = f"{'module':<24}{'mutants':>8}{'killed':>8}{'timeout':>8}{'survived':>9}"
     header += f"{'no tests':>9}{'other':>7}{'equiv.':>8}{'score':>8}"
     print(header)
     worst = 100.0
     for module, total, counts, equivalent_count, score in rows:
         worst = min(worst, score)
         print(
-            f"{module:<12}{total:>8}{counts['killed'] + counts['caught by type check']:>8}"
+            f"{module:<24}{total:>8}{counts['killed'] + counts['caught by type check']:>8}"
             f"{counts['timeout']:>8}{counts['survived']:>9}{counts['no tests']:>9}"
             f"{total - sum(counts[s] for s in SHOWN):>7}{equivalent_count:>8}{score:>7.1f}%"
         )

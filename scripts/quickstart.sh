@@ -82,5 +82,5 @@ if [ "$mode" = run ]; then
 fi
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .
-"$venv/bin/mypy" spfmilter tests $(ls -d benchmarks 2>/dev/null)
+"$venv/bin/mypy" spfmilter testkit tests $(ls -d benchmarks 2>/dev/null)
 exec "$venv/bin/python" -m pytest "$@"

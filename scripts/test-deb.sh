@@ -158,7 +158,7 @@ echo "systemd-analyze verify spfmilter.service: ok"
 
 step "the installed daemon: one pass, one fail"
 : > "$work/dns.log"
-python3 -m tests.support.dnsserver tests/zones/core.yaml > "$work/dns.log" 2>&1 &
+python3 -m testkit.dnsserver testkit/zones/core.yaml > "$work/dns.log" 2>&1 &
 pids+=($!)
 deadline=$((SECONDS + 20))
 until grep -q '^listening on ' "$work/dns.log"; do
@@ -200,7 +200,7 @@ echo "daemon runs as $(getent passwd "$uid" | cut -d: -f1)"
 python3 - "$socket" <<'EOF'
 import sys
 
-from tests.support.milterclient import MilterClient
+from testkit.milterclient import MilterClient
 
 socket = f"unix:{sys.argv[1]}"
 

@@ -2,20 +2,26 @@
 
 This module owns argument parsing and exit statuses (0 ok, 2 usage, 78
 EX_CONFIG).  ``main(argv)`` does everything and returns the status, so
-tests can call it.  It imports daemon and config; nothing imports it.
+tests can call it.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 
-from spfmilter import __version__, check, configdoc, daemon, logs, services
-from spfmilter.config import EX_CONFIG, ConfigError, load_config, render
-from spfmilter.metrics import Metrics
-from spfmilter.values import parse_macros, parse_socket
+from spfmilter import __version__
+from spfmilter.config import docs
+from spfmilter.config.loading import EX_CONFIG, ConfigError, load_config, render
+from spfmilter.config.values import parse_macros, parse_socket
+from spfmilter.core.metrics import Metrics
+from spfmilter.core.session import Services
+from spfmilter.evaluation import evaluator
+from spfmilter.mta import check
+from spfmilter.process import daemon, logs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,11 +98,12 @@ def check_main(argv: Sequence[str]) -> int:
         macros = parse_macros(",".join(args.macro))
     except ValueError as error:
         parser.error(f"--macro: {error}")
-    shared = services.build(config, Metrics())
+    metrics = Metrics()
+    shared = Services(evaluator.build(config.dns, metrics), metrics, host_name=socket.getfqdn())
     if args.policy_request:
         check.serve_policy(config, shared, sys.stdin, sys.stdout)
         return 0
-    tx = check.Transaction(
+    request = check.Request(
         client_ip=args.client_ip,
         helo=args.helo,
         sender=args.sender.strip("<>"),
@@ -105,7 +112,7 @@ def check_main(argv: Sequence[str]) -> int:
         macros=macros,
     )
     try:
-        result = check.run(config, shared, tx)
+        result = check.run(config, shared, request)
     except ValueError as error:
         parser.error(f"--client-ip: {error}")
     print(check.as_json(result) if args.json else check.as_text(result))
@@ -119,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.example_config:
-        sys.stdout.write(configdoc.example())
+        sys.stdout.write(docs.example())
         return 0
     try:
         config = load_config(args.config)

@@ -2,44 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import Daemon
-from tests.support.dnsserver import DNSTestServer, load_zone_file
+from testkit.daemon import Daemon, Sections, config_text
+from testkit.dnsserver import ZONES, DNSTestServer, load_zone_file
 
-ZONES = Path(__file__).parent / "zones"
-
-Sections = Mapping[str, Mapping[str, str]]
 MakeDaemon = Callable[..., Daemon]
 
 
 @pytest.fixture(scope="session")
 def dns_server() -> Iterator[DNSTestServer]:
-    """An authoritative DNS server on 127.0.0.1 serving tests/zones/core.yaml."""
+    """An authoritative DNS server on 127.0.0.1 serving testkit/zones/core.yaml."""
     with DNSTestServer(load_zone_file(ZONES / "core.yaml"), ttl=60) as server:
         yield server
-
-
-def config_text(dns_server: DNSTestServer, sections: Sections | None = None) -> str:
-    """Config file text pointing [dns] at the test server, plus `sections`.
-
-    Short DNS times make TIMEOUT names turn into temperror quickly.
-    """
-    merged: dict[str, dict[str, str]] = {
-        # The tests run as root and rewrite config files the daemon must
-        # re-read; the privilege drop has a test of its own.
-        "milter": {"user": "root"},
-        "dns": {"nameservers": dns_server.nameserver, "timeout": "0.5", "lookup_time": "2"},
-    }
-    for section, values in (sections or {}).items():
-        merged.setdefault(section, {}).update(values)
-    return "".join(
-        f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
-        for section, values in merged.items()
-    )
 
 
 @pytest.fixture

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import config_text
-from tests.support.daemon import Daemon, wait_for
-from tests.support.dnsserver import DNSTestServer
-from tests.support.milterclient import MilterClient, TransactionResult
+from testkit.daemon import Daemon, config_text, wait_for
+from testkit.dnsserver import DNSTestServer
+from testkit.milterclient import MilterClient, TransactionResult
 
 # Runs the daemon as systemd does: the passed socket on descriptor 3, and
 # LISTEN_PID naming the daemon's own process (exec keeps the PID).

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import REPO
+from testkit.daemon import REPO
 from tests.support.machine import Machine, usable, wait_until
 
 README = REPO / "README.md"
@@ -40,13 +40,13 @@ CLONE = f"/root/{REPO.name}"
 CONFIG = "/etc/spfmilter/spfmilter.cfg"
 MAILBOX = "/var/mail/user"
 DNS_UNIT = f"""[Unit]
-Description=The tests' DNS server (tests/zones/core.yaml)
+Description=The tests' DNS server (testkit/zones/core.yaml)
 Before=spfmilter.service postfix.service
 
 [Service]
 WorkingDirectory={CLONE}
 Environment=PYTHONDONTWRITEBYTECODE=1
-ExecStart=/usr/bin/python3 -m tests.support.dnsserver tests/zones/core.yaml --port 53
+ExecStart=/usr/bin/python3 -m testkit.dnsserver testkit/zones/core.yaml --port 53
 
 [Install]
 WantedBy=multi-user.target

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import MakeDaemon, config_text
-from tests.support.daemon import REPO
-from tests.support.dnsserver import DNSTestServer
-from tests.support.milterclient import MilterClient
+from testkit.daemon import REPO, config_text
+from testkit.dnsserver import DNSTestServer
+from testkit.milterclient import MilterClient
+from tests.conftest import MakeDaemon
 
 AUTHSERV = "mx.check.example"
 

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import yaml
 
-from spfmilter.headers import reply_text
-from tests.support.daemon import Daemon
-from tests.support.dnsserver import DNSTestServer
-from tests.support.milterclient import MilterClient
+from spfmilter.core.headers import reply_text
+from testkit.daemon import Daemon
+from testkit.dnsserver import DNSTestServer
+from testkit.milterclient import MilterClient
 
 SUITE = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "rfc7208-tests.yml"
 RECEIVER = "mx.test.example"

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ZONES, config_text
+from testkit.daemon import Daemon, config_text, free_port
+from testkit.dnsserver import ZONES, DNSTestServer, load_zone_file
 from tests.support.consumers import (
     AUTHRES_SPF_PASS,
     DmarcRecord,
@@ -45,8 +46,6 @@ from tests.support.consumers import (
     SpamReport,
     start_port53_dns,
 )
-from tests.support.daemon import Daemon, free_port
-from tests.support.dnsserver import DNSTestServer, load_zone_file
 from tests.support.postfix import PrivatePostfix
 from tests.support.stack import DNS_TROUBLE, PASS_IP, RCPT
 

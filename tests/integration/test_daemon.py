@@ -8,10 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import MakeDaemon, config_text
-from tests.support.daemon import REPO, Daemon, sockets_of
-from tests.support.dnsserver import DNSTestServer
-from tests.support.milterclient import (
+from testkit.daemon import REPO, Daemon, config_text, sockets_of
+from testkit.dnsserver import DNSTestServer
+from testkit.milterclient import (
     SMFIP_NOHDRS,
     SMFIP_NR_CONN,
     SMFIP_NR_HDR,
@@ -20,6 +19,7 @@ from tests.support.milterclient import (
     TransactionResult,
     one_transaction,
 )
+from tests.conftest import MakeDaemon
 
 
 def transaction(daemon: Daemon, ip: str, helo: str, sender: str) -> TransactionResult:

@@ -40,7 +40,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.conftest import ZONES, config_text
+from testkit.daemon import Daemon, config_text, free_port
+from testkit.dnsserver import ZONES, DNSTestServer, load_zone_file
+from testkit.milterclient import EomResult, MilterClient, apply_header_changes
 from tests.support.consumers import (
     AUTHRES_DKIM_PASS,
     AUTHRES_SPF_PASS,
@@ -49,9 +51,6 @@ from tests.support.consumers import (
     SpamAssassin,
     start_port53_dns,
 )
-from tests.support.daemon import Daemon, free_port
-from tests.support.dnsserver import DNSTestServer, load_zone_file
-from tests.support.milterclient import EomResult, MilterClient, apply_header_changes
 from tests.support.stack import PASS_IP, RCPT
 
 Header = tuple[str, str]

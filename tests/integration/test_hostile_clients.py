@@ -14,10 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import MakeDaemon, config_text
-from tests.support.daemon import Daemon
-from tests.support.dnsserver import DNSTestServer
-from tests.support.milterclient import MilterClient, TransactionResult
+from testkit.daemon import Daemon, config_text
+from testkit.dnsserver import DNSTestServer
+from testkit.milterclient import MilterClient, TransactionResult
+from tests.conftest import MakeDaemon
 from tests.support.stack import PASS_IP, RCPT, Stack, postfix_stack, transaction
 
 NOT_UTF8 = (r"^WARNING spfmilter\.daemon: the MTA sent text that is not UTF-8",)

@@ -17,10 +17,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import ZONES, MakeDaemon
-from tests.support.daemon import Daemon
-from tests.support.dnsserver import DNSTestServer, load_zone_file
-from tests.support.milterclient import MilterClient, TransactionResult
+from testkit.daemon import Daemon
+from testkit.dnsserver import ZONES, DNSTestServer, load_zone_file
+from testkit.milterclient import MilterClient, TransactionResult
+from tests.conftest import MakeDaemon
 
 FORGED_LINE = "INFO spfmilter.verdicts: NOQUEUE: verdict result=pass action=accept"
 # The record that held the GIL for 55 s: a 62 KB label pyspf checks in time

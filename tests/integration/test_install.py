@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ZONES, MakeDaemon, Sections
+from testkit.daemon import Daemon, Sections, children
+from testkit.dnsserver import ZONES, load_zone_file
+from testkit.milterclient import TransactionResult, one_transaction
+from tests.conftest import MakeDaemon
 from tests.support.consumers import private_resolver_command, start_port53_dns, write_resolver_files
-from tests.support.daemon import Daemon, children
-from tests.support.dnsserver import load_zone_file
-from tests.support.milterclient import TransactionResult, one_transaction
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
 

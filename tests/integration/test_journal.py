@@ -24,15 +24,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Sections, config_text
+from testkit.daemon import REPO, Sections, config_text, wait_for
+from testkit.dnsserver import DNSTestServer
+from testkit.milterclient import one_transaction
 from tests.support import journal
-from tests.support.daemon import REPO, wait_for
-from tests.support.dnsserver import DNSTestServer
 from tests.support.journal import Entry, JournaledDaemon, LoggingStack, StreamHeader
-from tests.support.milterclient import one_transaction
 
 UNIT = REPO / "systemd" / "spfmilter.service"
-CLIENT_IP = "198.51.100.7"  # one of "our servers" in tests/zones/core.yaml
+CLIENT_IP = "198.51.100.7"  # one of "our servers" in testkit/zones/core.yaml
 HELO = "helo-pass.example.org"
 PASSING = "a@spf-pass.example.org"
 TIMING_OUT = "t@spf-timeout.example.org"  # its TXT lookup never gets an answer
@@ -223,8 +222,8 @@ def test_lines_of_workers_carry_the_workers_pid(
 # logged with its traceback, as the milter's callback guard logs one.
 TRACEBACK_SCRIPT = """
 import logging
-from spfmilter.config import parse_config
-from spfmilter.logs import setup_logging
+from spfmilter.config.loading import parse_config
+from spfmilter.process.logs import setup_logging
 
 setup_logging(parse_config(""), "spfmilter")
 try:

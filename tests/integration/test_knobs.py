@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 
-from tests.conftest import config_text
-from tests.support.dnsserver import DNSTestServer
+from testkit.daemon import config_text
+from testkit.dnsserver import DNSTestServer
 from tests.support.stack import PASS_IP, Sent, Stack, postfix_stack, send
 
 FAIL_SENDER = "mallory@spf-fail-noexp.example.org"

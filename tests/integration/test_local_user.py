@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MakeDaemon, config_text
-from tests.support.daemon import REPO
-from tests.support.dnsserver import DNSTestServer
+from testkit.daemon import REPO, config_text
+from testkit.dnsserver import DNSTestServer
+from tests.conftest import MakeDaemon
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the daemon starts as root")
 

@@ -24,11 +24,11 @@ from contextlib import contextmanager
 
 import pytest
 
-from spfmilter.scrape import MAX_CLIENTS
+from spfmilter.process.exporter import MAX_CLIENTS
+from testkit.daemon import Daemon, children, free_port, process_stats, wait_for
+from testkit.milterclient import MilterError, one_transaction
+from testkit.net import sockets_on_port
 from tests.conftest import MakeDaemon
-from tests.support.daemon import Daemon, children, free_port, process_stats, wait_for
-from tests.support.milterclient import MilterError, one_transaction
-from tests.support.net import sockets_on_port
 from tests.support.prometheus import (
     Scrape,
     histogram_problems,

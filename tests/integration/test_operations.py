@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MakeDaemon, config_text
-from tests.support.daemon import REPO, free_port, wait_for
-from tests.support.dnsserver import DNSTestServer
-from tests.support.milterclient import MilterClient, Response, one_transaction
+from testkit.daemon import REPO, config_text, free_port, wait_for
+from testkit.dnsserver import DNSTestServer
+from testkit.milterclient import MilterClient, Response, one_transaction
+from tests.conftest import MakeDaemon
 
 
 @pytest.fixture

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import config_text
-from tests.support.daemon import Daemon
-from tests.support.dnsserver import DNSTestServer
+from testkit.daemon import Daemon, config_text
+from testkit.dnsserver import DNSTestServer
 from tests.support.postfix import PrivatePostfix
 from tests.support.stack import PASS_IP, Stack, send
 
@@ -110,8 +109,10 @@ def test_no_warning_where_the_daemon_cannot_see_the_group() -> None:
         os.chown(directory, 0, postfix_gid)
         directory.chmod(0o2750)  # setgid: the socket gets group postfix
         check = (
-            "from spfmilter import runas; from spfmilter.schema import MilterConfig; "
-            f"print(runas.prepare_socket(MilterConfig(socket='unix:{directory}/s.sock'), None))"
+            "from spfmilter.process import privileges; "
+            "from spfmilter.config.schema import MilterConfig; "
+            "print(privileges.prepare_socket("
+            f"MilterConfig(socket='unix:{directory}/s.sock'), None))"
         )
         for namespace in ([], ["unshare", "--user", "--map-root-user"]):
             done = subprocess.run(

@@ -29,10 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ZONES, MakeDaemon, config_text
-from tests.support.daemon import Daemon, ProcessStats, wait_for
-from tests.support.dnsserver import DNSTestServer, load_zone_file
-from tests.support.milterclient import (
+from testkit.daemon import Daemon, ProcessStats, config_text, wait_for
+from testkit.dnsserver import ZONES, DNSTestServer, load_zone_file
+from testkit.milterclient import (
     ALL_ACTIONS,
     ALL_PROTOCOL,
     MILTER_MAX_DATA_SIZE,
@@ -48,6 +47,7 @@ from tests.support.milterclient import (
     MilterError,
     frame,
 )
+from tests.conftest import MakeDaemon
 from tests.support.postfix import PrivatePostfix
 from tests.support.stack import PASS_IP, RCPT, postfix_stack
 

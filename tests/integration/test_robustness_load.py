@@ -1,8 +1,8 @@
 """Robustness under load: many concurrent connections, many transactions.
 
 This module owns the overload and memory tests of the real daemon, driven
-over the milter protocol by client threads (tests/support/milterclient.py)
-against a DNS server of their own (tests/support/dnsserver.py in a child
+over the milter protocol by client threads (testkit/milterclient.py)
+against a DNS server of their own (testkit/dnsserver.py in a child
 process, so the client threads cannot slow its answers) that answers a
 wildcard zone: most transactions ask about names nobody asked about before,
 and the daemon's cache cannot absorb the load.  Every transaction's reply and header are
@@ -38,10 +38,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from testkit.daemon import REPO, Daemon, ProcessStats, wait_for
+from testkit.milterclient import MilterClient, MilterError, TransactionResult
 from tests.conftest import MakeDaemon
-from tests.support.daemon import REPO, Daemon, ProcessStats, wait_for
 from tests.support.leakprobe.sitecustomize import PLANT, PROBE
-from tests.support.milterclient import MilterClient, MilterError, TransactionResult
 
 # Two wildcard names: below pass.load.example only 198.51.100.0/24 may send;
 # below any.load.example everybody may (HELO names of strangers that pass,
@@ -66,12 +66,12 @@ MIB = 1024 * KIB
 
 @contextmanager
 def load_dns(workdir: Path, delay: float) -> Iterator[str]:
-    """LOAD_ZONE served with `delay` by tests.support.dnsserver in a child
+    """LOAD_ZONE served with `delay` by testkit.dnsserver in a child
     process, so that the client threads of this process cannot slow its
     answers down; yields its HOST:PORT.  Stops that process by PID."""
     zone = workdir / "load-zone.yaml"
     zone.write_text(yaml.safe_dump(LOAD_ZONE))
-    command = [sys.executable, "-m", "tests.support.dnsserver", str(zone), "--delay", f"{delay}"]
+    command = [sys.executable, "-m", "testkit.dnsserver", str(zone), "--delay", f"{delay}"]
     with (workdir / "dnsserver.log").open("wb") as log:
         server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, cwd=REPO)
     try:

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import config_text
-from tests.support.daemon import Daemon
-from tests.support.dnsserver import DNSTestServer
+from testkit.daemon import Daemon, config_text
+from testkit.dnsserver import DNSTestServer
 from tests.support.sendmail import PrivateSendmail, QueuedMessage, SendResult, ensure_sendmail
 from tests.support.stack import DNS_TROUBLE
 

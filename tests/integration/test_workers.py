@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from testkit.daemon import Daemon, children, free_port, sockets_of, wait_for
+from testkit.milterclient import MilterClient, TransactionResult, one_transaction
 from tests.conftest import MakeDaemon
-from tests.support.daemon import Daemon, children, free_port, sockets_of, wait_for
-from tests.support.milterclient import MilterClient, TransactionResult, one_transaction
 
 PASS = ("198.51.100.7", "helo-pass.example.org", "a@spf-pass.example.org")
 FAIL = ("203.0.113.5", "helo-none.example.org", "m@spf-fail-noexp.example.org")

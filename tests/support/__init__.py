@@ -1,1 +1,2 @@
-"""Support code for the test-suite: fixtures that run real mail servers."""
+"""What the tests share: fakes of spfmilter's collaborators, and the real
+mail programs, consumers and machines the integration tests run."""

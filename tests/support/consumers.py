@@ -51,8 +51,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from tests.support.dnsserver import DNSTestServer, ZoneData
-from tests.support.net import tcp_listening
+from testkit.dnsserver import DNSTestServer, ZoneData
+from testkit.net import tcp_listening
 
 OPENDMARC = Path("/usr/sbin/opendmarc")
 SPAMASSASSIN = Path("/usr/bin/spamassassin")

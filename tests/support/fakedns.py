@@ -1,4 +1,4 @@
-"""A stand-in for spfmilter.dnswire.exchange, for unit tests of the resolver.
+"""A stand-in for spfmilter.evaluation.dnswire.exchange, for unit tests of the resolver.
 
 This module owns the fake: a clock the tests move by hand, and an exchange
 that answers (server, name, type code) from a table, costs `cost` seconds of
@@ -11,20 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from spfmilter import dnswire
-from spfmilter.dns import Resolver
-from spfmilter.dnswire import RR, Reply
-from spfmilter.metrics import Metrics
-from spfmilter.schema import DnsConfig
-from spfmilter.values import Nameserver
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from spfmilter.config.schema import DnsConfig
+from spfmilter.config.values import Nameserver
+from spfmilter.core.metrics import Metrics
+from spfmilter.evaluation import dnswire
+from spfmilter.evaluation.dnswire import RR, Reply
+from spfmilter.evaluation.resolver import Resolver
+from tests.support.fakes import Clock
 
 
 class FakeDns:

@@ -8,7 +8,7 @@ way systemd connects a unit's stderr; rsyslogd reading what journald
 forwards, with Debian's stock file rules writing to a temp directory; and
 reading back the journal (journalctl -o json) and those files.  Everything
 is started as a process of its own and stopped by its PID.  It imports
-nothing from spfmilter: the daemon is started through tests.support.daemon.
+nothing from spfmilter: the daemon is started through testkit.daemon.
 
 Why each piece is set up as it is (systemd 252, rsyslog 8.2302, both Debian
 12; found by experiment and in their sources):
@@ -69,7 +69,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -78,7 +77,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from tests.support.daemon import REPO, Daemon, wait_for
+from testkit import processes
+from testkit.daemon import REPO, Daemon, wait_for
 
 JOURNALD = "/lib/systemd/systemd-journald"
 RSYSLOG_CONF = Path("/etc/rsyslog.conf")
@@ -153,17 +153,7 @@ def _program(name: str) -> str:
 
 
 def _stop(process: subprocess.Popen[bytes] | None) -> int | None:
-    """SIGTERM one process we started, wait; SIGKILL only if it hangs."""
-    if process is None:
-        return None
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-    return process.returncode
+    return processes.stop(process, _STOP_TIMEOUT)
 
 
 # --- the unit's side: what systemd would write ------------------------------

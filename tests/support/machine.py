@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from tests.support.daemon import wait_for
+from testkit.daemon import wait_for
 
 CACHE = Path("/var/cache/spfmilter-tests")
 # The machine before the administrator starts: a Debian 12 with systemd,

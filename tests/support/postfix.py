@@ -32,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from tests.support.net import free_port, tcp_listening
+from testkit.net import free_port, tcp_listening
 
 POSTFIX = "/usr/sbin/postfix"
 POSTCONF = "/usr/sbin/postconf"

@@ -46,7 +46,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from tests.support.net import free_port, tcp_listening
+from testkit.net import free_port, tcp_listening
 
 # sendmail-bin holds the daemon; sendmail-cf the m4 files the .cf is built
 # from; libwrap0 the one shared library of the daemon that a machine with

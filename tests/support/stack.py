@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
 
-from tests.support.daemon import Daemon
+from testkit.daemon import Daemon
 from tests.support.postfix import PrivatePostfix
 
 RCPT = "user@example.net"

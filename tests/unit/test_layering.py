@@ -1,4 +1,9 @@
-"""The direction of imports (STYLE.md): parsed from the source, not assumed."""
+"""The direction of imports: parsed from the source, not assumed.
+
+LAYERS says which package may import which; ALLOWED says it module by
+module.  This file is the one statement of both: module docstrings and
+prose elsewhere do not repeat it.
+"""
 
 from __future__ import annotations
 
@@ -9,98 +14,201 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "spfmilter"
 
+# package -> the packages it may import ("" is the package's root modules).
+LAYERS: dict[str, set[str]] = {
+    "": {"config", "core", "evaluation", "mta", "process"},
+    "process": {"config", "core", "evaluation", "mta"},
+    "mta": {"config", "core"},
+    "evaluation": {"config", "core"},
+    "core": {"config"},
+    "config": set(),
+}
+# What every layer may import: the version and the vocabulary.
+SHARED = {"__init__", "core.model"}
+
 # module -> the spfmilter modules it may import
 ALLOWED: dict[str, set[str]] = {
     "__init__": set(),
     "__main__": {"cli"},
-    "model": set(),
-    "values": {"model"},
-    "schema": {"model", "values"},
-    "config": {"model", "values", "schema"},
-    "configdoc": {"config"},
-    "headers": {"model"},
-    "metrics": {"__init__", "model"},
-    "scrape": {"metrics"},
-    "logs": {"config", "values"},
-    "dnswire": set(),
-    "ttlcache": set(),
-    "dns": {"schema", "model", "metrics", "dnswire", "ttlcache"},
-    "checker": {"model", "dns", "metrics", "ttlcache"},
-    "warmup": {"model", "dnswire", "dns", "checker"},
-    "services": {"model", "config", "dns", "checker", "metrics"},
-    "policy": {"model", "config", "schema", "headers"},
-    "verdicts": {"model", "metrics"},
-    "session": {"model", "config", "policy", "headers", "dns", "services", "verdicts"},
-    "milter": {"model", "config", "headers", "services", "session"},
-    "runas": {"config", "schema"},
-    "check": {"model", "config", "services", "session"},
-    "workers": set(),
-    "activation": set(),
-    "daemon": {
-        "activation",
-        "model",
-        "config",
-        "logs",
-        "metrics",
-        "milter",
-        "runas",
-        "scrape",
-        "services",
-        "values",
-        "warmup",
-        "workers",
-    },
     "cli": {
         "__init__",
-        "check",
-        "config",
-        "configdoc",
-        "daemon",
-        "logs",
-        "metrics",
-        "services",
-        "values",
+        "config.docs",
+        "config.loading",
+        "config.values",
+        "core.metrics",
+        "core.session",
+        "evaluation.evaluator",
+        "mta.check",
+        "process.daemon",
+        "process.logs",
     },
+    "config.__init__": set(),
+    "config.docs": {"config.schema"},
+    "config.loading": {"config.schema", "core.model"},
+    "config.schema": {"config.values", "core.model"},
+    "config.values": {"core.model"},
+    "core.__init__": set(),
+    "core.headers": {"core.model"},
+    "core.metrics": {"__init__", "core.model"},
+    "core.model": set(),
+    "core.policy": {"config.schema", "core.headers", "core.model"},
+    "core.session": {
+        "config.schema",
+        "core.headers",
+        "core.metrics",
+        "core.model",
+        "core.policy",
+        "core.verdicts",
+    },
+    "core.verdicts": {"core.metrics", "core.model"},
+    "evaluation.__init__": set(),
+    "evaluation.clientfacts": {"core.model", "evaluation.resolver"},
+    "evaluation.cpubudget": set(),
+    "evaluation.dnswire": set(),
+    "evaluation.evaluator": {
+        "config.schema",
+        "core.metrics",
+        "core.model",
+        "evaluation.clientfacts",
+        "evaluation.pool",
+        "evaluation.pyspf",
+        "evaluation.resolver",
+    },
+    "evaluation.pool": set(),
+    "evaluation.pyspf": {
+        "core.metrics",
+        "core.model",
+        "evaluation.cpubudget",
+        "evaluation.resolver",
+        "evaluation.results",
+    },
+    "evaluation.resolver": {
+        "config.schema",
+        "core.metrics",
+        "evaluation.dnswire",
+        "evaluation.ttlcache",
+    },
+    "evaluation.results": {"core.metrics", "core.model", "evaluation.ttlcache"},
+    "evaluation.ttlcache": set(),
+    "evaluation.warmup": {
+        "core.model",
+        "evaluation.dnswire",
+        "evaluation.pyspf",
+        "evaluation.resolver",
+    },
+    "mta.__init__": set(),
+    "mta.check": {"config.schema", "core.model", "core.session"},
+    "mta.libmilter": {"config.schema", "core.headers", "core.model", "core.session"},
+    "process.__init__": set(),
+    "process.activation": set(),
+    "process.daemon": {
+        "config.loading",
+        "config.schema",
+        "core.metrics",
+        "core.session",
+        "evaluation.evaluator",
+        "evaluation.warmup",
+        "mta.libmilter",
+        "process.activation",
+        "process.exporter",
+        "process.logs",
+        "process.milterloop",
+        "process.privileges",
+        "process.workers",
+    },
+    "process.exporter": {"core.metrics"},
+    "process.milterloop": {"mta.libmilter", "process.workers"},
+    "process.logs": {"config.schema"},
+    "process.privileges": {"config.loading", "config.schema"},
+    "process.workers": set(),
 }
-# dnspython is not used: spfmilter.dnswire speaks DNS itself.
-THIRD_PARTY = {"Milter": {"milter", "daemon"}, "spf": {"checker"}, "dns": set()}
+# dnspython is not used: spfmilter.evaluation.dnswire speaks DNS itself.
+THIRD_PARTY = {
+    "Milter": {"mta.libmilter"},
+    "spf": {"evaluation.pyspf"},
+    "dns": set(),
+}
 
 
-def imports(path: Path) -> set[str]:
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+
+
+MODULES = sorted(module_name(p) for p in PACKAGE.rglob("*.py"))
+
+
+def imports(module: str) -> set[str]:
+    """The modules `module` imports, spfmilter's named relative to it."""
+    path = PACKAGE.joinpath(*module.split(".")).with_suffix(".py")
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "spfmilter":
-                found.update(f"spfmilter.{alias.name}" for alias in node.names)
             found.add(node.module)
+            # "from spfmilter.core import policy" imports spfmilter.core.policy.
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
     return found
 
 
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py"))
+def ours(names: set[str]) -> set[str]:
+    """spfmilter's modules among `names` ("from spfmilter import
+    __version__" is an import of the package itself)."""
+    found = set()
+    for name in names:
+        if name.startswith("spfmilter."):
+            relative = name.removeprefix("spfmilter.")
+            if relative in ALLOWED:
+                found.add(relative)
+            elif relative + ".__init__" not in ALLOWED and "." not in relative:
+                found.add("__init__")
+    return found
+
+
+def layer(module: str) -> str:
+    package, _, _ = module.rpartition(".")
+    return package
 
 
 def test_every_module_is_listed() -> None:
     assert set(MODULES) == set(ALLOWED)
 
 
+def test_every_package_is_a_layer() -> None:
+    assert {layer(module) for module in MODULES} == set(LAYERS)
+
+
+def test_the_layers_stack_without_a_cycle() -> None:
+    below: dict[str, set[str]] = {}
+    for _ in LAYERS:  # enough rounds to follow any path
+        below = {
+            name: LAYERS[name]
+            | {deeper for under in LAYERS[name] for deeper in below.get(under, ())}
+            for name in LAYERS
+        }
+    assert all(name not in below[name] for name in LAYERS), below
+
+
 @pytest.mark.parametrize("module", MODULES)
 def test_imports_point_down(module: str) -> None:
-    names = imports(PACKAGE / f"{module}.py")
-    # "from spfmilter import __version__" is an import of the package itself.
-    ours = {
-        part if part in ALLOWED else "__init__"
-        for part in (n.split(".")[1] for n in names if n.startswith("spfmilter."))
-    }
-    assert ours <= ALLOWED[module], f"{module} imports {ours - ALLOWED[module]}"
+    names = imports(module)
+    found = ours(names)
+    assert found <= ALLOWED[module], f"{module} imports {found - ALLOWED[module]}"
     for library, users in THIRD_PARTY.items():
         uses = any(n == library or n.startswith(library + ".") for n in names)
         if uses:
             assert module in users, f"{module} must not import {library}"
 
 
+@pytest.mark.parametrize("module", sorted(ALLOWED))
+def test_the_modules_table_keeps_to_the_layers(module: str) -> None:
+    for imported in ALLOWED[module]:
+        here, there = layer(module), layer(imported)
+        allowed = there == here or there in LAYERS[here] or imported in SHARED
+        assert allowed, f"{module} -> {imported}"
+
+
 def test_policy_and_headers_do_no_io() -> None:
-    for module in ("policy", "headers", "model", "values", "schema"):
-        names = imports(PACKAGE / f"{module}.py")
+    for module in ("core.policy", "core.headers", "core.model", "config.values", "config.schema"):
+        names = imports(module)
         assert not names & {"socket", "os", "subprocess", "Milter", "spf", "logging"}, module

@@ -1,6 +1,6 @@
 """The man pages in man/: generated parts current, options complete, clean markup.
 
-spfmilter.cfg(5)'s KEYS section is spfmilter.configdoc's output, pasted
+spfmilter.cfg(5)'s KEYS section is spfmilter.config.docs's output, pasted
 between two marker comments (regenerate it with the command the first marker
 names); spfmilter(8) is written by hand and must name every option the
 command line parsers take.  Both pages, the package's version and the newest
@@ -19,14 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from spfmilter import __version__, cli, configdoc
+from spfmilter import __version__, cli
+from spfmilter.config import docs as configdoc
 
 REPO = Path(__file__).resolve().parents[2]
 DAEMON_PAGE = REPO / "man" / "spfmilter.8"
 CONFIG_PAGE = REPO / "man" / "spfmilter.cfg.5"
 PAGES = (DAEMON_PAGE, CONFIG_PAGE)
 
-KEYS_BEGIN = '.\\" BEGIN GENERATED KEYS: python -m spfmilter.configdoc man\n'
+KEYS_BEGIN = '.\\" BEGIN GENERATED KEYS: python -m spfmilter.config.docs man\n'
 KEYS_END = '.\\" END GENERATED KEYS\n'
 
 
@@ -37,7 +38,7 @@ def plain(page: Path) -> str:
 
 # Replaces the lines between the markers with configdoc's output.
 REGENERATE = (
-    "python -m spfmilter.configdoc man > keys.man && sed -i"
+    "python -m spfmilter.config.docs man > keys.man && sed -i"
     " -e '/^\\.\\\\\" BEGIN GENERATED KEYS/,/^\\.\\\\\" END GENERATED KEYS/{//!d}'"
     " -e '/^\\.\\\\\" BEGIN GENERATED KEYS/r keys.man' man/spfmilter.cfg.5 && rm keys.man"
 )

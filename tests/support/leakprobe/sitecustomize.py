@@ -94,7 +94,7 @@ def start(path: str) -> None:
 def plant(kind: str, size: int) -> None:
     """Keep `size` bytes per Session.mail call: an object and its list slot,
     or a block from malloc."""
-    from spfmilter.session import Session
+    from spfmilter.core.session import Session
 
     kept: list[bytes] = []
     length = size - POINTER - sys.getsizeof(b"")

@@ -1,0 +1,361 @@
+"""The Session driven with plain values: a recording checker, no libmilter, no DNS."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from spfmilter.config.schema import Config, HeadersConfig, HeaderType, PolicyConfig, SkipConfig
+from spfmilter.core.metrics import Metrics
+from spfmilter.core.model import (
+    Action,
+    HeaderChanges,
+    Identity,
+    Reply,
+    SpfResult,
+    Stage,
+    Step,
+)
+from spfmilter.core.session import GO_ON, Session
+from spfmilter.evaluation.resolver import Record
+from tests.support.fakes import Clock, FakeChecker, FakeLookup, Results, make_session, no_dns, start
+
+PASSING: Results = {
+    (Identity.HELO, "mail.example.org"): SpfResult.PASS,
+    (Identity.MAIL_FROM, "good@example.org"): SpfResult.PASS,
+    (Identity.MAIL_FROM, "bad@example.org"): SpfResult.FAIL,
+    (Identity.MAIL_FROM, "tmp@example.org"): SpfResult.TEMPERROR,
+}
+
+
+def make(
+    config: Config | None = None,
+    results: Results | None = None,
+    lookup: Callable[[str, str, float | None], list[Record]] = no_dns,
+    clock: Clock | None = None,
+) -> tuple[Session, FakeChecker, Metrics]:
+    checker = FakeChecker(PASSING if results is None else results, mechanism="-all", clock=clock)
+    session, metrics = make_session(config, checker, lookup, clock=clock or time.monotonic)
+    return session, checker, metrics
+
+
+def with_policy(**changes: Any) -> Config:
+    return dataclasses.replace(Config(), policy=dataclasses.replace(PolicyConfig(), **changes))
+
+
+def verdict_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+
+
+def test_pass_gives_one_received_spf_for_three_recipients() -> None:
+    session, rec, metrics = make()
+    start(session)
+    assert session.mail("good@example.org", "") == GO_ON
+    for rcpt in ("<a@example.net>", "<b@example.net>", "<c@example.net>"):
+        assert session.rcpt(rcpt) == GO_ON
+    changes = session.end_of_message("Q1")
+    assert changes.delete == ()
+    ((name, value),) = changes.insert
+    assert name == "Received-SPF"
+    assert " ".join(value.split()).startswith("pass (example.org: 198.51.100.7 is authorized")
+    assert "receiver=mx;" in value
+    assert rec.identities() == [Identity.HELO, Identity.MAIL_FROM]
+    assert session.transaction is None
+    labels = {"identity": "mailfrom", "result": "pass", "action": "accept"}
+    assert metrics.value("spfmilter_verdicts_total", **labels) == 1
+
+
+def test_fail_is_refused_at_rcpt_with_rfc7372_code() -> None:
+    session, _, _ = make()
+    start(session)
+    assert session.mail("bad@example.org", "") == GO_ON
+    reply = Reply(550, "5.7.23", "SPF MAIL FROM check for bad@example.org: fail")
+    assert session.rcpt("<a@example.net>") == Step(Action.REJECT, reply)
+
+
+def test_temperror_is_deferred() -> None:
+    session, _, _ = make()
+    start(session)
+    session.mail("tmp@example.org", "")
+    step = session.rcpt("<a@example.net>")
+    assert step.action is Action.DEFER and step.reply is not None
+    assert (step.reply.code, step.reply.status) == (451, "4.7.24")
+
+
+def test_reject_stage_mail() -> None:
+    session, _, _ = make(with_policy(reject_stage=Stage.MAIL))
+    start(session)
+    assert session.mail("bad@example.org", "").action is Action.REJECT
+    assert session.mail("good@example.org", "") == GO_ON
+
+
+def test_helo_fail_refuses_without_checking_mail_from() -> None:
+    session, rec, _ = make(results={(Identity.HELO, "evil.example"): SpfResult.FAIL})
+    start(session, helo="evil.example")
+    session.mail("good@example.org", "")
+    step = session.rcpt("<a@example.net>")
+    assert step.action is Action.REJECT and step.reply is not None
+    assert step.reply.text == "SPF HELO check for postmaster@evil.example: fail"
+    assert rec.identities() == [Identity.HELO]
+
+
+def test_helo_evaluated_once_per_helo_and_again_after_a_new_ehlo() -> None:
+    session, rec, _ = make()
+    start(session)
+    for _ in range(2):
+        session.mail("good@example.org", "")
+        session.end_of_message("")
+    assert rec.identities().count(Identity.HELO) == 1
+    session.hello("other.example.org")
+    session.mail("good@example.org", "")
+    assert [query.helo for query, _ in rec.queries if query.identity is Identity.HELO] == [
+        "mail.example.org",
+        "other.example.org",
+    ]
+
+
+def test_null_sender_reports_the_helo_identity() -> None:
+    session, rec, _ = make()
+    start(session)
+    session.mail("", "")
+    ((_, value),) = session.end_of_message("").insert
+    value = " ".join(value.split())
+    assert value.startswith("pass (mail.example.org:")
+    assert "identity=helo;" in value and "envelope-from" not in value
+    assert rec.identities() == [Identity.HELO]
+
+
+def test_loopback_is_skipped_without_header(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    session, rec, metrics = make()
+    start(session, ip="127.0.0.1")
+    assert session.mail("bad@example.org", "") == GO_ON
+    assert session.rcpt("<a@example.net>") == GO_ON
+    assert session.end_of_message("Q2") == HeaderChanges()
+    assert rec.queries == []
+    (line,) = verdict_lines(caplog)
+    assert line.startswith("Q2: SPF skipped - localhost is always allowed conn=")
+    assert metrics.value("spfmilter_skips_total", reason="localhost") == 1
+
+
+def test_skip_gets_an_authentication_results_none_when_asked() -> None:
+    config = dataclasses.replace(
+        Config(), headers=HeadersConfig(type=HeaderType.AUTHENTICATION_RESULTS)
+    )
+    session, _, _ = make(config)
+    start(session)
+    session.mail("a@example.org", "bob")
+    ((name, value),) = session.end_of_message("").insert
+    assert (name, value) == (
+        "Authentication-Results",
+        "mx; none (SPF not checked: SASL authenticated as bob)",
+    )
+
+
+def test_exempt_recipient_is_accepted_and_gets_the_header(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    session, _, _ = make(with_policy(exempt_recipients=("postmaster@",)))
+    start(session)
+    session.mail("bad@example.org", "")
+    assert session.rcpt("<postmaster@example.net>") == GO_ON
+    assert session.rcpt("<user@example.net>").action is Action.REJECT
+    ((_, value),) = session.end_of_message("Q3").insert
+    assert value.startswith("fail ")
+    (line,) = verdict_lines(caplog)  # logged at the refusal, not again at the end
+    assert line.startswith("NOQUEUE: verdict conn=")
+    assert "exempt_recipients=<postmaster@example.net>" in line
+
+
+def test_dry_run_accepts_and_logs_what_it_would_do(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    results = {**PASSING, (Identity.HELO, "x.example"): SpfResult.FAIL}
+    session, rec, _ = make(with_policy(dry_run=True), results)
+    start(session, helo="x.example")
+    session.mail("bad@example.org", "")
+    assert session.rcpt("<a@example.net>") == GO_ON
+    ((_, value),) = session.end_of_message("").insert
+    assert value.startswith("fail ")  # the MAIL FROM result, evaluated although HELO failed
+    assert rec.identities() == [Identity.HELO, Identity.MAIL_FROM]
+    (line,) = verdict_lines(caplog)
+    assert "identity=helo result=fail" in line
+    assert "action=reject" in line and "dry_run=yes" in line
+
+
+def test_one_verdict_line_per_transaction(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    session, _, _ = make()
+    start(session)
+    session.mail("good@example.org", "")
+    session.rcpt("<a@example.net>")
+    session.rcpt("<b@example.net>")
+    session.end_of_message("4XyZ1")
+    session.abort("4XyZ1")
+    session.close("4XyZ1")
+    (line,) = verdict_lines(caplog)
+    assert line.startswith("4XyZ1: verdict conn=")
+    for field in (
+        "client_ip=198.51.100.7",
+        "helo=mail.example.org",
+        "sender=good@example.org",
+        "identity=mailfrom",
+        "result=pass",
+        "mechanism=-all",
+        "action=accept",
+        "stage=rcpt",
+        "lookup_ms=0",
+    ):
+        assert field in line
+
+
+def test_abort_and_close_log_a_pending_verdict_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    session, _, metrics = make()
+    start(session)
+    assert metrics.value("spfmilter_connections_in_flight") == 1
+    session.mail("good@example.org", "")
+    session.abort("")
+    session.mail("bad@example.org", "")
+    session.close("")
+    session.close("")
+    assert len(verdict_lines(caplog)) == 2
+    assert metrics.value("spfmilter_connections_in_flight") == 0
+
+
+def test_forged_authentication_results_are_deleted_highest_first() -> None:
+    config = dataclasses.replace(Config(), headers=HeadersConfig(type=HeaderType.BOTH))
+    session, _, _ = make(config)
+    start(session, j="mx.test.example")
+    session.mail("good@example.org", "")
+    session.header("Subject", "mx.test.example; spf=pass")
+    session.header("Authentication-Results", "other.example; spf=pass")
+    session.header("authentication-results", "MX.test.example; spf=pass smtp.mailfrom=x")
+    session.header("Authentication-Results", "(c) MX.Test.Example.; spf=pass")
+    changes = session.end_of_message("")
+    assert changes.delete == (("Authentication-Results", 3), ("Authentication-Results", 2))
+    assert [name for name, _ in changes.insert] == ["Received-SPF", "Authentication-Results"]
+    ar = " ".join(changes.insert[1][1].split())
+    assert ar.startswith("mx.test.example; spf=pass (example.org:")
+    assert ar.endswith("smtp.mailfrom=example.org")
+
+
+def test_forged_authentication_results_kept_when_asked() -> None:
+    config = dataclasses.replace(
+        Config(),
+        headers=HeadersConfig(type=HeaderType.AUTHENTICATION_RESULTS, remove_forged=False),
+    )
+    session, _, _ = make(config)
+    start(session)
+    session.mail("good@example.org", "")
+    session.header("Authentication-Results", "mx; spf=pass")
+    assert session.end_of_message("").delete == ()
+
+
+def received_spf_deletions(config: Config, ip: str = "198.51.100.7") -> tuple[object, ...]:
+    """What end of message deletes of a message carrying two Received-SPF
+    fields of the client's own and one forged Authentication-Results."""
+    session, _, _ = make(config)
+    start(session, ip=ip, j="mx.test.example")
+    session.mail("good@example.org", "")
+    session.header("Received-SPF", "pass (mx.test.example: forged) receiver=mx.test.example")
+    session.header("Authentication-Results", "mx.test.example; spf=pass")
+    session.header("received-spf", "pass (relay.example: an earlier hop's)")
+    return session.end_of_message("").delete
+
+
+def test_a_clients_received_spf_is_deleted_when_ours_is_only_in_authentication_results() -> None:
+    only_ar = HeadersConfig(type=HeaderType.AUTHENTICATION_RESULTS)
+    assert received_spf_deletions(dataclasses.replace(Config(), headers=only_ar)) == (
+        ("Authentication-Results", 1),
+        ("Received-SPF", 2),
+        ("Received-SPF", 1),
+    )
+
+
+def test_a_clients_received_spf_stays_below_ours_skipped_or_when_asked() -> None:
+    both = dataclasses.replace(Config(), headers=HeadersConfig(type=HeaderType.BOTH))
+    assert received_spf_deletions(both) == (("Authentication-Results", 1),)
+    only_ar = dataclasses.replace(
+        Config(), headers=HeadersConfig(type=HeaderType.AUTHENTICATION_RESULTS)
+    )
+    # A skipped transaction: a trusted relay's Received-SPF is the real one.
+    assert received_spf_deletions(only_ar, ip="127.0.0.1") == (("Authentication-Results", 1),)
+    kept = dataclasses.replace(
+        Config(),
+        headers=HeadersConfig(type=HeaderType.AUTHENTICATION_RESULTS, remove_forged=False),
+    )
+    assert received_spf_deletions(kept) == ()
+
+
+def test_receiver_is_authserv_id_else_mta_name_else_host() -> None:
+    named = dataclasses.replace(Config(), headers=HeadersConfig(authserv_id="mx.example.net"))
+    for config, j, receiver in (
+        (named, "ignored.example", "mx.example.net"),
+        (Config(), "mx.mta.example", "mx.mta.example"),
+        (Config(), "", "host.example"),
+    ):
+        session, _, _ = make(config)
+        start(session, j=j)
+        assert session.conn is not None and session.conn.receiver == receiver
+
+
+def test_identities_of_one_command_share_the_lookup_budget() -> None:
+    # The MTA times out the MAIL FROM command as a whole: what the HELO
+    # evaluation spent is not available to MAIL FROM any more.
+    session, rec, _ = make(clock=Clock())
+    rec.cost = 15.0
+    start(session)
+    session.mail("good@example.org", "")
+    assert [budget for _, budget in rec.queries] == [20.0, 5.0]
+
+
+def test_dns_based_skip_uses_the_session_budget() -> None:
+    table: dict[tuple[str, str], list[Record]] = {
+        ("7.100.51.198.in-addr.arpa", "PTR"): [
+            (("7.100.51.198.in-addr.arpa", "PTR"), "mx.relay.example")
+        ],
+        ("mx.relay.example", "A"): [(("mx.relay.example", "A"), "198.51.100.7")],
+    }
+    config = dataclasses.replace(Config(), skip=SkipConfig(ptr_domains=("relay.example",)))
+    session, rec, metrics = make(config, lookup=FakeLookup(table))
+    start(session)
+    session.mail("bad@example.org", "")
+    assert session.rcpt("<a@example.net>") == GO_ON
+    session.end_of_message("")
+    assert rec.queries == []
+    assert metrics.value("spfmilter_skips_total", reason="ptr_domain") == 1
+
+
+def test_dns_trouble_while_checking_skips_is_no_skip(caplog: pytest.LogCaptureFixture) -> None:
+    config = dataclasses.replace(
+        Config(), skip=SkipConfig(helo_names=("broken.example",), ptr_domains=("x.example",))
+    )
+    session, _, _ = make(config, lookup=FakeLookup())
+    start(session, helo="broken.example")
+    session.mail("bad@example.org", "")
+    assert session.rcpt("<a@example.net>").action is Action.REJECT
+    assert "DNS trouble while checking skips: DNS timeout looking up broken.example" in caplog.text
+
+
+def test_forwarder_domains_pass_as_postmaster() -> None:
+    config = dataclasses.replace(Config(), skip=SkipConfig(forwarder_domains=("fwd.example",)))
+    results = {**PASSING, (Identity.MAIL_FROM, "postmaster@fwd.example"): SpfResult.PASS}
+    session, rec, _ = make(config, results, lookup=FakeLookup())
+    start(session)
+    session.mail("bad@example.org", "")
+    assert session.rcpt("<a@example.net>") == GO_ON
+    assert [query.mail_from for query, _ in rec.queries] == ["postmaster@fwd.example"]
+
+
+def test_no_transaction_means_nothing_to_do() -> None:
+    session, _, _ = make()
+    start(session)
+    assert session.rcpt("<a@example.net>") == GO_ON
+    session.header("Authentication-Results", "mx; spf=pass")
+    assert session.end_of_message("") == HeaderChanges()

@@ -1,0 +1,130 @@
+"""The per-process collaborators: the pool that evaluates MAIL FROM beside
+HELO, a Session using it, and each worker's connection numbers."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from spfmilter.config.schema import Config
+from spfmilter.core.metrics import Metrics
+from spfmilter.core.model import Action, Identity, SpfOutcome, SpfQuery, SpfResult
+from spfmilter.core.session import Services, Session
+from spfmilter.evaluation.evaluator import Evaluator
+from spfmilter.evaluation.pool import IdlingPool
+from spfmilter.evaluation.resolver import Record
+from testkit.daemon import wait_for
+
+
+def pool_threads() -> int:
+    return sum(thread.name == "test-pool" for thread in threading.enumerate())
+
+
+@pytest.fixture
+def pool() -> Iterator[IdlingPool]:
+    yield IdlingPool(3, 0.2, "test-pool")
+    wait_for(lambda: pool_threads() == 0, 5, "the pool's threads to end")
+
+
+def test_threads_come_with_work_and_go_when_idle(pool: IdlingPool) -> None:
+    release = threading.Event()
+    futures = [pool.submit(release.wait, 5) for _ in range(5)]
+    wait_for(lambda: pool_threads() == 3, 5, "three threads")  # the limit
+    release.set()
+    assert all(future.result(5) for future in futures)  # the queued two ran too
+    wait_for(lambda: pool_threads() == 0, 5, "idle threads to end")
+    assert pool.submit(lambda: 42).result(5) == 42  # and come back
+
+
+def test_a_queued_job_can_be_cancelled_and_a_failure_reaches_the_caller(
+    pool: IdlingPool,
+) -> None:
+    release = threading.Event()
+    busy = [pool.submit(release.wait, 5) for _ in range(3)]
+    queued = pool.submit(lambda: 1)
+    assert queued.cancel()
+    failing = pool.submit(lambda: 1 / 0)
+    release.set()
+    assert [f.result(5) for f in busy] == [True] * 3
+    with pytest.raises(ZeroDivisionError):
+        failing.result(5)
+    assert queued.cancelled()
+
+
+class SlowChecker:
+    """Each evaluation waits `seconds`; records which ran at the same time."""
+
+    def __init__(self, seconds: float, results: dict[Identity, SpfResult]) -> None:
+        self.seconds = seconds
+        self.results = results
+        self.running = 0
+        self.most = 0
+        self.lock = threading.Lock()
+        self.identities: list[Identity] = []
+
+    def __call__(self, query: SpfQuery, lookup_time: float) -> SpfOutcome:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.identities.append(query.identity)
+        time.sleep(self.seconds)
+        with self.lock:
+            self.running -= 1
+        sender = query.mail_from or f"postmaster@{query.helo}"
+        return SpfOutcome(query.identity, self.results[query.identity], "example.org", sender)
+
+
+def session(checker: SlowChecker, pool: IdlingPool | None) -> Session:
+    def no_dns(name: str, qtype: str, budget: float | None) -> list[Record]:
+        raise AssertionError("no DNS here")
+
+    metrics = Metrics()
+    evaluator = Evaluator(checker, no_dns, metrics, lookup_time=20.0, background=pool)
+    made = Session(Config(), Services(evaluator, metrics))
+    made.connect(ipaddress.ip_address("198.51.100.7"), "ptr.example.net", "mx")
+    made.hello("mail.example.org")
+    return made
+
+
+def test_mail_from_is_evaluated_beside_helo(pool: IdlingPool) -> None:
+    checker = SlowChecker(0.2, {Identity.HELO: SpfResult.PASS, Identity.MAIL_FROM: SpfResult.PASS})
+    alone = session(checker, None)
+    alone.mail("a@example.org", "")
+    assert checker.most == 1  # one after the other without a pool
+    beside = session(checker, pool)
+    beside.mail("a@example.org", "")
+    assert checker.most == 2
+    assert beside.transaction is not None
+    assert beside.transaction.decision.action is Action.ACCEPT
+    # The next transaction on the connection reuses the HELO result: nothing
+    # runs beside it.
+    checker.most = 0
+    beside.abort("")
+    beside.mail("b@example.org", "")
+    assert checker.most == 1 and checker.identities[-1] is Identity.MAIL_FROM
+
+
+def test_helo_still_decides_first(pool: IdlingPool) -> None:
+    checker = SlowChecker(0.05, {Identity.HELO: SpfResult.FAIL, Identity.MAIL_FROM: SpfResult.PASS})
+    made = session(checker, pool)
+    made.mail("a@example.org", "")
+    assert made.transaction is not None
+    decision = made.transaction.decision
+    assert decision.action is Action.REJECT and decision.decided_by is Identity.HELO
+    assert decision.mail_from is None  # not waited for
+
+
+def test_workers_number_their_connections_apart() -> None:
+    metrics = Metrics()
+    evaluator = Evaluator(
+        SlowChecker(0, {}), lambda name, qtype, budget: [], metrics, lookup_time=20.0
+    )
+    shared = Services(evaluator, metrics)
+    numbers = [list(itertools.islice(shared.for_worker(w, 3).connection_ids, 3)) for w in range(3)]
+    assert numbers == [[1, 4, 7], [2, 5, 8], [3, 6, 9]]
+    assert next(shared.connection_ids) == 1  # the copy each worker starts from is left alone

@@ -112,6 +112,9 @@ def test_other_lines(line: str) -> None:
         'NOQUEUE: verdict a="x"b=1',
         '{"level": "info", "logger": "spfmilter.verdicts", "message": "NOQUEUE: verdict',
         "NOQUEUE: SPF skipped - no fields at all",
+        # The reason field must repeat the reason (or its start, when cut).
+        'NOQUEUE: SPF skipped - abcdef conn=1 action=skip reason="abc"',
+        'NOQUEUE: SPF skipped - abcdef conn=1 action=skip reason="abx..."',
     ],
 )
 def test_lines_that_start_as_verdicts_but_do_not_read(line: str) -> None:

@@ -2,7 +2,8 @@
 
 This module owns the command: its options (DESIGN section 6), the order of
 work (every input opened first, then read in the order given, standard
-input when none is named), the choice of output (text, --json or --html on
+input when none is named, on as many cores as the process may use), the
+choice of output (text, --json or --html on
 standard output), and the exit status: 0 done, 2 a usage error, 1 an input
 that cannot be read (named on standard error; no report then, since it
 would be missing part of the logs).  ``main(argv)`` does everything and
@@ -14,14 +15,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 
 from spfmilter.report import page, table
-from spfmilter.report.inputs import STDIN, Input, InputError, batches, open_input
+from spfmilter.report.inputs import STDIN, Input, InputError, open_input
 from spfmilter.report.progress import Progress
+from spfmilter.report.scan import scan
 from spfmilter.report.summary import visible
-from spfmilter.report.tally import REJECTABLE, Tally
+from spfmilter.report.tally import REJECTABLE
 
 PROG = "spfmilter report"
 
@@ -72,24 +75,19 @@ def main(argv: Sequence[str]) -> int:
         return int(exit.code or 0)
     names: list[str] = args.logfiles or [STDIN]
     inputs: list[Input] = []
+    progress = Progress(sys.stderr)
     try:
-        for name in names:
-            inputs.append(open_input(name))
-        tally = Tally(args.reject)
-        progress = Progress(sys.stderr)
         try:
-            for source in inputs:
-                for lines, size in batches(source):
-                    tally.feed(lines)
-                    progress.advance(len(lines), size, source.name)
+            for name in names:
+                inputs.append(open_input(name))
+            tally = scan(inputs, args.reject, progress, len(os.sched_getaffinity(0)))
         finally:
             progress.done()
+            for source in inputs:
+                source.close()
     except InputError as error:
         print(f"{PROG}: {visible(str(error))}", file=sys.stderr)
         return 1
-    finally:
-        for source in inputs:
-            source.close()
     summary = tally.summary("standard input" if name == STDIN else name for name in names)
     if args.json:
         text = json.dumps(dataclasses.asdict(summary), indent=2) + "\n"

@@ -76,9 +76,15 @@ def open_input(name: str) -> Input:
     return Input(name, raw, raw)
 
 
-def batches(source: Input) -> Iterator[tuple[list[str], int]]:
-    """Lists of lines (journal messages for the export format), each with
-    the number of bytes read for it."""
+# What inputs hand on: log lines still encoded, as read (whole lines
+# joined by line feeds, so that another process can take them as they
+# are), or the messages of journal entries.
+Batch = bytes | list[str]
+
+
+def batches(source: Input) -> Iterator[tuple[Batch, int]]:
+    """Batches of lines (or journal messages), each with the number of
+    bytes read for it."""
     try:
         start = source.stream.read(CHUNK)
         if _EXPORT_START.match(start):
@@ -89,7 +95,19 @@ def batches(source: Input) -> Iterator[tuple[list[str], int]]:
         raise InputError(f"{source.name}: {error}") from None
 
 
-def _lines(stream: Stream, data: bytes) -> Iterator[tuple[list[str], int]]:
+def lines(batch: Batch) -> list[str]:
+    """The lines of a batch, as text (what is not UTF-8 replaced)."""
+    if isinstance(batch, bytes):
+        return batch.decode("utf-8", "replace").split("\n")
+    return batch
+
+
+def count(batch: Batch) -> int:
+    """How many lines a batch holds, without decoding them."""
+    return batch.count(b"\n") + 1 if isinstance(batch, bytes) else len(batch)
+
+
+def _lines(stream: Stream, data: bytes) -> Iterator[tuple[bytes, int]]:
     tail = b""
     dropping = False  # inside a line longer than LINE_LIMIT
     size = 0  # bytes read and not yet handed on
@@ -103,11 +121,13 @@ def _lines(stream: Stream, data: bytes) -> Iterator[tuple[list[str], int]]:
                 tail, dropping = b"", True
         else:
             tail = data[end + 1 :]
-            lines = data[:end].decode("utf-8", "replace").split("\n")
+            block = data[:end]
             if dropping:
-                lines[0], dropping = "", False
-            yield lines, size
+                # The rest of the long line: one empty line.
+                cut = block.find(b"\n")
+                block, dropping = (block[cut:] if cut >= 0 else b""), False
+            yield block, size
             size = 0
         data = stream.read(CHUNK)
     if tail or dropping:
-        yield ["" if dropping else tail.decode("utf-8", "replace")], size
+        yield (b"" if dropping else tail), size

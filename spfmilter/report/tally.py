@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
+from typing import TypeVar
 
 from spfmilter.report import records
 from spfmilter.report.domains import host_name, organization, sender_domain
@@ -46,6 +47,8 @@ from spfmilter.report.summary import (
     visible,
 )
 from spfmilter.report.topk import TopK
+
+K = TypeVar("K", bound=Hashable)
 
 # The log's vocabulary (RFC 7208 section 2.6 results; spfmilter's actions).
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
@@ -208,6 +211,22 @@ class Tally:
         label = next((t for pattern, t in _REASONS if pattern.fullmatch(reason)), OTHER_REASONS)
         self.skips[label] = self.skips.get(label, 0) + 1
 
+    def merge(self, other: Tally) -> None:
+        """Take in what `other` counted (another part of the same input,
+        counted with the same --reject)."""
+        self.lines += other.lines
+        self.other_lines += other.other_lines
+        self.unreadable += other.unreadable
+        self.dry_run += other.dry_run
+        self.helo_refused += other.helo_refused
+        self.exempt += other.exempt
+        _add_counts(self.skips, other.skips)
+        _add_counts(self.rescue, other.rescue)
+        _add_counts(self._verdicts, other._verdicts)
+        self._domains.merge(other._domains, _add_domain)
+        self._clients.merge(other._clients, _add_client)
+        self._rescuers.merge(other._rescuers, lambda mine, theirs: None)
+
     @property
     def verdicts(self) -> int:
         return sum(self._verdicts.values())
@@ -278,6 +297,27 @@ class Tally:
                     total = accept + reject + defer
                     rows.append(Verdicts(identity, result, accept, reject, defer, total))
         return tuple(rows)
+
+
+def _add_counts(mine: dict[K, int], theirs: dict[K, int]) -> None:
+    for key, count in theirs.items():
+        mine[key] = mine.get(key, 0) + count
+
+
+def _add_domain(mine: _Domain, theirs: _Domain) -> None:
+    mine.rescued += theirs.rescued
+
+
+def _add_client(mine: _Client, theirs: _Client) -> None:
+    mine.mailfrom += theirs.mailfrom
+    mine.refused += theirs.refused
+    mine.rescued += theirs.rescued
+    mine.helo_refused += theirs.helo_refused
+    mine.name = mine.name or theirs.name
+    for org in theirs.orgs:
+        if len(mine.orgs) >= DOMAINS_LIMIT:
+            break
+        mine.orgs.add(org)
 
 
 def _client(ip: str, record: _Client) -> Client:

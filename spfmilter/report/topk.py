@@ -12,6 +12,11 @@ its true weight lies between `weight - error` and `weight`, its other
 counts (those its record adds up while kept) may miss at most `error`, and
 any name not kept weighed at most the floor; a name heavier than the
 floor is always kept.  Until the first drop every count is exact.
+
+Two structures fed from two parts of a stream merge into one that keeps
+the same promises for the whole (Agarwal et al., "Mergeable summaries",
+2012): a name one side lacks may have weighed up to that side's floor
+there, which its merged weight and error take on.
 """
 
 from __future__ import annotations
@@ -54,6 +59,26 @@ class TopK(Generic[R]):
             self._records[name] = record
         record.weight += 1
         return record
+
+    def merge(self, other: TopK[R], add: Callable[[R, R], None]) -> None:
+        """Take in what `other` counted; `add(mine, theirs)` adds a record's
+        own counts (its weight and error are added here)."""
+        for name, theirs in other._records.items():
+            mine = self._records.get(name)
+            if mine is None:
+                mine = self._records[name] = self._new()
+                mine.weight = mine.error = self.floor
+            mine.weight += theirs.weight
+            mine.error += theirs.error
+            add(mine, theirs)
+        for name, mine in self._records.items():
+            if name not in other._records:
+                mine.weight += other.floor
+                mine.error += other.floor
+        # Every record now weighs at least the sum of the floors.
+        self.floor += other.floor
+        if len(self._records) > 2 * self.capacity:
+            self._drop()
 
     def _drop(self) -> None:
         ranked = sorted(self._records.items(), key=lambda item: item[1].weight, reverse=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from spfmilter.report import inputs
-from spfmilter.report.inputs import InputError, batches, open_input
+from spfmilter.report.inputs import InputError, batches, count, lines, open_input
 
 VERDICT = "4XyZ1: verdict conn=1 client_ip=192.0.2.1 identity=mailfrom result=pass action=accept"
 TEXT = f"Dec  2 10:15:01 mx spfmilter[1]: {VERDICT}\nDec  2 10:15:02 mx postfix/smtpd[2]: x\n"
@@ -24,7 +24,9 @@ def lines_of(path: str) -> tuple[list[str], int]:
         found = list(batches(source))
     finally:
         source.close()
-    return [line for batch, _ in found for line in batch], sum(size for _, size in found)
+    for batch, _ in found:
+        assert count(batch) == len(lines(batch))
+    return [line for batch, _ in found for line in lines(batch)], sum(size for _, size in found)
 
 
 def test_plain_and_gzip_read_alike(tmp_path: Path) -> None:
@@ -81,7 +83,7 @@ def test_reads_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     path = tmp_path / "log"
     path.write_bytes(b"z" * 10_000)
     source = open_input(str(path))
-    held = [max(map(len, batch)) for batch, _ in batches(source)]
+    held = [len(batch) for batch, _ in batches(source)]
     source.close()
     assert held == [0]
 

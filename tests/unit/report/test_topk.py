@@ -76,3 +76,49 @@ def test_a_stream_of_distinct_names_stays_bounded() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="capacity"):
         TopK(0, Record)
+
+
+def add_extra(mine: Record, theirs: Record) -> None:
+    mine.extra += theirs.extra
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_merged_parts_keep_the_bounds_of_the_whole(seed: int) -> None:
+    rng = random.Random(seed)
+    heavy = [f"heavy{n}" for n in range(4)]
+    stream = [
+        rng.choice(heavy) if rng.random() < 0.3 else f"tail{rng.randrange(3000)}"
+        for _ in range(30_000)
+    ]
+    truth = Counter(stream)
+    parts = [TopK(40, Record) for _ in range(3)]
+    for n, name in enumerate(stream):
+        record = parts[n % 3].hit(name)
+        record.extra += 1  # counted while kept: may miss up to the error
+    whole, *others = parts
+    for other in others:
+        whole.merge(other, add_extra)
+    assert len(whole) <= 80
+    kept = dict(whole.ranked())
+    for name, record in kept.items():
+        assert record.weight - record.error <= truth[name] <= record.weight, name
+        assert truth[name] - record.error <= record.extra <= truth[name], name
+    for name, count in truth.items():
+        if name not in kept:
+            assert count <= whole.floor, name
+    assert {name for name, _ in whole.ranked()[:4]} == set(heavy)
+
+
+def test_merging_exact_parts_is_exact() -> None:
+    one, two = TopK(10, Record), TopK(10, Record)
+    for name in "aab":
+        one.hit(name).extra += 1
+    for name in "bc":
+        two.hit(name).extra += 2
+    one.merge(two, add_extra)
+    assert one.exact
+    assert [(n, r.weight, r.error, r.extra) for n, r in one.ranked()] == [
+        ("a", 2, 0, 2),
+        ("b", 2, 0, 3),
+        ("c", 1, 0, 2),
+    ]

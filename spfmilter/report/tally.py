@@ -265,9 +265,7 @@ class Tally:
                 rescued_arc=self.rescue.get("arc", 0),
                 not_rescued=self.rescue.get("none", 0),
                 oversized=self.rescue.get("oversized", 0),
-                not_evaluated=refused
-                - rescued
-                - sum(self.rescue.get(k, 0) for k in ("none", "oversized")),
+                not_evaluated=self.rescue.get(None, 0),
                 still_refused=refused - rescued,
                 exempt_recipients=self.exempt,
             ),

@@ -6,13 +6,18 @@ import gzip
 import io
 import json
 import os
+import select
 import sys
 from pathlib import Path
 
 import pytest
 
-from spfmilter.report import main
-from tests.unit.report.lines import verdict
+from spfmilter.config.values import parse_results
+from spfmilter.report import command, main
+from spfmilter.report.command import EXIT_FAILED, EXIT_USAGE
+from spfmilter.report.scan import WorkerError
+from spfmilter.report.tally import REJECTABLE
+from tests.support.verdictlines import verdict
 
 LOG = [
     "Dec  2 10:15:01 mx postfix/smtpd[123]: connect from unknown[203.0.113.9]",
@@ -56,7 +61,6 @@ def test_json(log: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = report_json(capsys, "--reject", " SoftFail , fail ", str(log))
     assert data["reject"] == ["fail", "softfail"]
     assert isinstance(data["refusals"], dict) and data["refusals"]["total"] == 2
-    assert report_json(capsys, "--reject", "", str(log))["reject"] == []
 
 
 def test_html(log: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -87,7 +91,9 @@ def test_standard_input(
     ("argv", "message"),
     [
         (["--reject", "pass"], "expected a comma list of fail, softfail, neutral, none, permerror"),
-        (["--reject", "fail,temperror"], "got temperror"),
+        (["--reject", "fail,temperror"], "got 'temperror'"),
+        (["--reject", ""], "got nothing"),
+        (["--reject", " , "], "got nothing"),
         (["--json", "--html"], "not allowed with argument"),
         (["--csv"], "unrecognized arguments: --csv"),
     ],
@@ -103,20 +109,50 @@ def test_usage_errors(
 
 def test_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
-    assert "--reject RESULTS" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--reject RESULTS" in out
+    for status in (0, EXIT_FAILED, EXIT_USAGE):
+        assert f"\n  {status}  " in out
+
+
+def test_reject_takes_what_mailfrom_reject_takes() -> None:
+    # The log's vocabulary and the configuration's agree.
+    everything = ",".join(REJECTABLE)
+    assert {r.value for r in parse_results(everything)} == set(REJECTABLE)
+
+
+def test_a_directory_is_no_log(
+    log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(log), str(tmp_path)]) == EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"spfmilter report: {tmp_path}: ")
+
+
+def test_a_failed_worker_writes_no_report(
+    log: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def failing(*args: object) -> None:
+        raise WorkerError("report worker 4242 exited with -9")
+
+    monkeypatch.setattr(command, "scan", failing)
+    assert main([str(log)]) == EXIT_FAILED
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == "spfmilter report: failed: report worker 4242 exited with -9\n"
 
 
 def test_an_unreadable_input_stops_before_any_report(
     log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     missing = tmp_path / "mail.log.9\x1b[2J"
-    assert main([str(log), str(missing)]) == 1
+    assert main([str(log), str(missing)]) == EXIT_USAGE
     out, err = capsys.readouterr()
     assert out == ""
     assert err == f"spfmilter report: {tmp_path}/mail.log.9\\x1b[2J: No such file or directory\n"
     corrupt = tmp_path / "mail.log.3.gz"
     corrupt.write_bytes(gzip.compress(log.read_bytes() * 1000)[:200])
-    assert main([str(log), str(corrupt)]) == 1
+    assert main([str(log), str(corrupt)]) == EXIT_USAGE
     out, err = capsys.readouterr()
     assert out == "" and err.startswith(f"spfmilter report: {corrupt}: ")
 
@@ -142,7 +178,22 @@ def test_progress_on_a_terminal(
     with os.fdopen(other_fd, "w") as terminal:
         monkeypatch.setattr(sys, "stderr", terminal)
         assert main([str(log)]) == 0
-    shown = os.read(main_fd, 4096).decode()
-    os.close(main_fd)
+    shown = _drain(main_fd)
     assert f"{log}: 4 lines, 0.0 MB, " in shown and shown.endswith("\r\x1b[K")
     assert "lines" not in capsys.readouterr().err
+
+
+def _drain(fd: int) -> str:
+    """Everything written to the terminal so far (a pty hands it over in
+    pieces, one write at a time)."""
+    data = b""
+    while select.select([fd], [], [], 0.5)[0]:
+        try:
+            piece = os.read(fd, 4096)
+        except OSError:  # EIO: the other end is closed and all is read
+            break
+        if not piece:
+            break
+        data += piece
+    os.close(fd)
+    return data.decode()

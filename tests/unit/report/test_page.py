@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 
 from spfmilter.report import page
 from spfmilter.report.tally import Tally
-from tests.unit.report.lines import skip, verdict
+from tests.support.verdictlines import skip, verdict
 
 HOSTILE_SENDER = "<script>alert(1)</script>@x"
 HOSTILE_DOMAIN = "a@<img src=//evil.example/x onerror=alert(2)>"

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from spfmilter.report import inputs, main, scan
+from spfmilter.report.command import EXIT_USAGE
 from spfmilter.report.inputs import open_input
 from spfmilter.report.progress import Progress
 from spfmilter.report.scan import WorkerError, _Pool
-from tests.unit.report.lines import skip, verdict
+from tests.support.verdictlines import skip, verdict
 
 
 def sample() -> str:
@@ -97,6 +98,6 @@ def test_an_unreadable_input_ends_the_workers(
     cut = tmp_path / "mail.log.2.gz"
     cut.write_bytes(gzip.compress(sample().encode())[:5000])
     monkeypatch.setattr(scan, "SEQUENTIAL", 0)
-    assert main([str(good), str(cut)]) == 1
+    assert main([str(good), str(cut)]) == EXIT_USAGE
     assert capsys.readouterr().err.startswith(f"spfmilter report: {cut}: ")
     assert multiprocessing.active_children() == []

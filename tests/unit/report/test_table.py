@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from spfmilter.report import table
 from spfmilter.report.tally import Tally
-from tests.unit.report.lines import skip, verdict
+from tests.support.verdictlines import skip, verdict
 
 UNRELATED = ["a.example", "b.example.org", "c.co.uk", "d.example.net", "e.example.com"]
 

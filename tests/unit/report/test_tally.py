@@ -7,7 +7,7 @@ import pytest
 
 from spfmilter.report.summary import Summary
 from spfmilter.report.tally import Tally
-from tests.unit.report.lines import skip, verdict
+from tests.support.verdictlines import skip, verdict
 
 POSTFIX = "Dec  2 10:15:01 mx postfix/smtpd[123]: connect from unknown[203.0.113.9]"
 

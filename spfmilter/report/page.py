@@ -51,6 +51,7 @@ def render(summary: Summary) -> str:
         _domains(s),
         _clients(s),
         _rescuers(s),
+        _misses(s),
         _forwarders(s),
         f'<p class="note">{accuracy(s)}</p>\n',
     ]
@@ -131,6 +132,7 @@ def _refusals(s: Summary) -> str:
         ("rescued by ARC", r.rescued_arc, "rescued"),
         ("evaluated, not rescued", r.not_rescued, "refused"),
         ("too large to evaluate", r.oversized, "refused"),
+        ("deferred: temporary error in rescue", r.deferred, "defer"),
         ("rescue not evaluated", r.not_evaluated, "unknown"),
     ]
     rows = [["would refuse (MAIL FROM)", figure(r.total), _bar(r.total, [(r.total, "refused")])]]
@@ -210,6 +212,25 @@ def _rescuers(s: Summary) -> str:
     ]
     return _heading("rescuers", "Rescued, by method and domain") + _table(
         ["method", "domain", "rescued", ""], rows, "llnl"
+    )
+
+
+def _misses(s: Summary) -> str:
+    if not s.misses:
+        return ""
+    most = max(m.count for m in s.misses)
+    kinds = {"temporary": "defer"}
+    rows = [
+        [
+            escape(m.outcome),
+            escape(m.reason),
+            figure(m.count, m.error),
+            _bar(most, [(m.count, kinds.get(m.outcome, "refused"))]),
+        ]
+        for m in s.misses[:ROWS]
+    ]
+    return _heading("misses", "Not rescued, by outcome and reason") + _table(
+        ["outcome", "reason", "count", ""], rows, "llnl"
     )
 
 

@@ -60,6 +60,7 @@ FIELDS = (
     "reason",
     "rescue",
     "rescue_domain",
+    "rescue_reason",
 )
 
 Fields = dict[str, str]

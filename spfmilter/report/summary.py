@@ -54,15 +54,18 @@ class Skips:
 class Refusals:
     """The transactions the MAIL FROM results of --reject would refuse,
     and what rescue by DKIM or ARC did or would do for them: rescued (by
-    method), evaluated and not rescued, too large to evaluate, or not
-    evaluated (no rescue= field: rescue was off, or the running policy did
-    not reject that result)."""
+    method), evaluated and not rescued, too large to evaluate, deferred (a
+    temporary error kept rescue from deciding: neither refused nor
+    rescued; the retry is logged again), or not evaluated (no rescue=
+    field: rescue was off, or the running policy did not reject that
+    result)."""
 
     total: int
     rescued_dkim: int
     rescued_arc: int
     not_rescued: int
     oversized: int
+    deferred: int
     not_evaluated: int
     still_refused: int
     exempt_recipients: int  # of them with recipients exempt from rejection
@@ -101,6 +104,18 @@ class Rescuer:
 
     method: str
     domain: str
+    count: int
+    error: int
+
+
+@dataclass(frozen=True)
+class RescueMiss:
+    """Would-be refusals that rescue did not save, by its outcome (none,
+    oversized, temporary) and the reason logged (rescue_reason=, "-" when
+    none was)."""
+
+    outcome: str
+    reason: str
     count: int
     error: int
 
@@ -145,6 +160,7 @@ class Summary:
     clients: tuple[Client, ...]  # those with refusals, MAIL FROM or HELO
     clients_seen: int  # such clients kept (all of them when exact)
     rescuers: tuple[Rescuer, ...]
+    misses: tuple[RescueMiss, ...]
     forwarders: tuple[Forwarder, ...]
     forwarder_config: str  # the [skip] section to paste, "" for none
     exact: bool  # no count is approximate
@@ -177,7 +193,7 @@ def accuracy(summary: Summary) -> str:
         return "All counts are exact."
     return (
         f"Counts marked ~ are approximate: more than {2 * summary.limits.capacity:,} sender "
-        "domains, clients or rescuers were seen, and only the most frequent are kept.  A marked "
-        "count may be off by at most its error (in the JSON output); a name not listed was "
-        "less frequent than every one listed."
+        "domains, clients, rescuers or rescue reasons were seen, and only the most frequent "
+        "are kept.  A marked count may be off by at most its error (in the JSON output); a "
+        "name not listed was less frequent than every one listed."
     )

@@ -27,6 +27,7 @@ def render(summary: Summary) -> str:
         _domains(summary),
         _clients(summary),
         _rescuers(summary),
+        _misses(summary),
         _forwarders(summary),
         _prose(accuracy(summary), ""),
     ]
@@ -86,6 +87,7 @@ def _refusals(s: Summary) -> str:
         ["  rescued by ARC", figure(r.rescued_arc)],
         ["  evaluated, not rescued", figure(r.not_rescued)],
         ["  too large to evaluate", figure(r.oversized)],
+        ["  deferred: temporary error in rescue", figure(r.deferred)],
         ["  rescue not evaluated", figure(r.not_evaluated)],
         ["would still refuse", figure(r.still_refused)],
     ]
@@ -134,6 +136,14 @@ def _rescuers(s: Summary) -> str:
     rows = [["method", "domain", "rescued"]]
     rows += [[r.method, _cut(r.domain), figure(r.count, r.error)] for r in s.rescuers]
     return _block(["Rescued, by method and domain", *_rows(rows[: ROWS + 1], "llr")])
+
+
+def _misses(s: Summary) -> str:
+    if not s.misses:
+        return ""
+    rows = [["outcome", "reason", "count"]]
+    rows += [[m.outcome, _cut(m.reason), figure(m.count, m.error)] for m in s.misses]
+    return _block(["Not rescued, by outcome and reason", *_rows(rows[: ROWS + 1], "llr")])
 
 
 def _forwarders(s: Summary) -> str:

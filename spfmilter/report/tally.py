@@ -11,8 +11,12 @@ memory:
   decides.  Transactions that the HELO identity decided to reject (HELO is
   checked first; MAIL FROM then goes unevaluated) are counted apart: no
   MAIL FROM setting changes them.  Of the would-be refusals, those with
-  rescue=dkim or rescue=arc were (or, in dry run, would be) rescued; the
-  rest would still be refused.
+  rescue=dkim or rescue=arc were (or, in dry run, would be) rescued;
+  those with rescue=temporary were deferred (a temporary error kept rescue
+  from deciding): neither refused nor rescued, and not counted by domain
+  or client, since the sender's retry is logged again.  The rest would
+  still be refused.  Why rescue did not save one (rescue_reason=) is
+  counted by outcome and reason.
 - By sender domain and by client: the heaviest kept in a TopK each, with
   the per-client count of distinct sender organizations (domains.py) that
   it would be refused for, capped at DOMAINS_LIMIT.
@@ -40,6 +44,7 @@ from spfmilter.report.summary import (
     Forwarder,
     Limits,
     Refusals,
+    RescueMiss,
     Rescuer,
     Skips,
     Summary,
@@ -81,7 +86,9 @@ _REASONS = [
     (re.compile(".*".join(map(re.escape, template.split("{}"))), re.DOTALL), template)
     for template in SKIP_REASONS
 ]
-RESCUES = ("dkim", "arc", "none", "oversized")
+RESCUES = ("dkim", "arc", "none", "oversized", "temporary")
+RESCUED = ("dkim", "arc")
+DEFERRED = "temporary"
 # Postfix's name for a client whose name did not verify; Sendmail's is
 # the address in brackets.
 _NO_NAME = "unknown"
@@ -140,6 +147,7 @@ class Tally:
         self._domains = TopK(capacity, _Domain)
         self._clients = TopK(capacity, _Client)
         self._rescuers = TopK(capacity, _Count)
+        self._misses = TopK(capacity, _Count)
 
     def feed(self, lines: list[str]) -> None:
         """Count a batch of log lines (or journal messages)."""
@@ -195,9 +203,13 @@ class Tally:
         if rescue not in RESCUES:
             rescue = None  # not evaluated
         self.rescue[rescue] = self.rescue.get(rescue, 0) + 1
-        rescued = rescue in ("dkim", "arc")
+        rescued = rescue in RESCUED
         if rescued:
             self._rescuers.hit(f"{rescue} {fields.get('rescue_domain', '-')[:NAME_LIMIT]}")
+        elif rescue is not None:
+            self._misses.hit(f"{rescue} {fields.get('rescue_reason', '-')[:NAME_LIMIT]}")
+        if rescue == DEFERRED:
+            return
         if "exempt_recipients" in fields:
             self.exempt += 1
         domain = sender_domain(fields.get("sender", ""))[:NAME_LIMIT]
@@ -226,6 +238,7 @@ class Tally:
         self._domains.merge(other._domains, _add_domain)
         self._clients.merge(other._clients, _add_client)
         self._rescuers.merge(other._rescuers, lambda mine, theirs: None)
+        self._misses.merge(other._misses, lambda mine, theirs: None)
 
     @property
     def verdicts(self) -> int:
@@ -242,7 +255,8 @@ class Tally:
             if c.domains >= FORWARDER_DOMAINS and c.refused >= FORWARDER_SHARE * c.mailfrom
         ]
         forwarders.sort(key=lambda f: (-f.client.domains, -f.client.refused))
-        rescued = self.rescue.get("dkim", 0) + self.rescue.get("arc", 0)
+        rescued = sum(self.rescue.get(kind, 0) for kind in RESCUED)
+        deferred = self.rescue.get(DEFERRED, 0)
         refused = sum(self.rescue.values())
         return Summary(
             inputs=tuple(visible(name) for name in inputs),
@@ -265,8 +279,9 @@ class Tally:
                 rescued_arc=self.rescue.get("arc", 0),
                 not_rescued=self.rescue.get("none", 0),
                 oversized=self.rescue.get("oversized", 0),
+                deferred=deferred,
                 not_evaluated=self.rescue.get(None, 0),
-                still_refused=refused - rescued,
+                still_refused=refused - rescued - deferred,
                 exempt_recipients=self.exempt,
             ),
             helo_refused=self.helo_refused,
@@ -278,9 +293,12 @@ class Tally:
             clients=tuple(refusing[:ROWS]),
             clients_seen=len(refusing),
             rescuers=tuple(_rescuer(key, r) for key, r in self._rescuers.ranked()[:ROWS]),
+            misses=tuple(_miss(key, r) for key, r in self._misses.ranked()[:ROWS]),
             forwarders=tuple(forwarders[:ROWS]),
             forwarder_config=_config_section(forwarders),
-            exact=self._domains.exact and self._clients.exact and self._rescuers.exact,
+            exact=all(
+                kept.exact for kept in (self._domains, self._clients, self._rescuers, self._misses)
+            ),
             limits=Limits(self.capacity, DOMAINS_LIMIT, FORWARDER_DOMAINS, FORWARDER_SHARE),
         )
 
@@ -335,6 +353,11 @@ def _client(ip: str, record: _Client) -> Client:
 def _rescuer(key: str, record: _Count) -> Rescuer:
     method, _, domain = key.partition(" ")
     return Rescuer(method, visible(domain), record.weight, record.error)
+
+
+def _miss(key: str, record: _Count) -> RescueMiss:
+    outcome, _, reason = key.partition(" ")
+    return RescueMiss(outcome, visible(reason), record.weight, record.error)
 
 
 def _config_line(client: Client) -> str | None:

@@ -30,7 +30,7 @@ from testkit.daemon import REPO, Daemon, config_text, wait_for
 from testkit.dnsserver import DNSTestServer
 from testkit.milterclient import MilterClient
 from tests.conftest import MakeDaemon
-from tests.support import journal
+from tests.support import htmlcheck, journal
 from tests.support.journal import JournaledDaemon, LoggingStack
 
 OURS = "198.51.100.7"  # in spf-pass.example.org's record; helo-none's address
@@ -195,7 +195,9 @@ def test_text_log_from_file_gzip_and_stdin(
     assert both["verdicts"] == 2 * len(TRANSACTIONS)
 
 
-def test_text_and_html_outputs_are_safe(text_log: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_text_and_html_outputs_are_safe(
+    text_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["--reject", WIDE, str(text_log)]) == 0
     text = capsys.readouterr().out
     assert "\x1b" not in text and "x\\x1b[31m.example" in text
@@ -203,6 +205,7 @@ def test_text_and_html_outputs_are_safe(text_log: Path, capsys: pytest.CaptureFi
 
     assert main(["--html", "--reject", WIDE, str(text_log)]) == 0
     html = capsys.readouterr().out
+    assert htmlcheck.problems(html, tmp_path) == []
     tags: list[str] = []
     links: list[str | None] = []
 
@@ -215,6 +218,30 @@ def test_text_and_html_outputs_are_safe(text_log: Path, capsys: pytest.CaptureFi
     assert "script" not in tags and all(link and link.startswith("#") for link in links)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" not in html  # only the domain is shown
     assert "\x1b" not in html and "x\\x1b[31m.example" in html
+
+
+def test_the_command_line(text_log: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # As an administrator runs it: "spfmilter report", each output form.
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "spfmilter", "report", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=REPO,
+        )
+
+    as_json = run("--json", "--reject", WIDE, str(text_log))
+    assert (as_json.returncode, as_json.stderr) == (0, "")
+    assert json.loads(as_json.stdout) == report(capsys, "--reject", WIDE, str(text_log))
+    as_text = run(str(text_log))
+    assert as_text.returncode == 0 and as_text.stdout.startswith("spfmilter report: ")
+    as_html = run("--html", str(text_log))
+    assert as_html.returncode == 0 and as_html.stdout.startswith("<!DOCTYPE html>")
+    wrong = run("--reject", "softfail,fial", str(text_log))
+    assert (wrong.returncode, wrong.stdout) == (2, "")
+    assert "argument --reject: expected a comma list of" in wrong.stderr
 
 
 def test_json_log_in_dry_run(make_daemon: MakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,9 +4,11 @@ value escaped."""
 from __future__ import annotations
 
 from html.parser import HTMLParser
+from pathlib import Path
 
 from spfmilter.report import page
 from spfmilter.report.tally import Tally
+from tests.support import htmlcheck
 from tests.support.verdictlines import skip, verdict
 
 HOSTILE_SENDER = "<script>alert(1)</script>@x"
@@ -61,6 +63,8 @@ LINES = [
     verdict(HOSTILE_DOMAIN, "fail", "reject", rescue="dkim", rescue_domain="<i>d</i>"),
     verdict("a@x.example", "softfail"),
     verdict("h@y.example", "fail", "reject", identity="helo"),
+    verdict("t@y.example", "fail", "defer", rescue="temporary", rescue_reason="<dns>"),
+    verdict("n@y.example", "fail", "reject", rescue="none", rescue_reason="no_signature"),
     skip("SASL authenticated as <u>"),
     *(
         verdict(f"u@{d}", "fail", client_ip="203.0.113.7", client_name=HOSTILE_NAME)
@@ -110,3 +114,21 @@ def test_bars_scale_to_the_largest() -> None:
     assert 'style="width:100.00%"' in html and 'style="width:33.33%"' in html
     empty = parsed(render([]))
     assert "script" not in empty.tags and "None." in "".join(empty.text)
+
+
+def test_a_strict_parser_finds_nothing_wrong(tmp_path: Path) -> None:
+    for lines in (LINES, []):
+        assert htmlcheck.problems(render(lines), tmp_path) == []
+
+
+def test_the_strict_check_sees_what_html_parser_forgives() -> None:
+    good = render(LINES)
+    assert htmlcheck.problems(good.replace("</table>", "", 1)) != []
+    assert htmlcheck.problems(good.replace('class="n"', "class=n", 1)) != []
+    assert htmlcheck.problems(good.replace("</h2>", "</h3>", 1)) != []
+
+
+def test_rescue_deferrals_and_reasons_are_shown() -> None:
+    text = "".join(parsed(render(LINES)).text)
+    assert "deferred: temporary error in rescue" in text
+    assert "Not rescued, by outcome and reason" in text and "<dns>" in text

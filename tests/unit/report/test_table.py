@@ -83,3 +83,17 @@ def test_long_and_hostile_names() -> None:
     assert "1.2.3.4\\x1b[2J" in text
     assert long_domain not in text and "x" * 37 + "..." in text
     assert "  unreadable" not in text
+
+
+def test_rescue_deferrals_and_reasons() -> None:
+    text = render(
+        [
+            verdict("a@x.example", "fail", "defer", rescue="temporary", rescue_reason="dns"),
+            verdict("b@x.example", "fail", "reject", rescue="none", rescue_reason="no_signature"),
+        ]
+    )
+    assert "    deferred: temporary error in rescue            1\n" in text
+    assert "  would still refuse                               1\n" in text
+    assert "Not rescued, by outcome and reason\n" in text
+    assert "  temporary  dns               1\n" in text
+    assert "  none       no_signature      1\n" in text

@@ -3,8 +3,12 @@ rankings, likely forwarders and their config lines."""
 
 from __future__ import annotations
 
+import ipaddress
+from pathlib import Path
+
 import pytest
 
+from spfmilter.config.loading import load_config
 from spfmilter.report.summary import Summary
 from spfmilter.report.tally import Tally
 from tests.support.verdictlines import skip, verdict
@@ -105,6 +109,39 @@ def test_rescues() -> None:
     ]
 
 
+def test_a_temporary_rescue_is_a_deferral() -> None:
+    # rescue=temporary: the transaction was deferred, neither refused nor
+    # rescued; the sender's retry comes back as a verdict of its own.
+    s = summarize(
+        [
+            verdict("a@x.example", "fail", "defer", rescue="temporary", rescue_reason="dns"),
+            verdict("b@x.example", "fail", "defer", rescue="temporary", rescue_reason="dns"),
+            verdict("c@y.example", "fail", "reject", rescue="none", rescue_reason="no_signature"),
+            verdict("d@y.example", "fail", "reject", rescue="oversized"),
+            verdict("e@z.example", "fail", "accept", rescue="dkim", rescue_domain="z.example"),
+        ]
+    )
+    r = s.refusals
+    assert (r.total, r.deferred, r.not_rescued, r.oversized, r.rescued_dkim) == (5, 2, 1, 1, 1)
+    assert (r.still_refused, r.not_evaluated) == (2, 0)
+    assert [(d.domain, d.refused) for d in s.domains] == [("y.example", 2), ("z.example", 1)]
+    assert [(m.outcome, m.reason, m.count) for m in s.misses] == [
+        ("temporary", "dns", 2),
+        ("none", "no_signature", 1),
+        ("oversized", "-", 1),
+    ]
+    assert by_result(s)[("mailfrom", "fail")] == (1, 2, 2)
+
+
+def test_lines_without_rescue_fields_read_as_today() -> None:
+    # Today's daemon writes no client_name= and no rescue= fields.
+    s = summarize([verdict("a@x.example", "fail", "reject")] * 3)
+    r = s.refusals
+    assert (r.total, r.not_evaluated, r.still_refused, r.deferred) == (3, 3, 3, 0)
+    assert s.misses == () and s.rescuers == ()
+    assert s.clients[0].client_name is None
+
+
 def test_clients_and_their_names() -> None:
     s = summarize(
         [
@@ -166,6 +203,25 @@ def test_likely_forwarders() -> None:
         "trusted_relays = 2001:db8::8/128, 203.0.113.7/32\n"
         "ptr_domains = mx1.forward.example\n"
     )
+
+
+def test_the_forwarder_section_is_a_configuration(tmp_path: Path) -> None:
+    # What the report says to paste reads as spfmilter.cfg, keys and values.
+    s = summarize(
+        [
+            *forwarding("203.0.113.7", UNRELATED),
+            *forwarding("2001:db8::8", UNRELATED),
+            *forwarding("203.0.113.8", UNRELATED, client_name="mx1.Forward.example"),
+        ]
+    )
+    path = tmp_path / "spfmilter.cfg"
+    path.write_text(s.forwarder_config)
+    skips = load_config(path).skip
+    assert skips.trusted_relays == (
+        ipaddress.ip_network("2001:db8::8/128"),
+        ipaddress.ip_network("203.0.113.7/32"),
+    )
+    assert skips.ptr_domains == ("mx1.forward.example",)
 
 
 def test_the_distinct_organizations_of_a_client_are_capped() -> None:

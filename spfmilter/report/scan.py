@@ -30,6 +30,10 @@ from spfmilter.report.tally import Tally
 SEQUENTIAL = 32 << 20  # bytes counted here before workers start
 QUEUED = 2  # batches waiting per worker
 POLL = 1.0  # seconds between looks at the workers' health while waiting
+# Seconds a worker that handed its Tally back has to exit by itself: ended
+# while exiting, it could leave its queue's semaphore registered with the
+# resource tracker, which then warns of a leak.
+EXIT_GRACE = 10.0
 
 
 class WorkerError(Exception):
@@ -77,6 +81,7 @@ class _Pool:
         ]
         for worker in self._workers:
             worker.start()
+        self._finished = False
 
     def put(self, batch: Batch | None) -> None:
         """Queue a batch (None: no more), waiting while the queue is full."""
@@ -101,6 +106,7 @@ class _Pool:
             if isinstance(result, str):
                 raise WorkerError(result)
             parts.append(result)
+        self._finished = True
         return parts
 
     def _check(self) -> None:
@@ -109,7 +115,11 @@ class _Pool:
                 raise WorkerError(f"report worker {worker.pid} exited with {worker.exitcode}")
 
     def stop(self) -> None:
-        """End the workers (at once, if they have not finished) and reap them."""
+        """End the workers (at once, unless they have all handed their Tally
+        back: then they may exit by themselves first) and reap them."""
+        if self._finished:
+            for worker in self._workers:
+                worker.join(EXIT_GRACE)
         for worker in self._workers:
             if worker.is_alive():
                 worker.terminate()

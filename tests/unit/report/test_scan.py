@@ -67,6 +67,20 @@ def test_workers_count_what_one_process_counts(
     assert multiprocessing.active_children() == []
 
 
+def test_workers_that_finished_exit_by_themselves() -> None:
+    # Not ended by a signal once they handed their Tally back: an ended one
+    # can leave a semaphore for the resource tracker to warn about.
+    pool = _Pool(2, frozenset({"fail"}))
+    workers = list(pool._workers)
+    try:
+        pool.put(sample().encode())
+        parts = pool.finish()
+    finally:
+        pool.stop()
+    assert sum(part.verdicts for part in parts) == 3000
+    assert [worker.exitcode for worker in workers] == [0, 0]
+
+
 def test_a_failing_worker_fails_the_report() -> None:
     pool = _Pool(2, frozenset({"fail"}))
     try:

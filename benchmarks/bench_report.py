@@ -14,8 +14,8 @@ made-up domains), with a handful of forwarders that fail for many unrelated
 domains, part of them rescued by DKIM or ARC.  ``--format json`` writes
 spfmilter's lines in its JSON form instead, inside the same syslog lines.
 
-Measured, each run in a fresh process (the command as an administrator
-runs it, output to /dev/null): wall time, CPU time of the report and its
+Measured, each run in a fresh process (``spfmilter report`` as an
+administrator runs it, output to /dev/null): wall time, CPU time of the report and its
 workers, lines per second (median of the runs) and the peak RSS of its
 largest process (wait4's ru_maxrss).  The load average is printed along:
 on a shared machine others' work slows the wall time, and lines per CPU
@@ -240,8 +240,7 @@ def write_log(
 def run_once(path: Path, extra: list[str], cpus: int | None) -> tuple[float, float, int]:
     """Wall seconds, CPU seconds (its workers' included) and peak RSS (KiB,
     of its largest process) of one report run, on the first `cpus` CPUs."""
-    code = "import sys; from spfmilter.report import main; sys.exit(main(sys.argv[1:]))"
-    argv = [sys.executable, "-c", code, *extra, str(path)]
+    argv = [sys.executable, "-m", "spfmilter", "report", *extra, str(path)]
     allowed = sorted(os.sched_getaffinity(0))[:cpus] if cpus else None
     start = time.perf_counter()
     with open(os.devnull, "wb") as null:

@@ -15,7 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from spfmilter.report.summary import Summary, accuracy, figure, forwarder_rule, organizations
+from spfmilter.report.summary import (
+    Summary,
+    accuracy,
+    config_section,
+    figure,
+    forwarder_rule,
+    organizations,
+)
 
 ROWS = 50  # rows per ranking
 
@@ -256,13 +263,14 @@ def _forwarders(s: Summary) -> str:
     table = _table(
         ["client", "name", "domains", "refused", "share", "rescued", "config"], rows, "llnnnnl"
     )
-    if not s.forwarder_config:
+    section = config_section(s.forwarders[:ROWS])
+    if not section:
         return heading + table
     return (
         heading
         + table
-        + "<p>To skip SPF for all of them, add to spfmilter.cfg (beside any values there):</p>\n"
-        + f"<pre>{escape(s.forwarder_config)}</pre>\n"
+        + "<p>To skip SPF for all those listed, add to spfmilter.cfg (beside any values "
+        "there):</p>\n" + f"<pre>{escape(section)}</pre>\n"
     )
 
 

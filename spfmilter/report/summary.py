@@ -10,6 +10,7 @@ bidirectional override) whatever a sender address held.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 # Short forms for the commonest characters str.isprintable() refuses; the
@@ -162,7 +163,7 @@ class Summary:
     rescuers: tuple[Rescuer, ...]
     misses: tuple[RescueMiss, ...]
     forwarders: tuple[Forwarder, ...]
-    forwarder_config: str  # the [skip] section to paste, "" for none
+    forwarder_config: str  # the [skip] section for `forwarders`, "" for none
     exact: bool  # no count is approximate
     limits: Limits
 
@@ -197,3 +198,18 @@ def accuracy(summary: Summary) -> str:
         "are kept.  A marked count may be off by at most its error (in the JSON output); a "
         "name not listed was less frequent than every one listed."
     )
+
+
+def config_section(forwarders: Sequence[Forwarder]) -> str:
+    """The [skip] section for `forwarders`, one line per key: what a
+    reader is shown is what the section holds, no more."""
+    values: dict[str, list[str]] = {}
+    for forwarder in forwarders:
+        if forwarder.config:
+            key, _, value = forwarder.config.partition(" = ")
+            if value not in values.setdefault(key, []):
+                values[key].append(value)
+    if not values:
+        return ""
+    lines = [f"{key} = {', '.join(names)}" for key, names in sorted(values.items(), reverse=True)]
+    return "[skip]\n" + "".join(f"{line}\n" for line in lines)

@@ -11,7 +11,14 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 
-from spfmilter.report.summary import Summary, accuracy, figure, forwarder_rule, organizations
+from spfmilter.report.summary import (
+    Summary,
+    accuracy,
+    config_section,
+    figure,
+    forwarder_rule,
+    organizations,
+)
 
 ROWS = 20  # rows per ranking
 WIDTH = 40  # characters of a name in a column
@@ -165,11 +172,12 @@ def _forwarders(s: Summary) -> str:
     ]
     lines += _rows(rows[: ROWS + 1], "llrrrrl")
     lines.append("  A spam source fails for many domains too: check each one before trusting it.")
-    if s.forwarder_config:
+    section = config_section(s.forwarders[:ROWS])
+    if section:
         lines.append(
-            "  To skip SPF for all of them, add to spfmilter.cfg (beside any values there):"
+            "  To skip SPF for all those listed, add to spfmilter.cfg (beside any values there):"
         )
-        lines += [f"    {line}" for line in s.forwarder_config.splitlines()]
+        lines += [f"    {line}" for line in section.splitlines()]
     return _block(lines)
 
 

@@ -49,6 +49,7 @@ from spfmilter.report.summary import (
     Skips,
     Summary,
     Verdicts,
+    config_section,
     visible,
 )
 from spfmilter.report.topk import TopK
@@ -295,7 +296,7 @@ class Tally:
             rescuers=tuple(_rescuer(key, r) for key, r in self._rescuers.ranked()[:ROWS]),
             misses=tuple(_miss(key, r) for key, r in self._misses.ranked()[:ROWS]),
             forwarders=tuple(forwarders[:ROWS]),
-            forwarder_config=_config_section(forwarders),
+            forwarder_config=config_section(forwarders[:ROWS]),
             exact=all(
                 kept.exact for kept in (self._domains, self._clients, self._rescuers, self._misses)
             ),
@@ -368,17 +369,3 @@ def _config_line(client: Client) -> str | None:
     except ValueError:
         return None
     return f"trusted_relays = {address}/{address.max_prefixlen}"
-
-
-def _config_section(forwarders: list[Forwarder]) -> str:
-    """The [skip] lines for every forwarder, one key each."""
-    values: dict[str, list[str]] = {}
-    for forwarder in forwarders:
-        if forwarder.config:
-            key, _, value = forwarder.config.partition(" = ")
-            if value not in values.setdefault(key, []):
-                values[key].append(value)
-    if not values:
-        return ""
-    lines = [f"{key} = {', '.join(names)}" for key, names in sorted(values.items(), reverse=True)]
-    return "[skip]\n" + "".join(f"{line}\n" for line in lines)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from spfmilter.report import table
 from spfmilter.report.tally import Tally
 from tests.support.verdictlines import skip, verdict
@@ -97,3 +99,19 @@ def test_rescue_deferrals_and_reasons() -> None:
     assert "Not rescued, by outcome and reason\n" in text
     assert "  temporary  dns               1\n" in text
     assert "  none       no_signature      1\n" in text
+
+
+def test_the_section_to_paste_holds_only_the_forwarders_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(table, "ROWS", 2)
+    lines = [
+        verdict(f"u@{d}", "fail", "reject", client_ip=f"203.0.113.{n}")
+        for n in range(1, 5)
+        for d in UNRELATED
+    ]
+    text = render(lines)
+    shown = text[text.index("Likely forwarders") :]
+    assert shown.count("trusted_relays = 203.0.113.") == 3  # two rows, one section line
+    assert "    trusted_relays = 203.0.113.1/32, 203.0.113.2/32\n" in text
+    assert "203.0.113.3/32" not in text

@@ -93,8 +93,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     """``spfmilter report ...``: write the report to standard output."""
+    parser = _parser()
     try:
-        args = _parser().parse_args(argv)
+        args = parser.parse_args(argv)
+        if not args.logfiles and sys.stdin.isatty():
+            # "spfmilter report" alone would wait for a log typed in.
+            parser.error("name the log files (or pipe a log in, or name '-')")
     except SystemExit as exit:  # argparse's usage error (2) or --help (0)
         return EXIT_USAGE if exit.code else EXIT_OK
     names: list[str] = args.logfiles or [STDIN]

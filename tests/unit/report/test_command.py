@@ -107,6 +107,18 @@ def test_usage_errors(
     assert err.startswith("usage: spfmilter report ") and message in err
 
 
+def test_a_terminal_on_standard_input_needs_a_name(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    main_fd, other_fd = os.openpty()
+    with os.fdopen(other_fd, "r") as terminal:
+        monkeypatch.setattr(sys, "stdin", terminal)
+        assert main([]) == EXIT_USAGE
+    os.close(main_fd)
+    out, err = capsys.readouterr()
+    assert out == "" and "name the log files (or pipe a log in, or name '-')" in err
+
+
 def test_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out

@@ -1,8 +1,9 @@
-"""Command line: ``spfmilter`` (run), ``--check-config``, ``--version``, ``check``.
+"""Command line: ``spfmilter`` (run), ``--check-config``, ``--version``,
+and the subcommands ``check`` and ``report``.
 
 This module owns argument parsing and exit statuses (0 ok, 2 usage, 78
-EX_CONFIG).  ``main(argv)`` does everything and returns the status, so
-tests can call it.
+EX_CONFIG; ``report`` says its own).  ``main(argv)`` does everything and
+returns the status, so tests can call it.
 """
 
 from __future__ import annotations
@@ -22,12 +23,17 @@ from spfmilter.core.session import Services
 from spfmilter.evaluation import evaluator
 from spfmilter.mta import check
 from spfmilter.process import daemon, logs
+from spfmilter.report import command as report
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spfmilter",
         description="SPF (RFC 7208) milter for Postfix and Sendmail.",
+        epilog="commands (each has --help):\n"
+        "  spfmilter check ...   evaluate one transaction as the milter would\n"
+        "  spfmilter report ...  read verdict logs: what rejecting would refuse",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--config", metavar="PATH", help="configuration file (default: built-in defaults)"
@@ -124,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["check"]:
         return check_main(argv[1:])
+    if argv[:1] == ["report"]:
+        return report.main(argv[1:])
     args = _parser().parse_args(argv)
     if args.example_config:
         sys.stdout.write(docs.example())

@@ -15,7 +15,7 @@ case "$mode" in
   run)  packages=(python3 python3-venv python3-dev gcc libmilter-dev) ;;
   test) packages=(python3 python3-venv python3-dev gcc libmilter-dev postfix m4 systemd procps
                  opendmarc dbconfig-no-thanks spamassassin unbound rsyslog mandoc man-db
-                 prometheus) ;;
+                 prometheus publicsuffix opendkim opendkim-tools) ;;
   *) echo "usage: $0 run|test [options]" >&2; exit 2 ;;
 esac
 

@@ -136,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("list-arc (2 ARC sets, 20 KB)", arc, args.repeat),
         ("forward, 10 MB body", big_forward, 5),
         ("list-arc, 10 MB body", big_arc, 5),
+        ("50 ARC sets (RFC 8617's most), small", fifty, 20),
         ("hostile: 8 signatures, 10 MB, bad body", eight, 5),
         ("hostile: 50 ARC sets, 10 MB", fifty_big, 5),
         ("hostile: 400 DKIM-Signature fields", many, 20),

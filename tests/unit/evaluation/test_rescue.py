@@ -116,7 +116,7 @@ def test_an_aligned_signature_rescues(make: Make, keys: dict[str, KeyPair], key:
 
 
 def test_relaxed_alignment_by_organizational_domain(make: Make, keys: dict[str, KeyPair]) -> None:
-    message = sign(MESSAGE, keys["rsa2048"])
+    message = sign(MESSAGE, keys["rsa2048"], domain="Example.COM")
     outcome = make().check(message, "bounces.mail.Example.COM.", soon())
     assert outcome.rescued and outcome.domain == "example.com"
 
@@ -517,7 +517,13 @@ def test_the_deadline_defers(make: Make, keys: dict[str, KeyPair]) -> None:
 
 
 def test_no_header_end_and_garbage(make: Make) -> None:
-    for message in (b"", b"\r\n\r\n", b"not a header line\r\n\r\nbody", b"\xff\xfe: x\r\n"):
+    for message in (
+        b"",
+        b"\r\n\r\n",
+        b"not a header line\r\n\r\nbody",
+        b"\xff\xfe: x\r\n",
+        b" continued\r\nFrom: a@example.com\r\n\r\n",
+    ):
         outcome = make().check(message, "example.com", soon())
         assert outcome.status is RescueStatus.REFUSED
 

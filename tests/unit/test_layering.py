@@ -45,6 +45,7 @@ ALLOWED: dict[str, set[str]] = {
     "config.__init__": set(),
     "config.docs": {"config.schema"},
     "config.loading": {"config.schema", "core.model"},
+    "config.orgdomain": set(),
     "config.schema": {"config.values", "core.model"},
     "config.values": {"core.model"},
     "core.__init__": set(),
@@ -62,6 +63,8 @@ ALLOWED: dict[str, set[str]] = {
     },
     "core.verdicts": {"core.metrics", "core.model"},
     "evaluation.__init__": set(),
+    "evaluation.arcresults": {"config.orgdomain"},
+    "evaluation.dkimkeys": set(),
     "evaluation.clientfacts": {"core.model", "evaluation.resolver"},
     "evaluation.cpubudget": set(),
     "evaluation.dnswire": set(),
@@ -87,6 +90,13 @@ ALLOWED: dict[str, set[str]] = {
         "core.metrics",
         "evaluation.dnswire",
         "evaluation.ttlcache",
+    },
+    "evaluation.rescue": {"config.orgdomain", "evaluation.arcresults", "evaluation.dkimkeys"},
+    "evaluation.rescuetext": {"core.headers", "core.model", "evaluation.rescue"},
+    "evaluation.rescuewarmup": {
+        "config.orgdomain",
+        "evaluation.rescue",
+        "evaluation.rescuetext",
     },
     "evaluation.results": {"core.metrics", "core.model", "evaluation.ttlcache"},
     "evaluation.ttlcache": set(),
@@ -124,6 +134,7 @@ ALLOWED: dict[str, set[str]] = {
 THIRD_PARTY = {
     "Milter": {"mta.libmilter"},
     "spf": {"evaluation.pyspf"},
+    "dkim": {"evaluation.dkimkeys", "evaluation.rescue"},
     "dns": set(),
 }
 

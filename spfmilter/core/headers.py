@@ -147,6 +147,7 @@ def authentication_results(
     *,
     client_ip: IPAddress | None,
     skip: Skip | None = None,
+    rescue: tuple[str, ...] = (),
 ) -> str:
     """The Authentication-Results field value (RFC 8601).
 
@@ -157,6 +158,8 @@ def authentication_results(
     result would hand them the HELO result as the domain's (the DMARC bypass
     of CVE-2019-20790).  smtp.mailfrom carries the domain only: DMARC
     verifiers such as OpenDMARC credit an SPF pass only for a bare domain.
+    `rescue`: the dkim and arc resinfos of a rescue (made safe by whoever
+    wrote them), after the spf one.
     """
     parts = [clean(authserv_id)]
     if skip is not None:
@@ -164,6 +167,7 @@ def authentication_results(
     elif report is not None:
         prop = "smtp.mailfrom" if report.identity is Identity.MAIL_FROM else "smtp.helo"
         parts.append(_resinfo(report, client_ip, prop, report.domain))
+        parts.extend(rescue)
     return fold(AUTHENTICATION_RESULTS, "; ".join(parts))
 
 

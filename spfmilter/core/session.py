@@ -175,6 +175,8 @@ class Session:
         self.transaction: Transaction | None = None
         self._helo: SpfOutcome | None = None
         self._open = True
+        # Fixed with the configuration: read for every header field.
+        self._reads_headers = self.wants_headers
         services.metrics.connections.inc()
 
     @property
@@ -191,6 +193,14 @@ class Session:
         to be rescued: then the MTA must pass headers and body (those of
         other transactions are skipped)."""
         return self.config.rescue.enabled
+
+    @property
+    def wants_header(self) -> bool:
+        """Whether the current transaction has any use for its header fields
+        (to hold them for a rescue, or to look for forged results): with the
+        rescue on, the MTA passes every transaction's fields."""
+        tx = self.transaction
+        return tx is not None and (tx.held is not None or self._reads_headers)
 
     @property
     def wants_message(self) -> bool:
@@ -264,7 +274,7 @@ class Session:
             tx.held.add_header(
                 name, raw if raw is not None else value.encode("utf-8", "surrogateescape")
             )
-        if not self.wants_headers:
+        if not self._reads_headers:
             return
         if name.lower() == RECEIVED_SPF.lower():
             tx.received_spf_seen += 1

@@ -162,6 +162,8 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
     def header(self, name: str, value: bytes) -> int:
         """A header of the message, its value as the MTA sent it (bytes:
         see below)."""
+        if not self.session.wants_header:
+            return CONTINUE  # with the rescue on, most transactions' fields
         text = value.decode("utf-8", "surrogateescape")
         if self._protocol & Milter.P_HDR_LEADSPC:
             text = text.lstrip(" \t")
@@ -277,11 +279,6 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         return True
 
 
-# pymilter's header_bytes hands a callback with this strategy the value's
-# bytes undecoded: a message held for a rescue must be byte-exact for DKIM.
-SpfMilter.header.error_strategy = "bytes"
-
-
 def mapped(address: IPAddress) -> IPAddress:
     """An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is the IPv4 client it
     maps (RFC 4291 section 2.5.5.2) and is evaluated as such."""
@@ -321,14 +318,16 @@ def factory(
 
 # The callbacks registered with libmilter: pymilter's C module name, the
 # SpfMilter method it calls.  envfrom, envrcpt and header get bytes from the
-# C module and are decoded by the methods of Milter.Base that end in _bytes.
+# C module; the first two are decoded by the methods of Milter.Base that end
+# in _bytes, and header takes the bytes itself (a message held for a rescue
+# must be byte-exact for DKIM, and most fields are not looked at).
 _CALLBACKS = {
     "negotiate": "negotiate",
     "connect": "connect",
     "helo": "hello",
     "envfrom": "envfrom_bytes",
     "envrcpt": "envrcpt_bytes",
-    "header": "header_bytes",
+    "header": "header",
     "eoh": "eoh",
     "body": "body",
     "eom": "eom",

@@ -185,11 +185,10 @@ def queue_id(raw: bytes) -> str:
 # --- rescued ------------------------------------------------------------------
 
 
-def test_a_forwarded_message_signed_by_its_author_is_rescued(
-    stack: Stack, keys: Keys, dns: DNSTestServer
-) -> None:
-    """Signed, sent to an alias at a forwarder (a second Postfix), which
-    relays it from its own loopback address with the MAIL FROM unchanged."""
+def through_forwarder(stack: Stack, raw: bytes) -> bytes:
+    """`raw` sent to an alias at a forwarder (a second Postfix), which
+    relays it to the front Postfix from its own loopback address with the
+    MAIL FROM unchanged; the message as delivered."""
     work = Path(tempfile.mkdtemp(prefix="spfmilter-forwarder-"))
     work.chmod(0o755)
     forwarder = PrivatePostfix(
@@ -205,7 +204,6 @@ def test_a_forwarded_message_signed_by_its_author_is_rescued(
             "smtp_bind_address": FORWARDER_IP,
         },
     )
-    raw = signed(keys)
     try:
         forwarder.start()
         with smtplib.SMTP("127.0.0.1", forwarder.smtp_port, timeout=30) as smtp:
@@ -214,6 +212,14 @@ def test_a_forwarded_message_signed_by_its_author_is_rescued(
         delivered = stack.postfix.raw_message(marker_of(raw), timeout=30)
     finally:
         forwarder.stop()
+    shutil.rmtree(work)
+    return delivered
+
+
+def test_a_forwarded_message_signed_by_its_author_is_rescued(
+    stack: Stack, keys: Keys, dns: DNSTestServer
+) -> None:
+    delivered = through_forwarder(stack, signed(keys))
     assert header(delivered, "Received-SPF").startswith(f"fail ({AUTHOR}: {FORWARDER_IP} ")
     results = header(delivered, "Authentication-Results")
     assert results.startswith("mx.test.example; spf=fail ")
@@ -223,7 +229,27 @@ def test_a_forwarded_message_signed_by_its_author_is_rescued(
     assert "result=fail" in line and "action=accept" in line
     assert f"rescue=dkim rescue_domain={AUTHOR}" in line
     assert any(query[0] == f"mail._domainkey.{AUTHOR}" for query in dns.queries)
-    shutil.rmtree(work)
+
+
+def test_header_fields_reach_the_rescue_byte_for_byte(stack: Stack, keys: Keys) -> None:
+    """Simple canonicalization (RFC 6376 section 3.4.1) signs the header
+    fields exactly as written, folding and spacing included: the daemon
+    rebuilds them from what Postfix passes (SMFIP_HDR_LEADSPC)."""
+    text = message().replace(
+        b"Subject: Lunch\r\n",
+        b"Subject:   Lunch,\r\n\tthen a walk\r\n  by the river\r\nX-Empty:\r\n",
+    )
+    raw = dkimkit.sign(
+        text,
+        keys.author,
+        AUTHOR,
+        "mail",
+        canonicalize=(b"simple", b"simple"),
+        include_headers=[b"from", b"to", b"subject", b"x-empty", b"message-id"],
+    )
+    delivered = through_forwarder(stack, raw)
+    line = verdict(stack, queue_id(delivered))
+    assert f"rescue=dkim rescue_domain={AUTHOR}" in line
 
 
 def list_copy(keys: Keys, sealer: str) -> bytes:

@@ -146,7 +146,9 @@ def test_workers_start_from_an_unreadable_python_on_the_system_resolver(
     the Python installation, its standard library included, is unreadable
     to the daemon's user too, as a Python built under /root (pyenv) is: what
     a worker's start reads from it after the drop kills the worker, and a
-    module imported late in any worker is reported by ImportWatch."""
+    module imported late in any worker is reported by ImportWatch.  The
+    rescue is on, so its warm-up and the Public Suffix List are in the
+    start too."""
     # The installation is bind-mounted below the sealed 0700 directory in
     # the daemon's own mount namespace, whose /etc/resolv.conf names a test
     # DNS server on loopback port 53: no query leaves 127.0.0.0/8.
@@ -161,7 +163,12 @@ def test_workers_start_from_an_unreadable_python_on_the_system_resolver(
             make_daemon,
             sealed_lib,
             open_dir,
-            {"milter": {"workers": "2"}, "dns": {"nameservers": ""}},
+            # The rescue on: its warm-up runs before the drop too.
+            {
+                "milter": {"workers": "2"},
+                "dns": {"nameservers": ""},
+                "rescue": {"dkim": "yes", "arc_trusted_sealers": "lists.test"},
+            },
             ["env", f"PYTHONHOME={python}", os.path.realpath(sys.executable)],
         )
         daemon.wrap = lambda argv: private_resolver_command(

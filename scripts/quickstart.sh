@@ -15,7 +15,8 @@ case "$mode" in
   run)  packages=(python3 python3-venv python3-dev gcc libmilter-dev) ;;
   test) packages=(python3 python3-venv python3-dev gcc libmilter-dev postfix m4 systemd procps
                  opendmarc dbconfig-no-thanks spamassassin unbound rsyslog mandoc man-db
-                 prometheus libxml2-utils) ;;
+                 prometheus publicsuffix opendkim opendkim-tools
+                 libxml2-utils) ;;
   *) echo "usage: $0 run|test [options]" >&2; exit 2 ;;
 esac
 
@@ -37,10 +38,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ -n "${updated:-}" ] || apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
   # The tests run their own OpenDMARC, Unbound and rsyslog (on loopback or
-  # in a private mount namespace), and of Prometheus only promtool.
+  # in a private mount namespace), of Prometheus only promtool, and of
+  # OpenDKIM only its key and message tools.
   # Packages installed here start system ones (an unconfigured OpenDMARC, a
   # resolver on port 53, a syslog daemon, a Prometheus server on port
-  # 9090): stop exactly those (by PID file; an init script's stop would
+  # 9090, an OpenDKIM milter): stop exactly those (by PID file; an init script's stop would
   # end every such process) and disable them, leaving the machine as it was.
   stop_new_service() {  # package, unit, PID file, executable
     [[ " ${missing[*]} " == *" $1 "* ]] || return 0
@@ -58,6 +60,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   stop_new_service unbound unbound.service /run/unbound.pid /usr/sbin/unbound
   stop_new_service rsyslog rsyslog.service /run/rsyslogd.pid /usr/sbin/rsyslogd
   stop_new_service prometheus prometheus.service /run/prometheus/prometheus.pid /usr/bin/prometheus
+  stop_new_service opendkim opendkim.service /run/opendkim/opendkim.pid /usr/sbin/opendkim
 fi
 
 stamp="$venv/.installed"

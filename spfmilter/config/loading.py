@@ -3,9 +3,10 @@
 This module owns reading spfmilter.cfg against the declarations of the
 schema: unknown sections and keys, and values their parser refuses, are
 errors naming file, line and key (a file that does not parse never
-silently means defaults); the warnings a valid file may still deserve; and
-the effective configuration written back (--check-config).  No I/O besides
-reading the file.
+silently means defaults); the Public Suffix List a configuration with the
+rescue on needs, read with it; the warnings a valid file may still
+deserve; and the effective configuration written back (--check-config).
+No I/O besides reading the file and that list.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from spfmilter.config import orgdomain
 from spfmilter.config.schema import SECTIONS, Config, keys, rendered
 from spfmilter.core.model import Stage
 
@@ -25,6 +27,10 @@ EX_CONFIG = 78  # sysexits.h: configuration error
 # Postfix's milter_command_timeout defaults to 30 s; a lookup budget above
 # this leaves too little margin for the rest of the callback.
 LOOKUP_TIME_WARN = 25.0
+
+# The Public Suffix List the rescue aligns domains with (Debian's
+# publicsuffix package).
+PUBLIC_SUFFIX_LIST = "/usr/share/publicsuffix/public_suffix_list.dat"
 
 
 class ConfigError(Exception):
@@ -114,7 +120,15 @@ def parse_config(text: str, name: str = "<config>") -> Config:
             raise ConfigError(f"{name}:{again[1]}: [{normal}]: section given twice")
         sections[normal] = schema(**_parse_section(parser[section], normal, schema, name, lines))
     config = Config(source=name, **sections)
-    return dataclasses.replace(config, warnings=_warnings(config))
+    suffixes = None
+    if config.rescue.enabled:
+        suffixes = orgdomain.load(PUBLIC_SUFFIX_LIST)
+        if suffixes.problem is not None:
+            raise ConfigError(
+                f"{name}:{lines.get(('rescue', ''), 0)}: [rescue]: {suffixes.problem}; "
+                "the rescue needs it (Debian package publicsuffix)"
+            )
+    return dataclasses.replace(config, warnings=_warnings(config), suffixes=suffixes)
 
 
 def _parse_section(

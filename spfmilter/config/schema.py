@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from spfmilter.config import values as v
+from spfmilter.config.orgdomain import PublicSuffixes
 from spfmilter.config.values import Renderer
 from spfmilter.core.model import IPNetwork, Macro, SpfResult, Stage
 
@@ -336,6 +337,45 @@ class ReplyConfig:
 
 
 @dataclass(frozen=True)
+class RescueConfig:
+    """Forwarded mail: a MAIL FROM fail decided at end of message by DKIM or ARC."""
+
+    dkim: bool = key(
+        False,
+        v.parse_bool,
+        "rescue a MAIL FROM fail by an aligned DKIM signature",
+        "yes: a MAIL FROM fail that would be rejected is decided at end of message "
+        "instead, and accepted when a DKIM signature (RFC 6376) of the MAIL FROM domain, "
+        "or of a domain of the same organization (Public Suffix List), verifies.  "
+        "Otherwise it is refused there with the same 550 5.7.23; DNS trouble defers "
+        "(451 4.7.24).  HELO fail is never rescued.",
+    )
+    arc_trusted_sealers: tuple[str, ...] = key(
+        (),
+        v.parse_domains,
+        "domains whose ARC seal is trusted (empty: no ARC rescue)",
+        "Domains whose ARC seal (RFC 8617) is trusted, each matched exactly (a subdomain "
+        "is not trusted with its parent): a valid chain whose newest seal is one of "
+        "theirs rescues a MAIL FROM fail when that sealer recorded spf=pass for the MAIL "
+        "FROM domain or an aligned dkim=pass.  Empty: no rescue by ARC.",
+        example="lists.example.org",
+    )
+    max_message_size: int = key(
+        10 * 1024**2,
+        v.size_in(1024, 1024**3),
+        "larger messages are decided without rescue (K, M, G)",
+        "Messages pending rescue are held in memory up to this size, with its unit (K, M "
+        "or G); a larger one is refused without rescue (logged rescue=oversized).",
+        render=v.render_size,
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a MAIL FROM fail waits for the message at all."""
+        return self.dkim or bool(self.arc_trusted_sealers)
+
+
+@dataclass(frozen=True)
 class DnsConfig:
     """The resolver pyspf's lookups go through (all times seconds)."""
 
@@ -444,10 +484,14 @@ class Config:
     skip: SkipConfig = field(default_factory=SkipConfig)
     headers: HeadersConfig = field(default_factory=HeadersConfig)
     reply: ReplyConfig = field(default_factory=ReplyConfig)
+    rescue: RescueConfig = field(default_factory=RescueConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     warnings: tuple[str, ...] = ()
+    # The Public Suffix List, read with the configuration when the rescue
+    # is on (None when it is off).
+    suffixes: PublicSuffixes | None = field(default=None, compare=False, repr=False)
 
 
 SECTIONS: dict[str, type[Any]] = {

@@ -105,6 +105,20 @@ def parse_size(text: str) -> int:
     return size
 
 
+def size_in(low: int, high: int) -> Parser:
+    """A parser of sizes (parse_size) from `low` to `high` bytes."""
+
+    def parse(text: str) -> int:
+        size = parse_size(text)
+        if not low <= size <= high:
+            raise ValueError(
+                f"expected a size from {render_size(low)} to {render_size(high)}, got {text!r}"
+            )
+        return size
+
+    return parse
+
+
 def render_size(size: int) -> str:
     """A size as parse_size reads it back (the largest exact unit)."""
     for unit, factor in reversed(_UNITS.items()):

@@ -74,7 +74,9 @@ def quote_value(value: str) -> str:
     return f'"{escaped}"'
 
 
-def _comment_text(text: str) -> str:
+def comment_text(text: str) -> str:
+    """Hostile text made safe (clean) for a header comment (RFC 5322
+    section 3.2.2)."""
     return _comment_syntax(clean(text))
 
 
@@ -101,14 +103,14 @@ def result_comment(outcome: SpfOutcome, client_ip: IPAddress | None) -> str:
     """The human explanation, in the classic policy servers' wording."""
     wording = _WORDING.get(outcome.result)
     if wording is None:
-        text = _comment_text(outcome.problem or str(outcome.result))
+        text = comment_text(outcome.problem or str(outcome.result))
     else:
-        use = f"to use '{_comment_text(outcome.sender)}' in '{outcome.identity.scope}' identity"
+        use = f"to use '{comment_text(outcome.sender)}' in '{outcome.identity.scope}' identity"
         ip = str(client_ip) if client_ip is not None else "unknown"
         text = wording.format(ip=ip, use=use)
     if outcome.mechanism and outcome.result in _MATCHING:
-        text += f" (mechanism '{_comment_text(outcome.mechanism)}' matched)"
-    domain = _comment_text(outcome.domain) or "unknown"
+        text += f" (mechanism '{comment_text(outcome.mechanism)}' matched)"
+    domain = comment_text(outcome.domain) or "unknown"
     return f"{domain}: {text}"
 
 
@@ -145,6 +147,7 @@ def authentication_results(
     *,
     client_ip: IPAddress | None,
     skip: Skip | None = None,
+    rescue: tuple[str, ...] = (),
 ) -> str:
     """The Authentication-Results field value (RFC 8601).
 
@@ -155,6 +158,8 @@ def authentication_results(
     result would hand them the HELO result as the domain's (the DMARC bypass
     of CVE-2019-20790).  smtp.mailfrom carries the domain only: DMARC
     verifiers such as OpenDMARC credit an SPF pass only for a bare domain.
+    `rescue`: the dkim and arc resinfos of a rescue (made safe by whoever
+    wrote them), after the spf one.
     """
     parts = [clean(authserv_id)]
     if skip is not None:
@@ -162,6 +167,7 @@ def authentication_results(
     elif report is not None:
         prop = "smtp.mailfrom" if report.identity is Identity.MAIL_FROM else "smtp.helo"
         parts.append(_resinfo(report, client_ip, prop, report.domain))
+        parts.extend(rescue)
     return fold(AUTHENTICATION_RESULTS, "; ".join(parts))
 
 

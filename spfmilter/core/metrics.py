@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 from spfmilter import __version__
-from spfmilter.core.model import Action, Identity, SkipReason, SpfResult
+from spfmilter.core.model import Action, Identity, RescueKind, SkipReason, SpfResult
 
 # DNS answers on a LAN resolver take about a millisecond, a cold recursive
 # lookup tens to hundreds, and a timeout seconds.
@@ -231,6 +231,12 @@ class Metrics:
             "Transactions SPF was not applied to, by reason",
             [("reason", [r.value for r in SkipReason])],
         )
+        self.rescues = Metric(
+            "spfmilter_rescues",
+            "counter",
+            "MAIL FROM fails decided at end of message, by how their rescue ended",
+            [("kind", [k.value for k in RescueKind])],
+        )
         self.dns_queries = Metric(
             "spfmilter_dns_queries",
             "counter",
@@ -275,6 +281,7 @@ class Metrics:
         self.all = [
             self.verdicts,
             self.skips,
+            self.rescues,
             self.dns_queries,
             self.dns_seconds,
             self.cache_hits,

@@ -273,6 +273,35 @@ class Outcomes:
     mail_from: SpfOutcome | None = None
 
 
+class RescueKind(enum.StrEnum):
+    """How the rescue of a MAIL FROM fail ended; the value is the verdict
+    line's `rescue=` token and the rescue metric's label."""
+
+    DKIM = "dkim"
+    ARC = "arc"
+    NONE = "none"
+    OVERSIZED = "oversized"
+    TEMPORARY = "temporary"
+
+
+@dataclass(frozen=True)
+class RescueResult:
+    """The end of a rescue: its kind, the DKIM d= or the ARC sealer that
+    rescued (`domain`), why it did not (`reason`, a short token), and the
+    DKIM and ARC resinfos for Authentication-Results (RFC 8601 section 2.2,
+    RFC 8617 section 6), already made safe."""
+
+    kind: RescueKind
+    domain: str = ""
+    reason: str = ""
+    resinfos: tuple[str, ...] = ()
+
+    @property
+    def rescued(self) -> bool:
+        """Whether the message is accepted despite its MAIL FROM fail."""
+        return self.kind in (RescueKind.DKIM, RescueKind.ARC)
+
+
 @dataclass(frozen=True)
 class Step:
     """The answer to one SMTP command: go on, or refuse it with a reply."""
@@ -301,7 +330,10 @@ class Decision:
     or defer.  `helo` and `mail_from` are the outcomes available for
     headers; `report` is the one that Received-SPF reports (RFC 7208
     section 9.1: the MAIL FROM result whenever the sender is not null).
-    `skip` is set when SPF was not evaluated at all.
+    `skip` is set when SPF was not evaluated at all.  `pending_rescue`:
+    the decision is "refuse unless rescued", made final at end of message
+    by the DKIM and ARC checks of the message (`action` and `reply` say
+    what happens without a rescue); `rescue` is how that ended.
     """
 
     action: Action
@@ -312,6 +344,8 @@ class Decision:
     helo: SpfOutcome | None = None
     mail_from: SpfOutcome | None = None
     skip: Skip | None = None
+    pending_rescue: bool = False
+    rescue: RescueResult | None = None
 
     @property
     def report(self) -> SpfOutcome | None:

@@ -6,7 +6,10 @@ transactions are skipped, which identities are evaluated and in which
 order, which results reject or defer, the SMTP replies, and which recipients
 are exempt.  A session asks it twice per transaction: plan() says, once,
 everything to evaluate and which results will refuse; decide() judges the
-outcomes by that same plan.  It performs no I/O.
+outcomes by that same plan.  With the rescue of forwarded mail on, decide()
+may leave a MAIL FROM fail pending ("refuse unless rescued"), admit()
+keeps the recipients of such a transaction of one kind, and conclude()
+makes it final at end of message.  It performs no I/O.
 """
 
 from __future__ import annotations
@@ -24,11 +27,15 @@ from spfmilter.core.model import (
     Outcomes,
     Plan,
     Reply,
+    RescueKind,
+    RescueResult,
     Skip,
     SkipFacts,
     SkipReason,
     SpfOutcome,
     SpfResult,
+    Stage,
+    Step,
 )
 
 # RFC 7372 section 3.2 (5.7.23 SPF validation failed, 5.7.24 SPF validation
@@ -36,6 +43,9 @@ from spfmilter.core.model import (
 _REJECT = (550, "5.7.23")
 _PERMERROR = (550, "5.7.24")
 _DEFER = (451, "4.7.24")
+# RFC 5321 section 4.5.3.1.10: a client told "452 too many recipients"
+# sends that recipient again in a later transaction (RFC 3463 4.5.3).
+_TOO_MANY_RECIPIENTS = (452, "4.5.3", "Too many recipients")
 
 
 def plan(config: Config, conn: Connection, envelope: Envelope) -> Plan:
@@ -129,6 +139,16 @@ def decide(config: Config, plan: Plan, outcomes: Outcomes) -> Decision:
             reply = _reply(config, outcome)
             decided_by = outcome.identity
             break
+    # A MAIL FROM fail may be rescued by the message (a forwarder's DKIM or
+    # a trusted ARC sealer): refused, if at all, at end of message.  HELO
+    # fail never is: it says nothing of the message's origin.
+    pending = (
+        config.rescue.enabled
+        and decided_by is Identity.MAIL_FROM
+        and action is Action.REJECT
+        and outcomes.mail_from is not None
+        and outcomes.mail_from.result is SpfResult.FAIL
+    )
     return Decision(
         action=Action.ACCEPT if policy.dry_run else action,
         intended=action,
@@ -137,6 +157,60 @@ def decide(config: Config, plan: Plan, outcomes: Outcomes) -> Decision:
         decided_by=decided_by,
         helo=outcomes.helo,
         mail_from=outcomes.mail_from,
+        pending_rescue=pending,
+    )
+
+
+def admit(config: Config, held: bool | None, recipient: str) -> tuple[bool | None, Step]:
+    """A recipient of a transaction pending rescue: the kind of recipients
+    the transaction holds (exempt or not, None before the first) and the
+    answer.
+
+    After DATA a message is refused as a whole, and exempt recipients must
+    never be refused: the first recipient accepted fixes the kind, and one
+    of the other kind is told 452 4.5.3, which makes the client send it
+    again in a new transaction (RFC 5321 section 4.5.3.1.10).  With
+    reject_stage = mail there are no exempt recipients, as without rescue.
+    """
+    exempt = config.policy.reject_stage is Stage.RCPT and recipient_exempt(config.policy, recipient)
+    if held is None or held == exempt:
+        return exempt, Step()
+    code, status, text = _TOO_MANY_RECIPIENTS
+    reply = Reply(code, status if config.reply.enhanced_status_codes else None, text)
+    return held, Step(Action.DEFER, reply)
+
+
+def conclude(config: Config, decision: Decision, rescue: RescueResult) -> Decision:
+    """The final decision on a transaction pending rescue, by how the
+    rescue ended: accepted when rescued, deferred as for a temperror when
+    DNS kept the rescue from knowing, else refused with the reply of the
+    MAIL FROM fail.  Dry-run accepts and keeps the verdict in `intended`."""
+    outcome = decision.mail_from
+    assert outcome is not None  # only a MAIL FROM fail is pending
+    reply: Reply | None = None
+    if rescue.rescued:
+        intended = Action.ACCEPT
+    elif rescue.kind is RescueKind.TEMPORARY:
+        intended = Action.DEFER
+        text = (
+            f"SPF MAIL FROM check for {outcome.sender}: fail, and its DKIM and ARC "
+            "results could not be checked; try again later"
+        )
+        status = _DEFER[1] if config.reply.enhanced_status_codes else None
+        reply = Reply(_DEFER[0], status, clean(text, REPLY_TEXT_LIMIT))
+    else:
+        intended = Action.REJECT
+        reply = _reply(config, outcome)
+    dry_run = config.policy.dry_run
+    return Decision(
+        action=Action.ACCEPT if dry_run else intended,
+        intended=intended,
+        stage=decision.stage,
+        reply=None if dry_run else reply,
+        decided_by=decision.decided_by,
+        helo=decision.helo,
+        mail_from=decision.mail_from,
+        rescue=rescue,
     )
 
 

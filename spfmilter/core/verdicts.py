@@ -3,9 +3,11 @@
 This module owns what an administrator reads per transaction: one INFO line
 that starts with the queue id as Postfix's own lines do ("4XyZ1: ", or
 "NOQUEUE: " before there is one), then "verdict" and key=value fields (the
-connection, the client, the identity that decided, its result, the action),
+connection, the client and its name, the identity that decided, its result,
+the action, and how a rescue of a MAIL FROM fail ended),
 or "SPF skipped - <reason>" and the fields for a skipped one; the same
-fields, queue_id included, as JSON keys; and the verdict and skip counters.
+fields, queue_id included, as JSON keys; and the verdict, skip and rescue
+counters.
 Values are quoted here; making them safe for a log line is the formatters'
 job (the process layer's log formatters).
 """
@@ -39,6 +41,7 @@ def record(
         "queue_id": (queue_id or "NOQUEUE")[:FIELD_LIMIT],
         "conn": conn_id,
         "client_ip": conn.client_ip,
+        "client_name": conn.client_name,
         "helo": conn.helo,
         "sender": envelope.mail_from,
     }
@@ -68,6 +71,14 @@ def record(
         fields["dry_run"] = "yes"
     if exempt:
         fields["exempt_recipients"] = ",".join(exempt)
+    rescue = decision.rescue
+    if rescue is not None:
+        fields["rescue"] = rescue.kind.value
+        if rescue.domain:
+            fields["rescue_domain"] = rescue.domain
+        if rescue.reason:
+            fields["rescue_reason"] = rescue.reason
+        metrics.rescues.labels(rescue.kind.value).inc()
     lookup = sum(o.lookup_seconds for o in (decision.helo, decision.mail_from) if o)
     fields["lookup_ms"] = round(lookup * 1000)
     metrics.verdicts.labels(

@@ -20,20 +20,23 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
-from spfmilter.config.schema import DnsConfig
+from spfmilter.config.orgdomain import PublicSuffixes
+from spfmilter.config.schema import Config, DnsConfig
 from spfmilter.core.metrics import Metrics
 from spfmilter.core.model import (
     Connection,
     Identity,
     Outcomes,
     Plan,
+    RescueResult,
     SkipFacts,
     SpfOutcome,
     SpfQuery,
 )
-from spfmilter.evaluation import clientfacts
+from spfmilter.evaluation import clientfacts, rescuetext
 from spfmilter.evaluation.pool import IdlingPool
 from spfmilter.evaluation.pyspf import Checker
+from spfmilter.evaluation.rescue import RESCUE_SECONDS, Rescuer, RescueSettings
 from spfmilter.evaluation.resolver import DnsLimitError, DnsTempError, Record, Resolver
 
 # What it logs is about one session's transaction, under the name those
@@ -115,6 +118,27 @@ class Evaluator:
             # still reported.
             early.add_done_callback(functools.partial(self._report_unused, conn_id))
         return Outcomes(facts, helo, outcome)
+
+    def rescue(
+        self, message: bytes, mail_from: str, conn: Connection, config: Config, conn_id: int
+    ) -> RescueResult:
+        """Whether `message` is rescued from its MAIL FROM fail (see
+        spfmilter.evaluation.rescue), in the calling thread (its CPU budget
+        is that thread's time), within RESCUE_SECONDS: well inside the
+        MTA's end-of-message timeouts (Postfix's milter_content_timeout and
+        Sendmail's E timeout, 300 s), DNS answers and refusals as for SPF."""
+        settings = config.rescue
+        rescuer = Rescuer(
+            RescueSettings(settings.dkim, frozenset(settings.arc_trusted_sealers)),
+            config.suffixes or PublicSuffixes(problem="not loaded"),
+            self._lookup,
+            temporary=(DnsTempError,),
+            refused=(DnsLimitError,),
+            clock=self._clock,
+        )
+        _, _, domain = mail_from.rpartition("@")
+        outcome = rescuer.check(message, domain, self._clock() + RESCUE_SECONDS)
+        return rescuetext.summary(outcome, conn.client_ip)
 
     def _skip_facts(self, plan: Plan, command: _Command, conn_id: int) -> SkipFacts:
         ip = command.conn.client_ip

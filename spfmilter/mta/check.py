@@ -48,6 +48,10 @@ class CheckResult:
     mail_reply: str | None
     recipients: list[RecipientResult] = field(default_factory=list)
     headers: list[tuple[str, str]] = field(default_factory=list)
+    # The answer at end of data: a refusal there when a MAIL FROM fail
+    # waited for its rescue (the check has no message: none rescues it).
+    data_action: Action = Action.ACCEPT
+    data_reply: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,13 @@ def run(config: Config, services: Services, request: Request) -> CheckResult:
             reply = str(step.reply) if step.reply else None
             result.recipients.append(RecipientResult(address, step.action, reply))
         if any(r.action is Action.ACCEPT for r in result.recipients):
-            result.headers = list(session.end_of_message(request.queue_id).insert)
+            transaction = session.transaction
+            step = session.end_of_data(request.queue_id)
+            result.data_action = step.action
+            result.data_reply = str(step.reply) if step.reply else None
+            result.decision = transaction.decision  # final, after a rescue
+            if step.action is Action.ACCEPT:
+                result.headers = list(session.end_of_message(request.queue_id).insert)
         return result
     finally:
         session.abort(request.queue_id)
@@ -135,6 +145,7 @@ def as_json(result: CheckResult) -> str:
         "stage": decision.stage.value,
         "mail": {"action": result.mail_action.value, "reply": result.mail_reply},
         "recipients": [dataclasses.asdict(r) for r in result.recipients],
+        "data": {"action": result.data_action.value, "reply": result.data_reply},
         "headers": [{"name": n, "value": v} for n, v in result.headers],
     }
     return json.dumps(data, indent=2)
@@ -165,6 +176,8 @@ def as_text(result: CheckResult) -> str:
         lines.append(f"MAIL reply: {result.mail_reply}")
     for rcpt in result.recipients:
         lines.append(f"RCPT <{rcpt.address}>: {rcpt.reply or rcpt.action.value}")
+    if result.data_reply:
+        lines.append(f"end of data: {result.data_reply}")
     for name, value in result.headers:
         lines.append(f"{name}: {value}")
     return "\n".join(lines)
@@ -245,6 +258,8 @@ def policy_action(result: CheckResult) -> str:
     action = result.mail_action
     if action is Action.ACCEPT and result.recipients:
         reply, action = result.recipients[0].reply, result.recipients[0].action
+    if action is Action.ACCEPT and result.data_action is not Action.ACCEPT:
+        reply, action = result.data_reply, result.data_action
     if action is Action.REJECT and reply:
         return f"action={reply}"
     if action is Action.DEFER and reply:

@@ -36,6 +36,7 @@ CONTINUE: int = Milter.CONTINUE
 REJECT: int = Milter.REJECT
 TEMPFAIL: int = Milter.TEMPFAIL
 NOREPLY: int = Milter.NOREPLY
+SKIP: int = Milter.SKIP
 
 # What libmilter's calls raise when it refuses one (pymilter's MilterError).
 LibmilterError: type[Exception] = Milter.milter.error
@@ -106,13 +107,25 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         self.broken = False
 
     def negotiate(self, opts: list[int]) -> int:
-        """Protocol steps, as pymilter's decorators ask, and no headers at
-        all when the Session does not need them (nothing to read per header:
-        libmilter then does not even pass them over the socket)."""
+        """Protocol steps, as pymilter's decorators ask, and no headers and
+        no body at all when the Session does not need them (libmilter then
+        does not even pass them over the socket).  When a rescue may hold a
+        message: headers with the white space after their colon as sent
+        (SMFIP_HDR_LEADSPC; DKIM signs it), and the body of the other
+        transactions skipped (SMFIP_SKIP, which pymilter keeps when the MTA
+        offers it)."""
         offered = opts[1]
         status: int = super().negotiate(opts)
-        if status == CONTINUE and not self.session.wants_headers:
-            opts[1] |= offered & Milter.P_NOHDRS
+        if status != CONTINUE:
+            return status
+        session = self.session
+        if session.may_rescue:
+            opts[1] |= offered & Milter.P_HDR_LEADSPC
+        else:
+            opts[1] |= offered & Milter.P_NOBODY
+            if not session.wants_headers:
+                opts[1] |= offered & Milter.P_NOHDRS
+        self._protocol = opts[1]
         return status
 
     # SPF is decided at MAIL FROM and RCPT: the MTA is told not to wait for
@@ -146,15 +159,30 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         return self._answer(self.session.rcpt(recipient))
 
     @Milter.noreply  # type: ignore[untyped-decorator]
-    def header(self, name: str, value: str) -> int:
-        """A header of the message."""
-        self.session.header(name, value)
+    def header(self, name: str, value: bytes) -> int:
+        """A header of the message, its value as the MTA sent it (bytes:
+        see below)."""
+        if not self.session.wants_header:
+            return CONTINUE  # with the rescue on, most transactions' fields
+        text = value.decode("utf-8", "surrogateescape")
+        if self._protocol & Milter.P_HDR_LEADSPC:
+            text = text.lstrip(" \t")
+        else:
+            # An MTA without SMFIP_HDR_LEADSPC drops the space after the
+            # colon; the usual one is put back for the message held.
+            value = b" " + value
+        self.session.header(name, text, value)
         return CONTINUE
 
     def eom(self) -> int:
-        """End of message: the header changes (RFC 8601 section 5 deletions,
+        """End of message: a refusal when a MAIL FROM fail pending rescue was
+        not rescued, else the header changes (RFC 8601 section 5 deletions,
         then the result header at the top)."""
-        changes = self.session.end_of_message(self._macro("i"))
+        queue_id = self._macro("i")
+        step = self.session.end_of_data(queue_id)
+        if step.action is not Action.ACCEPT:
+            return self._answer(step)
+        changes = self.session.end_of_message(queue_id)
         for name, index in changes.delete:
             self.chgheader(name, index, "")
         for name, value in changes.insert:
@@ -171,10 +199,13 @@ class SpfMilter(Milter.Base):  # type: ignore[misc]
         self.session.close(self._macro("i"))
         return CONTINUE
 
-    @Milter.nocallback  # type: ignore[untyped-decorator]
     def body(self, chunk: bytes) -> int:
-        """Not needed: SPF is decided by the envelope."""
-        return CONTINUE
+        """A piece of the body: only a message held for a rescue wants it;
+        for any other the MTA is told to skip the rest (SMFIP_SKIP).  Not
+        called at all when no rescue is configured (SMFIP_NOBODY)."""
+        if self.session.body(chunk):
+            return CONTINUE
+        return SKIP if self._protocol & Milter.P_SKIP else CONTINUE
 
     def failed(self, callback: str) -> int:
         """The answer to `callback` after an unexpected error in it (to be
@@ -287,14 +318,16 @@ def factory(
 
 # The callbacks registered with libmilter: pymilter's C module name, the
 # SpfMilter method it calls.  envfrom, envrcpt and header get bytes from the
-# C module and are decoded by the methods of Milter.Base that end in _bytes.
+# C module; the first two are decoded by the methods of Milter.Base that end
+# in _bytes, and header takes the bytes itself (a message held for a rescue
+# must be byte-exact for DKIM, and most fields are not looked at).
 _CALLBACKS = {
     "negotiate": "negotiate",
     "connect": "connect",
     "helo": "hello",
     "envfrom": "envfrom_bytes",
     "envrcpt": "envrcpt_bytes",
-    "header": "header_bytes",
+    "header": "header",
     "eoh": "eoh",
     "body": "body",
     "eom": "eom",

@@ -26,10 +26,11 @@ import threading
 from types import TracebackType
 
 from spfmilter.config.loading import EX_CONFIG, ConfigError, load_config
+from spfmilter.config.orgdomain import PublicSuffixes
 from spfmilter.config.schema import Config
 from spfmilter.core.metrics import Metrics
 from spfmilter.core.session import Services
-from spfmilter.evaluation import evaluator, warmup
+from spfmilter.evaluation import evaluator, rescuewarmup, warmup
 from spfmilter.mta import libmilter
 from spfmilter.process import activation, logs, milterloop, privileges, workers
 from spfmilter.process.exporter import Listener
@@ -239,6 +240,10 @@ def run(config: Config, path: str | None, socket_override: str | None = None) ->
     # installation is still readable (one under /root, mode 0700, is not to
     # the unprivileged user).
     warmup.exercise(config.dns.void_lookup_limit)
+    # The rescue's DKIM and ARC code too (dkimpy, PyNaCl, the hash and codec
+    # modules they load on first use), whether or not [rescue] is on: a
+    # reload may turn it on (about 15 ms).
+    rescuewarmup.exercise(config.suffixes or PublicSuffixes(problem="not configured"))
     count = worker_count(config.milter.workers, os.cpu_count())
     # One slot per worker, and one for the supervisor's own counts.
     metrics = Metrics(slots=count + 1)

@@ -276,3 +276,25 @@ def test_check_and_daemon_write_byte_identical_headers(
     assert result.eom is not None
     got = [(m.name, m.value) for m in result.eom.modifications]
     assert got == expected and expected
+
+
+def test_with_rescue_a_mail_from_fail_is_refused_at_end_of_data(
+    tmp_path: Path, dns_server: DNSTestServer
+) -> None:
+    """The check has no message to verify: a MAIL FROM fail waits for its
+    rescue, and none comes."""
+    path = tmp_path / "rescue.cfg"
+    path.write_text(config_text(dns_server, {"rescue": {"dkim": "yes"}}))
+    data = check_json(path, "203.0.113.5", "helo-none.example.org", "m@spf-fail-noexp.example.org")
+    assert data["recipients"][0]["action"] == "accept"
+    assert data["data"]["action"] == "reject"
+    assert data["data"]["reply"].startswith("550 5.7.23 SPF MAIL FROM check for ")
+    assert data["decision"] == "reject" and data["headers"] == []
+    request = (
+        "request=smtpd_access_policy\nclient_address=203.0.113.5\n"
+        "helo_name=helo-none.example.org\nsender=m@spf-fail-noexp.example.org\n"
+        "recipient=user@example.net\n\n"
+    )
+    done = spfmilter("check", "--config", str(path), "--policy-request", stdin=request)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("action=550 5.7.23 SPF MAIL FROM check for ")

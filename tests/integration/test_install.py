@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import stat
 import sys
@@ -24,16 +25,17 @@ from pathlib import Path
 
 import pytest
 
-from testkit.daemon import Daemon, Sections, children
-from testkit.dnsserver import ZONES, load_zone_file
-from testkit.milterclient import TransactionResult, one_transaction
+from testkit.daemon import Daemon, Sections, children, config_text
+from testkit.dnsserver import ZONES, DNSTestServer, load_zone_file
+from testkit.milterclient import MilterClient, TransactionResult, one_transaction
 from tests.conftest import MakeDaemon
+from tests.support import dkimkit
 from tests.support.consumers import private_resolver_command, start_port53_dns, write_resolver_files
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
 
 # What the daemon imports from outside the standard library.
-LIBRARIES = ("spfmilter", "Milter", "milter", "spf", "dns")
+LIBRARIES = ("spfmilter", "Milter", "milter", "spf", "dns", "dkim", "nacl", "_cffi_backend", "cffi")
 
 
 @pytest.fixture
@@ -144,7 +146,9 @@ def test_workers_start_from_an_unreadable_python_on_the_system_resolver(
     the Python installation, its standard library included, is unreadable
     to the daemon's user too, as a Python built under /root (pyenv) is: what
     a worker's start reads from it after the drop kills the worker, and a
-    module imported late in any worker is reported by ImportWatch."""
+    module imported late in any worker is reported by ImportWatch.  The
+    rescue is on, so its warm-up and the Public Suffix List are in the
+    start too."""
     # The installation is bind-mounted below the sealed 0700 directory in
     # the daemon's own mount namespace, whose /etc/resolv.conf names a test
     # DNS server on loopback port 53: no query leaves 127.0.0.0/8.
@@ -159,7 +163,12 @@ def test_workers_start_from_an_unreadable_python_on_the_system_resolver(
             make_daemon,
             sealed_lib,
             open_dir,
-            {"milter": {"workers": "2"}, "dns": {"nameservers": ""}},
+            # The rescue on: its warm-up runs before the drop too.
+            {
+                "milter": {"workers": "2"},
+                "dns": {"nameservers": ""},
+                "rescue": {"dkim": "yes", "arc_trusted_sealers": "lists.test"},
+            },
             ["env", f"PYTHONHOME={python}", os.path.realpath(sys.executable)],
         )
         daemon.wrap = lambda argv: private_resolver_command(
@@ -186,3 +195,57 @@ def test_workers_start_from_an_unreadable_python_on_the_system_resolver(
         assert children(daemon.pid) == workers
     finally:
         dns.stop()
+
+
+def test_the_rescue_works_from_an_unreadable_installation(
+    make_daemon: MakeDaemon, sealed_lib: Path, open_dir: Path, tmp_path: Path
+) -> None:
+    """DKIM (RSA and Ed25519) and ARC verification after the drop: the
+    rescue's warm-up loaded everything before it, and nothing is imported
+    late."""
+    rsa, ed25519 = dkimkit.rsa_key(2048, tmp_path), dkimkit.ed25519_key()
+    zone = load_zone_file(ZONES / "core.yaml")
+    zone["rsa._domainkey.spf-fail.example.org"] = [{"TXT": rsa.record.decode()}]
+    zone["ed._domainkey.spf-fail.example.org"] = [{"TXT": ed25519.record.decode()}]
+    zone["arc._domainkey.lists.test"] = [{"TXT": rsa.record.decode()}]
+    sections: Sections = {"rescue": {"dkim": "yes", "arc_trusted_sealers": "lists.test"}}
+    with DNSTestServer(zone, ttl=60) as dns:
+        daemon = sealed_daemon(make_daemon, sealed_lib, open_dir, sections)
+        # The same file, with the test DNS server that holds the keys.
+        own = {
+            **sections,
+            "milter": {"user": "nobody", "socket_group": "postfix"},
+            "headers": {"authserv_id": "mx.test.example"},
+        }
+        daemon.config_path.write_text(config_text(dns, own))
+        daemon.start()
+        assert "uid=65534" in daemon.log_text()
+        text = dkimkit.MESSAGE.replace(b"example.com", b"spf-fail.example.org")
+        messages = [
+            dkimkit.sign(text, rsa, "spf-fail.example.org", "rsa"),
+            dkimkit.sign(text, ed25519, "spf-fail.example.org", "ed"),
+            dkimkit.seal(text, rsa, "lists.test", "spf=pass smtp.mailfrom=spf-fail.example.org"),
+        ]
+        for message in messages:
+            head, _, body = message.partition(b"\r\n\r\n")
+            fields = [
+                (name.decode(), value.decode().replace("\r\n", "\n"))
+                for name, _, value in (
+                    field.partition(b":") for field in re.split(rb"\r\n(?![ \t])", head)
+                )
+            ]
+            with MilterClient(daemon.socket) as client:
+                client.negotiate()
+                client.connect("forwarder.example", "198.51.100.7")
+                client.helo("helo-none.example.org")
+                result = client.transaction(
+                    "<m@spf-fail.example.org>", ["<u@example.net>"], fields, body
+                )
+            assert result.final.kind == "continue", result
+        lines = daemon.verdicts()
+        assert [line.split(" rescue=", 1)[1].split()[0] for line in lines] == [
+            "dkim",
+            "dkim",
+            "arc",
+        ], lines
+        assert "imported after start-up" not in daemon.log_text()

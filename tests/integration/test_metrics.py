@@ -42,6 +42,7 @@ FAIL = ("203.0.113.5", "helo-none.example.org", "m@spf-fail-noexp.example.org")
 COUNTERS = {
     "spfmilter_verdicts",
     "spfmilter_skips",
+    "spfmilter_rescues",
     "spfmilter_dns_queries",
     "spfmilter_dns_cache_hits",
     "spfmilter_dns_cache_misses",
@@ -72,8 +73,9 @@ def with_metrics(
 def test_prometheus_reads_every_family_typed_with_real_counts(make_daemon: MakeDaemon) -> None:
     # One process, so that the second pass meets the first one's results
     # (each worker has caches of its own; test_workers adds up counts
-    # across workers).
-    daemon, port = with_metrics(make_daemon, 1)
+    # across workers).  The rescue is on: the MAIL FROM fail, which has no
+    # signature, is refused at end of message and counted as not rescued.
+    daemon, port = with_metrics(make_daemon, 1, rescue={"dkim": "yes"})
     for _ in range(2):
         one_transaction(daemon.socket, *PASS)
     one_transaction(daemon.socket, *FAIL)
@@ -103,6 +105,8 @@ def test_prometheus_reads_every_family_typed_with_real_counts(make_daemon: MakeD
         assert sample(families, verdict, **passes) == 2
         assert sample(families, verdict, **fails) == 1
         assert sample(families, "spfmilter_skips_total", reason="localhost") == 1
+        assert sample(families, "spfmilter_rescues_total", kind="none") == 1
+        assert sample(families, "spfmilter_rescues_total", kind="dkim") == 0
         assert sample(families, "spfmilter_connections_in_flight") == 0
         assert sample(families, "spfmilter_internal_errors_total") == 0
         assert sample(families, "spfmilter_config_reloads_total", outcome="ok") == 1

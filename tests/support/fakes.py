@@ -191,10 +191,12 @@ def start(
 
 
 def counted() -> Metrics:
-    """Metrics with a few counts: two verdicts, one connection in flight."""
+    """Metrics with a few counts: two verdicts, a rescue, one connection
+    in flight."""
     metrics = Metrics()
     metrics.verdicts.labels("mailfrom", "pass", "accept").inc()
     metrics.verdicts.labels("mailfrom", "pass", "accept").inc()
+    metrics.rescues.labels("dkim").inc()
     metrics.connections.inc()
     metrics.connections.inc()
     metrics.connections.dec()

@@ -92,6 +92,10 @@ class Ctx(TestCtx):  # type: ignore[misc]
     def _header(self, name: str, value: str) -> int:
         return self.step("header", ANY_STAGE, name, raw(value))
 
+    def _chunk(self, chunk: bytes) -> int:
+        """A piece of the body (TestCtx's own _body is its buffer)."""
+        return self.step("body", ANY_STAGE, chunk)
+
     def _eom(self) -> int:
         # TestCtx takes header changes only at end of message, into _msg.
         self._body = io.BytesIO()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from spfmilter.config import loading
 from spfmilter.config.loading import ConfigError, load_config, parse_config
 from spfmilter.config.schema import Config, HeaderType
 from spfmilter.config.values import Nameserver
@@ -206,3 +207,35 @@ def test_errors_name_the_line_however_it_is_written(text: str, message: str) -> 
 
 def test_a_section_name_is_read_without_its_spaces_and_case() -> None:
     assert parse_config("[ DNS ]\ntimeout = 2\n").dns.timeout == 2.0
+
+
+def test_rescue_settings_and_the_public_suffix_list() -> None:
+    config = parse_config(
+        "[rescue]\ndkim = yes\narc_trusted_sealers = Lists.Example.org.\nmax_message_size = 20M\n"
+    )
+    assert config.rescue.enabled and config.rescue.dkim
+    assert config.rescue.arc_trusted_sealers == ("lists.example.org",)
+    assert config.rescue.max_message_size == 20 * 1024**2
+    assert config.suffixes is not None and config.suffixes.loaded
+    assert config.suffixes.organizational_domain("a.b.example.co.uk") == "example.co.uk"
+    # Off: no list is read.
+    assert not Config().rescue.enabled
+    assert parse_config("[rescue]\nmax_message_size = 1M\n").suffixes is None
+
+
+def test_rescue_without_a_public_suffix_list_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(loading, "PUBLIC_SUFFIX_LIST", str(tmp_path / "missing.dat"))
+    with pytest.raises(ConfigError) as error:
+        parse_config("[policy]\ndry_run = yes\n\n[rescue]\narc_trusted_sealers = l.example\n", "f")
+    assert str(error.value).startswith("f:4: [rescue]: cannot read the public suffix list ")
+    assert "publicsuffix" in str(error.value)
+    # Nothing needs it while the rescue is off.
+    assert parse_config("[rescue]\ndkim = no\n").suffixes is None
+
+
+@pytest.mark.parametrize("size", ["0", "512", "2G", "ten"])
+def test_max_message_size_is_bounded(size: str) -> None:
+    with pytest.raises(ConfigError, match=r"\[rescue\] max_message_size"):
+        parse_config(f"[rescue]\nmax_message_size = {size}\n")

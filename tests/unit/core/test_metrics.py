@@ -22,6 +22,7 @@ from tests.support.prometheus import (
 COUNTERS = {
     "spfmilter_verdicts",
     "spfmilter_skips",
+    "spfmilter_rescues",
     "spfmilter_dns_queries",
     "spfmilter_dns_cache_hits",
     "spfmilter_dns_cache_misses",

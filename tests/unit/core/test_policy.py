@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from spfmilter.config.schema import Config, PolicyConfig, ReplyConfig, SkipConfig
+from spfmilter.config.schema import Config, PolicyConfig, ReplyConfig, RescueConfig, SkipConfig
 from spfmilter.config.values import parse_macros, parse_networks
 from spfmilter.core import policy
 from spfmilter.core.model import (
@@ -24,12 +24,15 @@ from spfmilter.core.model import (
     Outcomes,
     Plan,
     Reply,
+    RescueKind,
+    RescueResult,
     Skip,
     SkipFacts,
     SkipReason,
     SpfOutcome,
     SpfResult,
     Stage,
+    Step,
 )
 
 ALL = list(SpfResult)
@@ -522,3 +525,125 @@ def test_documented_skip_order_is_the_policys(path: str, key: str) -> None:
     assert _documented_skip_order(path, key if path.endswith(".md") else f"(?m){key}") == (
         _skip_order()
     )
+
+
+# --- rescue of forwarded mail ----------------------------------------------
+
+RESCUE = dataclasses.replace(DEFAULT, rescue=RescueConfig(dkim=True))
+SENDER = Envelope("a@example.org")
+HELO_PASS = outcome(Identity.HELO, SpfResult.PASS)
+
+
+def with_rescue(config: Config = RESCUE, **changes: Any) -> Config:
+    return dataclasses.replace(config, policy=dataclasses.replace(config.policy, **changes))
+
+
+@pytest.mark.parametrize(
+    ("config", "helo", "mail_from", "pending"),
+    [
+        (RESCUE, SpfResult.PASS, SpfResult.FAIL, True),
+        (
+            dataclasses.replace(DEFAULT, rescue=RescueConfig(arc_trusted_sealers=("l.example",))),
+            SpfResult.PASS,
+            SpfResult.FAIL,
+            True,
+        ),
+        (DEFAULT, SpfResult.PASS, SpfResult.FAIL, False),
+        # HELO fail is never rescued, nor a MAIL FROM result other than fail.
+        (RESCUE, SpfResult.FAIL, SpfResult.FAIL, False),
+        (RESCUE, SpfResult.PASS, SpfResult.TEMPERROR, False),
+        (RESCUE, SpfResult.PASS, SpfResult.PASS, False),
+        (
+            with_rescue(mailfrom_reject=frozenset({SpfResult.SOFTFAIL, SpfResult.FAIL})),
+            SpfResult.PASS,
+            SpfResult.SOFTFAIL,
+            False,
+        ),
+        # Only what the policy would reject waits.
+        (with_rescue(mailfrom_reject=frozenset()), SpfResult.PASS, SpfResult.FAIL, False),
+        (with_rescue(dry_run=True), SpfResult.PASS, SpfResult.FAIL, True),
+        (with_rescue(dry_run=True), SpfResult.FAIL, SpfResult.FAIL, False),
+    ],
+)
+def test_which_decisions_wait_for_a_rescue(
+    config: Config, helo: SpfResult, mail_from: SpfResult, pending: bool
+) -> None:
+    decision = decide(
+        config, SENDER, outcome(Identity.HELO, helo), outcome(Identity.MAIL_FROM, mail_from)
+    )
+    assert decision.pending_rescue is pending
+
+
+def pending(config: Config = RESCUE) -> Decision:
+    decision = decide(config, SENDER, HELO_PASS, outcome(Identity.MAIL_FROM, SpfResult.FAIL))
+    assert decision.pending_rescue
+    return decision
+
+
+REFUSAL = Reply(550, "5.7.23", "SPF MAIL FROM check for a@example.org: fail")
+
+
+@pytest.mark.parametrize(
+    ("rescue", "action", "reply"),
+    [
+        (RescueResult(RescueKind.DKIM, "example.org"), Action.ACCEPT, None),
+        (RescueResult(RescueKind.ARC, "lists.example"), Action.ACCEPT, None),
+        (RescueResult(RescueKind.NONE, reason="no_signature"), Action.REJECT, REFUSAL),
+        (RescueResult(RescueKind.OVERSIZED, reason="max_message_size"), Action.REJECT, REFUSAL),
+        (
+            RescueResult(RescueKind.TEMPORARY, reason="key_temperror"),
+            Action.DEFER,
+            Reply(
+                451,
+                "4.7.24",
+                "SPF MAIL FROM check for a@example.org: fail, and its DKIM and ARC results "
+                "could not be checked; try again later",
+            ),
+        ),
+    ],
+)
+def test_conclude(rescue: RescueResult, action: Action, reply: Reply | None) -> None:
+    final = policy.conclude(RESCUE, pending(), rescue)
+    assert (final.action, final.intended, final.reply) == (action, action, reply)
+    assert final.rescue == rescue and not final.pending_rescue
+    assert final.decided_by is Identity.MAIL_FROM and final.report == pending().report
+    dry = with_rescue(dry_run=True)
+    final = policy.conclude(dry, pending(dry), rescue)
+    assert (final.action, final.intended, final.reply) == (Action.ACCEPT, action, None)
+
+
+def test_the_refusal_at_end_of_data_is_the_one_at_rcpt() -> None:
+    at_rcpt = decide(DEFAULT, SENDER, HELO_PASS, outcome(Identity.MAIL_FROM, SpfResult.FAIL))
+    final = policy.conclude(RESCUE, pending(), RescueResult(RescueKind.NONE, reason="x"))
+    assert final.reply == at_rcpt.reply
+    plain = dataclasses.replace(RESCUE, reply=ReplyConfig(enhanced_status_codes=False))
+    final = policy.conclude(plain, pending(plain), RescueResult(RescueKind.TEMPORARY))
+    assert final.reply is not None and (final.reply.code, final.reply.status) == (451, None)
+
+
+TOO_MANY = Step(Action.DEFER, Reply(452, "4.5.3", "Too many recipients"))
+EXEMPT = with_rescue(exempt_recipients=("postmaster@",))
+
+
+@pytest.mark.parametrize(
+    ("config", "held", "recipient", "answer"),
+    [
+        (EXEMPT, None, "<bob@example.net>", (False, Step())),
+        (EXEMPT, None, "<postmaster@example.net>", (True, Step())),
+        (EXEMPT, False, "<carol@example.net>", (False, Step())),
+        (EXEMPT, True, "<postmaster@example.org>", (True, Step())),
+        (EXEMPT, False, "<postmaster@example.net>", (False, TOO_MANY)),
+        (EXEMPT, True, "<bob@example.net>", (True, TOO_MANY)),
+        # At MAIL there are no exempt recipients: one kind only.
+        (
+            with_rescue(EXEMPT, reject_stage=Stage.MAIL),
+            False,
+            "<postmaster@x.example>",
+            (False, Step()),
+        ),
+    ],
+)
+def test_one_kind_of_recipient_per_pending_transaction(
+    config: Config, held: bool | None, recipient: str, answer: tuple[bool, Step]
+) -> None:
+    assert policy.admit(config, held, recipient) == answer

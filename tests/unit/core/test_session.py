@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from spfmilter.config.orgdomain import PublicSuffixes
 from spfmilter.config.schema import Config, HeadersConfig, HeaderType, PolicyConfig, SkipConfig
 from spfmilter.core.metrics import Metrics
 from spfmilter.core.model import (
@@ -22,7 +24,8 @@ from spfmilter.core.model import (
     Step,
 )
 from spfmilter.core.session import GO_ON, Session
-from spfmilter.evaluation.resolver import Record
+from spfmilter.evaluation.resolver import DnsTempError, Record
+from tests.support import dkimkit
 from tests.support.fakes import Clock, FakeChecker, FakeLookup, Results, make_session, no_dns, start
 
 PASSING: Results = {
@@ -359,3 +362,193 @@ def test_no_transaction_means_nothing_to_do() -> None:
     assert session.rcpt("<a@example.net>") == GO_ON
     session.header("Authentication-Results", "mx; spf=pass")
     assert session.end_of_message("") == HeaderChanges()
+
+
+# --- rescue of forwarded mail ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rescue_key() -> dkimkit.KeyPair:
+    return dkimkit.ed25519_key()
+
+
+def rescuing(
+    key: dkimkit.KeyPair, config: Config | None = None, **rescue: Any
+) -> tuple[Session, Metrics, dkimkit.Zone]:
+    """A session with [rescue] on (dkim unless `rescue` says otherwise)
+    whose DNS holds `key` for sel._domainkey.example.org."""
+    config = config or Config()
+    settings = dataclasses.replace(config.rescue, **({"dkim": True} | rescue))
+    config = dataclasses.replace(config, rescue=settings, suffixes=PublicSuffixes())
+    zone = dkimkit.Zone()
+    zone.publish("sel", "example.org", key.record)
+    session, _, metrics = make(config, lookup=lambda n, t, b: list(zone.lookup(n, t, b)))
+    start(session)
+    return session, metrics, zone
+
+
+def feed(session: Session, message: bytes, chunk: int = 65535) -> list[bool]:
+    """The message as libmilter passes it: each header field's name and its
+    value as sent (LF line ends inside, as Postfix sends them), then the
+    body in pieces; what body() answered."""
+    head, _, body = message.partition(b"\r\n\r\n")
+    for field in re.split(rb"\r\n(?![ \t])", head):
+        name, _, value = field.partition(b":")
+        raw = value.replace(b"\r\n", b"\n")
+        session.header(name.decode(), raw.decode().strip(), raw)
+    return [session.body(body[i : i + chunk]) for i in range(0, len(body), chunk)]
+
+
+def signed(key: dkimkit.KeyPair, domain: str = "example.org") -> bytes:
+    return dkimkit.sign(dkimkit.MESSAGE, key, domain)
+
+
+def test_a_fail_rescued_by_dkim_is_accepted_with_honest_headers(
+    rescue_key: dkimkit.KeyPair, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    both = dataclasses.replace(Config(), headers=HeadersConfig(type=HeaderType.BOTH))
+    session, metrics, _ = rescuing(rescue_key, both)
+    assert session.may_rescue
+    assert session.mail("bad@example.org", "") == GO_ON
+    assert session.rcpt("<a@example.net>") == GO_ON
+    assert session.wants_message
+    assert feed(session, signed(rescue_key)) == [True]
+    assert session.end_of_data("Q1") == GO_ON
+    headers = dict(session.end_of_message("Q1").insert)
+    assert headers["Received-SPF"].startswith("fail ")
+    results = " ".join(headers["Authentication-Results"].split())
+    assert "spf=fail" in results
+    assert "dkim=pass header.d=example.org header.s=sel header.b=" in results
+    (line,) = verdict_lines(caplog)
+    assert "action=accept" in line and "result=fail" in line
+    assert "rescue=dkim rescue_domain=example.org" in line
+    assert "client_name=ptr.example.net" in line
+    assert metrics.value("spfmilter_rescues_total", kind="dkim") == 1
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (dkimkit.MESSAGE, "no_signature"),
+        ("unaligned", "unaligned"),
+        ("broken", "body_hash"),
+    ],
+)
+def test_a_fail_not_rescued_is_refused_at_end_of_data(
+    rescue_key: dkimkit.KeyPair,
+    message: bytes | str,
+    reason: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    session, metrics, zone = rescuing(rescue_key)
+    if message == "unaligned":
+        zone.publish("sel", "forwarder.example", rescue_key.record)
+        message = signed(rescue_key, "forwarder.example")
+    elif message == "broken":
+        message = signed(rescue_key).replace(b"noon", b"one")
+    assert isinstance(message, bytes)
+    session.mail("bad@example.org", "")
+    session.rcpt("<a@example.net>")
+    feed(session, message)
+    step = session.end_of_data("Q2")
+    assert step.action is Action.REJECT
+    assert step.reply == Reply(550, "5.7.23", "SPF MAIL FROM check for bad@example.org: fail")
+    assert session.transaction is None
+    (line,) = verdict_lines(caplog)
+    assert line.startswith("Q2: verdict ")
+    assert "action=reject" in line and f"rescue=none rescue_reason={reason}" in line
+    assert metrics.value("spfmilter_rescues_total", kind="none") == 1
+
+
+def test_an_oversized_message_is_refused_without_rescue(
+    rescue_key: dkimkit.KeyPair, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    session, _, zone = rescuing(rescue_key, max_message_size=1024)
+    session.mail("bad@example.org", "")
+    session.rcpt("<a@example.net>")
+    message = signed(rescue_key).replace(b"  Alice", b"x" * 2000)
+    answers = feed(session, message, chunk=100)
+    assert answers[0] and not answers[-1]
+    assert not session.wants_message
+    step = session.end_of_data("Q3")
+    assert step.action is Action.REJECT
+    assert zone.asked == []
+    (line,) = verdict_lines(caplog)
+    assert "rescue=oversized rescue_reason=max_message_size" in line
+
+
+def test_dns_trouble_defers(rescue_key: dkimkit.KeyPair, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    session, _, zone = rescuing(rescue_key)
+    zone.errors["sel._domainkey.example.org"] = DnsTempError("timeout")
+    session.mail("bad@example.org", "")
+    session.rcpt("<a@example.net>")
+    feed(session, signed(rescue_key))
+    step = session.end_of_data("Q4")
+    assert step.action is Action.DEFER
+    assert step.reply is not None and (step.reply.code, step.reply.status) == (451, "4.7.24")
+    (line,) = verdict_lines(caplog)
+    assert "action=defer" in line and "rescue=temporary" in line
+
+
+def test_dry_run_rescues_and_says_what_it_would_have_done(
+    rescue_key: dkimkit.KeyPair, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    session, _, _ = rescuing(rescue_key, with_policy(dry_run=True))
+    session.mail("bad@example.org", "")
+    session.rcpt("<a@example.net>")
+    feed(session, dkimkit.MESSAGE)
+    assert session.end_of_data("Q5") == GO_ON
+    assert session.end_of_message("Q5").insert
+    (line,) = verdict_lines(caplog)
+    assert "action=reject" in line and "dry_run=yes" in line and "rescue=none" in line
+
+
+def test_recipients_of_a_pending_transaction_are_of_one_kind(
+    rescue_key: dkimkit.KeyPair, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    config = with_policy(exempt_recipients=("postmaster@",))
+    too_many = Step(Action.DEFER, Reply(452, "4.5.3", "Too many recipients"))
+    session, _, zone = rescuing(rescue_key, config)
+    session.mail("bad@example.org", "")
+    assert session.rcpt("<postmaster@example.net>") == GO_ON
+    assert session.rcpt("<bob@example.net>") == too_many
+    assert session.rcpt("<postmaster@example.com>") == GO_ON
+    # Exempt recipients only: the message is not held, never refused.
+    assert not session.wants_message
+    assert feed(session, dkimkit.MESSAGE) == [False]
+    assert session.end_of_data("Q6") == GO_ON
+    assert session.end_of_message("Q6").insert
+    assert zone.asked == []
+    (line,) = verdict_lines(caplog)
+    assert "exempt_recipients=<postmaster@example.net>,<postmaster@example.com>" in line
+    assert "rescue=" not in line
+    session.mail("bad@example.org", "")
+    assert session.rcpt("<bob@example.net>") == GO_ON
+    assert session.rcpt("<postmaster@example.net>") == too_many
+    feed(session, dkimkit.MESSAGE)
+    assert session.end_of_data("Q7").action is Action.REJECT
+
+
+def test_other_transactions_hold_nothing(rescue_key: dkimkit.KeyPair) -> None:
+    session, _, zone = rescuing(rescue_key)
+    session.mail("good@example.org", "")
+    session.rcpt("<a@example.net>")
+    assert not session.wants_message
+    assert feed(session, signed(rescue_key)) == [False]
+    assert session.transaction is not None and session.transaction.held is None
+    assert session.end_of_data("Q8") == GO_ON
+    assert zone.asked == []
+
+
+def test_without_rescue_a_fail_is_refused_at_rcpt_as_before() -> None:
+    session, _, _ = make()
+    start(session)
+    assert not session.may_rescue
+    session.mail("bad@example.org", "")
+    assert session.rcpt("<a@example.net>").action is Action.REJECT

@@ -7,13 +7,15 @@ from __future__ import annotations
 import dataclasses
 import email
 import ipaddress
+import re
 from collections.abc import Callable
 from typing import Any
 
 import Milter
 import pytest
 
-from spfmilter.config.schema import Config, HeadersConfig, HeaderType, PolicyConfig
+from spfmilter.config.orgdomain import PublicSuffixes
+from spfmilter.config.schema import Config, HeadersConfig, HeaderType, PolicyConfig, RescueConfig
 from spfmilter.config.values import parse_macros
 from spfmilter.core.metrics import Metrics
 from spfmilter.core.model import Identity, SpfOutcome, SpfQuery, SpfResult, Stage
@@ -21,6 +23,7 @@ from spfmilter.core.session import Services, Session
 from spfmilter.evaluation.evaluator import Evaluator
 from spfmilter.evaluation.resolver import Record
 from spfmilter.mta.libmilter import client_address, reverse_path
+from tests.support import dkimkit
 from tests.support.testctx import Ctx
 
 RESULTS = {
@@ -221,3 +224,91 @@ def test_client_address(family_addr: tuple[int, Any], expected: str | None) -> N
 )
 def test_reverse_path(argument: str, address: str) -> None:
     assert reverse_path(argument) == address
+
+
+# --- rescue of forwarded mail ----------------------------------------------
+
+RESCUE = dataclasses.replace(Config(), rescue=RescueConfig(dkim=True), suffixes=PublicSuffixes())
+
+
+@pytest.fixture(scope="module")
+def rescue_key() -> dkimkit.KeyPair:
+    return dkimkit.ed25519_key()
+
+
+def rescuing(metrics: Metrics, key: dkimkit.KeyPair, config: Config = RESCUE) -> Ctx:
+    zone = dkimkit.Zone()
+    zone.publish("sel", "example.org", key.record)
+    evaluator = Evaluator(
+        check, lambda n, t, b: list(zone.lookup(n, t, b)), metrics, lookup_time=20.0
+    )
+    ctx = Ctx(config, Services(evaluator, metrics), no_reply=False)
+    ctx._setsymval("j", "mx.test.example")
+    return ctx
+
+
+def send(ctx: Ctx, message: bytes) -> list[int]:
+    """Header fields as an MTA sends them with SMFIP_HDR_LEADSPC (the
+    white space after the colon kept, LF inside folded fields), then the
+    body in two pieces; the answers."""
+    head, _, body = message.partition(b"\r\n\r\n")
+    answers = []
+    for field in re.split(rb"\r\n(?![ \t])", head):
+        name, _, value = field.partition(b":")
+        answers.append(ctx.step("header", -1, name.decode(), value.replace(b"\r\n", b"\n")))
+    half = len(body) // 2
+    answers += [ctx._chunk(body[:half]), ctx._chunk(body[half:])]
+    return answers
+
+
+def test_negotiation_without_rescue_asks_for_no_body(make: Any) -> None:
+    ctx = make()
+    ctx._negotiate()
+    assert ctx._protocol & Milter.P_NOBODY
+    assert ctx._protocol & Milter.P_NOHDRS
+    assert not ctx._protocol & Milter.P_HDR_LEADSPC
+
+
+def test_negotiation_with_rescue(metrics: Metrics, rescue_key: dkimkit.KeyPair) -> None:
+    ctx = rescuing(metrics, rescue_key)
+    ctx._negotiate()
+    assert not ctx._protocol & (Milter.P_NOBODY | Milter.P_NOHDRS)
+    assert ctx._protocol & Milter.P_HDR_LEADSPC
+    assert ctx._protocol & Milter.P_SKIP
+
+
+def test_a_rescued_message_is_accepted(metrics: Metrics, rescue_key: dkimkit.KeyPair) -> None:
+    ctx = rescuing(metrics, rescue_key)
+    start(ctx)
+    assert ctx._envfrom("<bad@example.org>") == Milter.CONTINUE
+    assert ctx._envrcpt("<a@example.net>") == Milter.CONTINUE
+    answers = send(ctx, dkimkit.sign(dkimkit.MESSAGE, rescue_key, "example.org"))
+    assert answers[-2:] == [Milter.CONTINUE, Milter.CONTINUE]
+    assert ctx._eom() == Milter.CONTINUE
+    (header,) = ctx.inserted
+    assert header[0] == "Received-SPF" and header[1].startswith("fail ")
+
+
+def test_a_message_not_rescued_is_refused_at_its_end(
+    metrics: Metrics, rescue_key: dkimkit.KeyPair
+) -> None:
+    ctx = rescuing(metrics, rescue_key)
+    start(ctx)
+    ctx._envfrom("<bad@example.org>")
+    ctx._envrcpt("<a@example.net>")
+    send(ctx, dkimkit.MESSAGE)
+    assert ctx._eom() == Milter.REJECT
+    # The reply of a refusal at RCPT, explanation and all.
+    text = "SPF MAIL FROM check for bad@example.org: fail: 100%% not ours"
+    assert ctx._reply == ("550", "5.7.23", text)
+    assert ctx.inserted == []
+
+
+def test_other_transactions_skip_their_body(metrics: Metrics, rescue_key: dkimkit.KeyPair) -> None:
+    ctx = rescuing(metrics, rescue_key)
+    start(ctx)
+    ctx._envfrom("<good@example.org>")
+    ctx._envrcpt("<a@example.net>")
+    assert send(ctx, dkimkit.MESSAGE)[-2:] == [Milter.SKIP, Milter.SKIP]
+    assert ctx._eom() == Milter.CONTINUE
+    assert ctx.inserted[0][1].startswith("pass ")

@@ -1,0 +1,553 @@
+"""The rescue's verification: real dkimpy (and OpenDKIM) signatures and ARC
+seals on keys made here, served by a fake lookup; and hostile messages."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import dkim
+import pytest
+
+from spfmilter.config import orgdomain
+from spfmilter.evaluation.rescue import (
+    AuthResult,
+    Reason,
+    RescueLimits,
+    RescueMethod,
+    Rescuer,
+    RescueSettings,
+    RescueStatus,
+)
+from tests.support.dkimkit import (
+    MESSAGE,
+    KeyPair,
+    LimitError,
+    TempError,
+    Zone,
+    ed25519_key,
+    opendkim_key,
+    rsa_key,
+    seal,
+    sign,
+)
+
+SEALER = "lists.example.org"
+PSL = Path("/usr/share/publicsuffix/public_suffix_list.dat")
+DEFAULT_LIMITS = RescueLimits()
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KeyPair]:
+    directory = tmp_path_factory.mktemp("keys")
+    return {
+        "rsa2048": rsa_key(2048, directory),
+        "rsa1024": rsa_key(1024, directory),
+        "rsa512": rsa_key(512, directory),
+        "ed25519": ed25519_key(),
+    }
+
+
+@pytest.fixture(scope="module")
+def suffixes() -> orgdomain.PublicSuffixes:
+    return orgdomain.load(PSL)
+
+
+@pytest.fixture
+def zone(keys: dict[str, KeyPair]) -> Zone:
+    zone = Zone()
+    zone.publish("sel", "example.com", keys["rsa2048"].record)
+    zone.publish("ed", "example.com", keys["ed25519"].record)
+    zone.publish("small", "example.com", keys["rsa1024"].record)
+    zone.publish("tiny", "example.com", keys["rsa512"].record)
+    zone.publish("sel", "forwarder.example", keys["rsa2048"].record)
+    zone.publish("arc", SEALER, keys["rsa2048"].record)
+    zone.publish("arc", "relay.example", keys["rsa2048"].record)
+    return zone
+
+
+Make = Callable[..., Rescuer]
+
+
+@pytest.fixture
+def make(zone: Zone, suffixes: orgdomain.PublicSuffixes) -> Make:
+    def rescuer(
+        *,
+        dkim: bool = True,
+        sealers: frozenset[str] = frozenset({SEALER}),
+        limits: RescueLimits = DEFAULT_LIMITS,
+        **options: Callable[[], float],
+    ) -> Rescuer:
+        return Rescuer(
+            RescueSettings(dkim=dkim, arc_trusted_sealers=sealers),
+            suffixes,
+            zone.lookup,
+            temporary=(TempError,),
+            refused=(LimitError,),
+            limits=limits,
+            **options,
+        )
+
+    return rescuer
+
+
+def soon() -> float:
+    return time.monotonic() + 10
+
+
+# DKIM
+
+
+@pytest.mark.parametrize("key", ["rsa2048", "ed25519", "rsa1024"])
+def test_an_aligned_signature_rescues(make: Make, keys: dict[str, KeyPair], key: str) -> None:
+    selector = {"rsa2048": "sel", "ed25519": "ed", "rsa1024": "small"}[key]
+    message = sign(MESSAGE, keys[key], selector=selector)
+    outcome = make().check(message, "example.com", soon())
+    assert outcome.status is RescueStatus.RESCUED
+    assert outcome.method is RescueMethod.DKIM
+    assert (outcome.domain, outcome.selector) == ("example.com", selector)
+    assert outcome.dkim[0].result is AuthResult.PASS
+
+
+def test_relaxed_alignment_by_organizational_domain(make: Make, keys: dict[str, KeyPair]) -> None:
+    message = sign(MESSAGE, keys["rsa2048"], domain="Example.COM")
+    outcome = make().check(message, "bounces.mail.Example.COM.", soon())
+    assert outcome.rescued and outcome.domain == "example.com"
+
+
+def test_simple_canonicalization(make: Make, keys: dict[str, KeyPair]) -> None:
+    message = sign(MESSAGE, keys["rsa2048"], canonicalize=(b"simple", b"simple"))
+    assert make().check(message, "example.com", soon()).rescued
+
+
+def test_an_unaligned_signature_does_not_rescue_and_is_not_verified(
+    make: Make, keys: dict[str, KeyPair], zone: Zone
+) -> None:
+    message = sign(MESSAGE, keys["rsa2048"], domain="forwarder.example")
+    outcome = make(sealers=frozenset()).check(message, "example.com", soon())
+    assert outcome.status is RescueStatus.REFUSED
+    assert outcome.reason is Reason.UNALIGNED
+    assert outcome.dkim[0].result is None and not outcome.dkim[0].aligned
+    assert zone.asked == []
+
+
+def test_a_public_suffix_is_not_aligned_with_its_subdomains(
+    make: Make, keys: dict[str, KeyPair], zone: Zone
+) -> None:
+    zone.publish("sel", "co.uk", keys["rsa2048"].record)
+    message = sign(MESSAGE, keys["rsa2048"], domain="co.uk")
+    assert make().check(message, "victim.co.uk", soon()).reason is Reason.UNALIGNED
+
+
+def test_no_signature(make: Make) -> None:
+    outcome = make(sealers=frozenset()).check(MESSAGE, "example.com", soon())
+    assert (outcome.status, outcome.reason) == (RescueStatus.REFUSED, Reason.NO_SIGNATURE)
+
+
+def test_a_changed_body_breaks_the_body_hash(make: Make, keys: dict[str, KeyPair]) -> None:
+    message = sign(MESSAGE, keys["rsa2048"]).replace(b"noon", b"one")
+    outcome = make().check(message, "example.com", soon())
+    assert (outcome.status, outcome.reason) == (RescueStatus.REFUSED, Reason.BODY_HASH)
+    assert outcome.dkim[0].result is AuthResult.FAIL
+
+
+def test_a_changed_header_breaks_the_signature(make: Make, keys: dict[str, KeyPair]) -> None:
+    message = sign(MESSAGE, keys["rsa2048"]).replace(b"Subject: Lunch", b"Subject: Lunch!")
+    outcome = make().check(message, "example.com", soon())
+    assert outcome.reason is Reason.BAD_SIGNATURE
+    assert outcome.dkim[0].result is AuthResult.FAIL
+
+
+def test_a_key_not_found(make: Make, keys: dict[str, KeyPair]) -> None:
+    message = sign(MESSAGE, keys["rsa2048"], selector="gone")
+    outcome = make().check(message, "example.com", soon())
+    assert (outcome.status, outcome.reason) == (RescueStatus.REFUSED, Reason.KEY_NOT_FOUND)
+    assert outcome.dkim[0].result is AuthResult.PERMERROR
+
+
+def test_dns_trouble_on_the_key_defers(make: Make, keys: dict[str, KeyPair], zone: Zone) -> None:
+    zone.errors["sel._domainkey.example.com"] = TempError("timeout")
+    outcome = make().check(sign(MESSAGE, keys["rsa2048"]), "example.com", soon())
+    assert (outcome.status, outcome.reason) == (RescueStatus.TEMPORARY, Reason.KEY_TEMPERROR)
+    assert outcome.dkim[0].result is AuthResult.TEMPERROR
+
+
+def test_a_second_signature_rescues_despite_dns_trouble_on_the_first(
+    make: Make, keys: dict[str, KeyPair], zone: Zone
+) -> None:
+    zone.errors["sel._domainkey.example.com"] = TempError("timeout")
+    message = sign(sign(MESSAGE, keys["ed25519"], selector="ed"), keys["rsa2048"])
+    outcome = make().check(message, "example.com", soon())
+    assert outcome.rescued and outcome.selector == "ed"
+    assert [c.result for c in outcome.dkim] == [AuthResult.TEMPERROR, AuthResult.PASS]
+
+
+def test_a_refused_key_answer(make: Make, keys: dict[str, KeyPair], zone: Zone) -> None:
+    zone.errors["sel._domainkey.example.com"] = LimitError("too many records")
+    outcome = make().check(sign(MESSAGE, keys["rsa2048"]), "example.com", soon())
+    assert (outcome.status, outcome.reason) == (RescueStatus.REFUSED, Reason.KEY_REFUSED)
+
+
+def test_a_key_below_1024_bits_is_refused(make: Make, keys: dict[str, KeyPair]) -> None:
+    message = sign(MESSAGE, keys["rsa512"], selector="tiny")
+    outcome = make().check(message, "example.com", soon())
+    assert outcome.reason is Reason.KEY_TOO_SMALL
+    assert outcome.dkim[0].result is AuthResult.POLICY
+
+
+def test_rsa_sha1_is_refused(make: Make, keys: dict[str, KeyPair], zone: Zone) -> None:
+    message = sign(MESSAGE, keys["rsa2048"], signature_algorithm=b"rsa-sha1")
+    outcome = make().check(message, "example.com", soon())
+    assert outcome.reason is Reason.WEAK_ALGORITHM
+    assert zone.asked == []
+
+
+def test_a_partial_body_length_is_refused(make: Make, keys: dict[str, KeyPair]) -> None:
+    signed = sign(MESSAGE, keys["rsa2048"], length=True)
+    assert make().check(signed, "example.com", soon()).rescued
+    appended = signed + b"Click here: https://phish.example/\r\n"
+    outcome = make().check(appended, "example.com", soon())
+    assert (outcome.status, outcome.reason) == (RescueStatus.REFUSED, Reason.PARTIAL_BODY)
+    assert outcome.dkim[0].result is AuthResult.POLICY
+
+
+def test_two_from_fields_are_refused(make: Make, keys: dict[str, KeyPair]) -> None:
+    message = b"From: Mallory <ceo@example.com>\r\n" + sign(MESSAGE, keys["rsa2048"])
+    outcome = make().check(message, "example.com", soon())
+    assert (outcome.status, outcome.reason) == (RescueStatus.REFUSED, Reason.FROM_COUNT)
+
+
+def test_a_signature_that_does_not_sign_from_is_ignored(
+    make: Make, keys: dict[str, KeyPair]
+) -> None:
+    # dkimpy refuses to sign without From: build the signature by hand with
+    # its own header generator.
+    signer = dkim.DKIM(MESSAGE)
+    signer.hasher = dkim.HASH_ALGORITHMS[b"rsa-sha256"]
+    canon = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+    body_hash = base64.b64encode(hashlib.sha256(canon.canonicalize_body(signer.body)).digest())
+    fields = [
+        (b"v", b"1"),
+        (b"a", b"rsa-sha256"),
+        (b"c", b"relaxed/relaxed"),
+        (b"d", b"example.com"),
+        (b"s", b"sel"),
+        (b"h", b"subject : date"),
+        (b"bh", body_hash),
+        (b"b", b""),
+    ]
+    pk = dkim.crypto.parse_pem_private_key(keys["rsa2048"].private)
+    value = signer.gen_header(fields, [b"subject", b"date"], canon, b"DKIM-Signature", pk)
+    message = b"DKIM-Signature: " + value + MESSAGE
+    assert dkim.DKIM(message).verify(dnsfunc=lambda name, timeout=5: keys["rsa2048"].record)
+    outcome = make().check(message, "example.com", soon())
+    assert (outcome.status, outcome.reason) == (RescueStatus.REFUSED, Reason.FROM_NOT_SIGNED)
+
+
+def test_a_key_in_testing_mode_is_not_used(
+    make: Make, keys: dict[str, KeyPair], zone: Zone
+) -> None:
+    zone.publish("test", "example.com", keys["rsa2048"].record + b"; t=y")
+    outcome = make().check(sign(MESSAGE, keys["rsa2048"], selector="test"), "example.com", soon())
+    assert outcome.reason is Reason.KEY_TESTING
+
+
+def test_a_revoked_key(make: Make, keys: dict[str, KeyPair], zone: Zone) -> None:
+    zone.publish("old", "example.com", b"v=DKIM1; k=rsa; p=")
+    outcome = make().check(sign(MESSAGE, keys["rsa2048"], selector="old"), "example.com", soon())
+    assert outcome.reason is Reason.KEY_REVOKED
+
+
+def test_dkim_off_leaves_signatures_alone(make: Make, keys: dict[str, KeyPair]) -> None:
+    outcome = make(dkim=False).check(sign(MESSAGE, keys["rsa2048"]), "example.com", soon())
+    assert not outcome.rescued and outcome.dkim == ()
+
+
+def test_rescue_off(make: Make, keys: dict[str, KeyPair]) -> None:
+    outcome = make(dkim=False, sealers=frozenset()).check(MESSAGE, "example.com", soon())
+    assert outcome.reason is Reason.DISABLED
+
+
+@pytest.mark.skipif(shutil.which("opendkim") is None, reason="OpenDKIM is not installed")
+def test_a_message_signed_by_opendkim(make: Make, zone: Zone, tmp_path: Path) -> None:
+    """OpenDKIM's own signer (its test mode), with a key from opendkim-genkey."""
+    keydir = tmp_path / "keys"
+    keydir.mkdir(mode=0o700)
+    key = opendkim_key(keydir, "example.com", "odk")
+    zone.publish("odk", "example.com", key.record)
+    config = keydir / "opendkim.conf"
+    config.write_text(
+        "Mode s\nDomain example.com\nSelector odk\n"
+        f"KeyFile {keydir / 'odk.private'}\nSignatureAlgorithm rsa-sha256\n"
+        "Canonicalization relaxed/simple\nSyslog no\n"
+        # The temporary directory's parents are writable by others.
+        "RequireSafeKeys false\n"
+    )
+    source = keydir / "message.eml"
+    # OpenDKIM reads a file with LF line ends (as from a local mailbox).
+    source.write_bytes(MESSAGE.replace(b"\r\n", b"\n"))
+    signed = subprocess.run(
+        ["opendkim", "-x", str(config), "-b", "s", "-t", str(source)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    ).stdout
+    # It prints the field with CRLF line ends, and an empty line after it.
+    header = signed[signed.index(b"DKIM-Signature:") :].rstrip()
+    assert b"\n\t" not in header.replace(b"\r\n", b"")
+    outcome = make().check(header + b"\r\n" + MESSAGE, "example.com", soon())
+    assert outcome.rescued, outcome
+    assert outcome.selector == "odk"
+
+
+# ARC
+
+
+def test_a_trusted_sealer_that_saw_spf_pass_rescues(make: Make, keys: dict[str, KeyPair]) -> None:
+    listed = MESSAGE.replace(b"Subject: Lunch", b"Subject: [team] Lunch")
+    first = seal(
+        listed, keys["rsa2048"], "relay.example", "spf=pass smtp.mailfrom=alice@example.com"
+    )
+    second = seal(
+        first,
+        keys["rsa2048"],
+        SEALER,
+        "arc=pass; spf=pass smtp.mailfrom=example.com; dkim=none",
+    )
+    outcome = make().check(second, "example.com", soon())
+    assert outcome.status is RescueStatus.RESCUED
+    assert outcome.method is RescueMethod.ARC
+    assert (outcome.sealer, outcome.domain) == (SEALER, "example.com")
+    assert outcome.arc is not None
+    assert (outcome.arc.result, outcome.arc.sets, outcome.arc.vouched_by) == (
+        AuthResult.PASS,
+        2,
+        "spf",
+    )
+
+
+def test_an_aligned_dkim_pass_recorded_by_the_sealer_rescues(
+    make: Make, keys: dict[str, KeyPair]
+) -> None:
+    sealed = seal(MESSAGE, keys["rsa2048"], SEALER, "dkim=pass header.d=example.com header.s=x")
+    outcome = make(dkim=False).check(sealed, "bounce.example.com", soon())
+    assert outcome.rescued and outcome.arc is not None and outcome.arc.vouched_by == "dkim"
+
+
+def test_a_sealer_below_a_trusted_domain_is_not_trusted(
+    make: Make, keys: dict[str, KeyPair], zone: Zone
+) -> None:
+    zone.publish("arc", f"evil.{SEALER}", keys["rsa2048"].record)
+    sealed = seal(MESSAGE, keys["rsa2048"], f"evil.{SEALER}", "spf=pass smtp.mailfrom=example.com")
+    outcome = make().check(sealed, "example.com", soon())
+    assert (outcome.status, outcome.reason) == (RescueStatus.REFUSED, Reason.SEALER_UNTRUSTED)
+    assert zone.asked == []
+
+
+def test_results_that_vouch_for_another_domain_do_not_rescue(
+    make: Make, keys: dict[str, KeyPair]
+) -> None:
+    sealed = seal(
+        MESSAGE,
+        keys["rsa2048"],
+        SEALER,
+        'spf=pass reason="smtp.mailfrom=example.com" smtp.mailfrom=other.example; '
+        "dkim=pass header.d=example.net",
+    )
+    outcome = make().check(sealed, "example.com", soon())
+    assert outcome.reason is Reason.NOT_VOUCHED
+
+
+def test_a_message_changed_after_sealing_fails_the_chain(
+    make: Make, keys: dict[str, KeyPair]
+) -> None:
+    sealed = seal(MESSAGE, keys["rsa2048"], SEALER, "spf=pass smtp.mailfrom=example.com")
+    outcome = make().check(sealed.replace(b"noon", b"one"), "example.com", soon())
+    assert (outcome.status, outcome.reason) == (RescueStatus.REFUSED, Reason.CHAIN_INVALID)
+    assert outcome.arc is not None and outcome.arc.result is AuthResult.FAIL
+
+
+def test_dns_trouble_on_a_seal_key_defers(make: Make, keys: dict[str, KeyPair], zone: Zone) -> None:
+    zone.errors[f"arc._domainkey.{SEALER}"] = TempError("timeout")
+    sealed = seal(MESSAGE, keys["rsa2048"], SEALER, "spf=pass smtp.mailfrom=example.com")
+    outcome = make().check(sealed, "example.com", soon())
+    assert (outcome.status, outcome.reason) == (RescueStatus.TEMPORARY, Reason.KEY_TEMPERROR)
+
+
+def test_a_chain_of_50_sets_is_checked_and_51_fail_unread(
+    make: Make, keys: dict[str, KeyPair], zone: Zone
+) -> None:
+    message = MESSAGE
+    for _ in range(50):
+        message = seal(message, keys["rsa1024"], SEALER, "spf=pass smtp.mailfrom=example.com")
+    fifty = message
+    # dkimpy will not seal a 51st set: copy the 50th under i=51.
+    newest = message[: message.index(b"Authentication-Results:")]
+    message = newest.replace(b"i=50", b"i=51") + message
+    zone.records[f"arc._domainkey.{SEALER}"] = [keys["rsa1024"].record]
+    outcome = make().check(fifty, "example.com", soon())
+    assert outcome.rescued and outcome.arc is not None and outcome.arc.sets == 50
+    zone.asked.clear()
+    outcome = make().check(message, "example.com", soon())
+    assert (outcome.status, outcome.reason) == (RescueStatus.REFUSED, Reason.CHAIN_TOO_LONG)
+    assert zone.asked == []
+
+
+# Bounds and hostile input
+
+
+def test_a_huge_header_is_refused_unparsed(make: Make, keys: dict[str, KeyPair]) -> None:
+    filler = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"y" * 200) for i in range(2000))
+    outcome = make().check(filler + sign(MESSAGE, keys["rsa2048"]), "example.com", soon())
+    assert outcome.reason is Reason.HEADER_TOO_LARGE
+
+
+def test_too_many_header_fields(make: Make, keys: dict[str, KeyPair]) -> None:
+    filler = b"X: y\r\n" * 1001
+    outcome = make().check(filler + sign(MESSAGE, keys["rsa2048"]), "example.com", soon())
+    assert outcome.reason is Reason.HEADER_TOO_LARGE
+
+
+def test_thousands_of_signatures_cost_at_most_eight_verifications(
+    make: Make, keys: dict[str, KeyPair], zone: Zone
+) -> None:
+    header = sign(MESSAGE, keys["rsa2048"])[: -len(MESSAGE)]
+    message = header * 400 + MESSAGE.replace(b"noon", b"one")
+    started = time.thread_time()
+    outcome = make().check(message, "example.com", soon())
+    assert time.thread_time() - started < 1.0
+    assert outcome.reason is Reason.BODY_HASH
+    assert sum(c.reason is Reason.NOT_EXAMINED for c in outcome.dkim) == 392
+    assert zone.asked == ["sel._domainkey.example.com"]
+
+
+def test_a_64kb_key_record_is_refused(make: Make, keys: dict[str, KeyPair], zone: Zone) -> None:
+    zone.publish("big", "example.com", b"v=DKIM1; k=rsa; n=" + b"x" * 65536 + b"; p=AAAA")
+    outcome = make().check(sign(MESSAGE, keys["rsa2048"], selector="big"), "example.com", soon())
+    assert outcome.reason is Reason.KEY_RECORD_TOO_LARGE
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (rb"bh=", rb"bh=!!!"),  # broken base64 in bh=
+        (rb"bh=", rb"bh=A"),  # bh= of bad length
+        (rb" b=", rb" b=%%%%"),  # broken base64 in b=
+        (rb"d=example.com", rb"d=example.com; d=example.com"),  # duplicate tag
+        (rb"a=rsa-sha256", rb"a=rsa-sha256; l=x"),
+        (rb"a=rsa-sha256", rb"a=rsa-sha256; c=fancy/simple"),
+        (rb"s=sel", rb"s=\xff\xfe"),
+        (rb"v=1", rb"v=2"),
+        (rb"a=rsa-sha256", rb"a=rsa-sha256; x=1"),  # expired long ago
+    ],
+)
+def test_malformed_signatures_get_a_result(
+    make: Make, keys: dict[str, KeyPair], old: bytes, new: bytes
+) -> None:
+    signed = sign(MESSAGE, keys["rsa2048"])
+    outcome = make(sealers=frozenset()).check(signed.replace(old, new, 1), "example.com", soon())
+    assert outcome.status is RescueStatus.REFUSED
+    assert outcome.dkim and outcome.dkim[0].result is not AuthResult.PASS
+
+
+def test_an_ed25519_signature_of_the_wrong_length(make: Make, keys: dict[str, KeyPair]) -> None:
+    signed = sign(MESSAGE, keys["ed25519"], selector="ed")
+    start = signed.index(b" b=") + 3
+    end = signed.index(b"\r\n", start)
+    broken = signed[:start] + b"AAAA" + signed[end:]
+    outcome = make().check(broken, "example.com", soon())
+    assert outcome.status is RescueStatus.REFUSED
+    assert outcome.dkim[0].result is AuthResult.PERMERROR
+
+
+def test_a_huge_signature_field(make: Make, keys: dict[str, KeyPair]) -> None:
+    signed = sign(MESSAGE, keys["rsa2048"])
+    padded = signed.replace(b"h=", b"h=" + b" " * 5000 + b"x :", 1)
+    started = time.thread_time()
+    outcome = make().check(padded, "example.com", soon())
+    assert time.thread_time() - started < 0.5
+    assert outcome.reason is Reason.SIGNATURE_TOO_LARGE
+
+
+def test_white_space_in_a_signature_field_costs_little(
+    make: Make, keys: dict[str, KeyPair]
+) -> None:
+    signed = sign(MESSAGE, keys["rsa2048"])
+    padded = signed.replace(b"h=", b"h=" + b" " * 3500 + b"!", 1)
+    started = time.thread_time()
+    make().check(padded, "example.com", soon())
+    assert time.thread_time() - started < 0.5
+
+
+def test_runs_of_white_space_in_the_body_take_linear_time(
+    make: Make, keys: dict[str, KeyPair]
+) -> None:
+    """dkimpy's relaxed body canonicalization is quadratic in a run of
+    spaces not followed by a line end: 300 KB of them took minutes."""
+    header = MESSAGE[: MESSAGE.index(b"\r\n\r\n") + 4]
+    # Signed as the relaxed canonical form (dkimpy's signer is as slow), which
+    # is the same for one space and for 300,000.
+    signed = sign(header + b"x x\r\n", keys["rsa2048"])
+    message = signed.replace(b"x x\r\n", b"x" + b" " * 300_000 + b"x\r\n")
+    started = time.thread_time()
+    outcome = make().check(message, "example.com", soon())
+    assert time.thread_time() - started < 0.5
+    assert outcome.rescued
+
+
+def test_the_cpu_budget_stops_the_verification(make: Make, keys: dict[str, KeyPair]) -> None:
+    ticks = iter(range(0, 1000))
+    outcome = make(limits=RescueLimits(cpu_budget=2.5), cpu_clock=lambda: float(next(ticks))).check(
+        sign(sign(MESSAGE, keys["rsa2048"]), keys["rsa2048"]).replace(b"noon", b"x"),
+        "example.com",
+        soon(),
+    )
+    assert (outcome.status, outcome.reason) == (RescueStatus.REFUSED, Reason.CPU_BUDGET)
+
+
+def test_the_deadline_defers(make: Make, keys: dict[str, KeyPair]) -> None:
+    outcome = make().check(sign(MESSAGE, keys["rsa2048"]), "example.com", time.monotonic() - 1)
+    assert (outcome.status, outcome.reason) == (RescueStatus.TEMPORARY, Reason.DEADLINE)
+
+
+def test_no_header_end_and_garbage(make: Make) -> None:
+    for message in (
+        b"",
+        b"\r\n\r\n",
+        b"not a header line\r\n\r\nbody",
+        b"\xff\xfe: x\r\n",
+        b" continued\r\nFrom: a@example.com\r\n\r\n",
+    ):
+        outcome = make().check(message, "example.com", soon())
+        assert outcome.status is RescueStatus.REFUSED
+
+
+def test_parallel_verifications_agree(make: Make, keys: dict[str, KeyPair]) -> None:
+    """Callbacks run in parallel threads: each verification keeps to its own
+    objects."""
+    good = sign(MESSAGE, keys["rsa2048"])
+    bad = good.replace(b"noon", b"one")
+    rescuer = make()
+    results: list[tuple[bool, bool]] = []
+
+    def work() -> None:
+        for _ in range(20):
+            results.append(
+                (
+                    rescuer.check(good, "example.com", soon()).rescued,
+                    rescuer.check(bad, "example.com", soon()).rescued,
+                )
+            )
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [(True, False)] * 160

@@ -12,6 +12,7 @@ client: every way, SPF says fail, and the signatures decide.
 
 from __future__ import annotations
 
+import json
 import shutil
 import smtplib
 import tempfile
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from spfmilter.config.loading import PUBLIC_SUFFIX_LIST
+from spfmilter.report import main as report_main
 from testkit.daemon import Sections, config_text
 from testkit.dnsserver import ZONES, DNSTestServer, load_zone_file
 from testkit.milterclient import MilterClient
@@ -404,3 +406,24 @@ def test_without_rescue_a_fail_is_refused_at_rcpt(dns: DNSTestServer, keys: Keys
         assert replies.rcpts[0][0] == 550 and replies.rcpts[0][1].startswith(SMTP_REFUSAL)
         assert replies.data is None
         assert "rescue=" not in stack.daemon.verdicts()[-1]
+
+
+def test_the_report_reads_the_rescues_the_daemon_logged(
+    stack: Stack, keys: Keys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`spfmilter report` on this daemon's own log: the rescues by DKIM and
+    by ARC it wrote are counted under their method and domain, and a refusal
+    under its reason."""
+    through_forwarder(stack, signed(keys))
+    deliver(stack, list_copy(keys, LIST))
+    deliver(stack, message())
+    for needle in ("rescue=dkim", "rescue=arc", "rescue=none"):
+        verdict_lines = [line for line in stack.daemon.verdicts() if needle in line]
+        assert verdict_lines, needle
+    assert report_main(["--json", str(stack.daemon.log_path)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    rescuers = {(r["method"], r["domain"]): r["count"] for r in data["rescuers"]}
+    assert rescuers[("dkim", AUTHOR)] >= 1
+    assert rescuers[("arc", LIST)] >= 1
+    misses = {(m["outcome"], m["reason"]) for m in data["misses"]}
+    assert ("none", "no_chain") in misses

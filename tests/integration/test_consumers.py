@@ -27,7 +27,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from email.message import Message
@@ -36,7 +36,8 @@ from pathlib import Path
 import pytest
 
 from testkit.daemon import Daemon, config_text, free_port
-from testkit.dnsserver import ZONES, DNSTestServer, load_zone_file
+from testkit.dnsserver import ZONES, DNSTestServer, ZoneData, load_zone_file
+from tests.support import dkimkit
 from tests.support.consumers import (
     AUTHRES_SPF_PASS,
     DmarcRecord,
@@ -67,6 +68,11 @@ DMARC_RECORDS = {
     "_dmarc.spf-none.example.org": REJECT,
     "_dmarc.helo-pass.example.org": REJECT,
 }
+# A key of the domain whose SPF fails: its signature rescues a forwarded
+# message when [rescue] dkim is on.
+FAIL_DOMAIN = "spf-fail-noexp.example.org"
+FAIL_KEY = dkimkit.ed25519_key()
+DKIM_RECORDS = {f"sel._domainkey.{FAIL_DOMAIN}": [{"TXT": FAIL_KEY.record.decode()}]}
 
 
 @dataclass
@@ -102,15 +108,17 @@ class Conclusions:
         return [(identity, result) for identity, _, result in self.spam.reused]
 
 
-def spfmilter_config(dns: DNSTestServer, header_type: str) -> str:
-    # No MAIL FROM result rejects: a fail must reach the consumers.
-    return config_text(
-        dns,
-        {
-            "headers": {"type": header_type, "authserv_id": AUTHSERV_ID},
-            "policy": {"mailfrom_reject": ""},
-        },
-    )
+def spfmilter_config(dns: DNSTestServer, header_type: str, rescue: bool = False) -> str:
+    # No MAIL FROM result rejects, unless a rescue is to accept the fail: a
+    # fail must reach the consumers.
+    sections: dict[str, dict[str, str]] = {
+        "headers": {"type": header_type, "authserv_id": AUTHSERV_ID},
+        "policy": {"mailfrom_reject": ""},
+    }
+    if rescue:
+        sections["policy"] = {}
+        sections["rescue"] = {"dkim": "yes"}
+    return config_text(dns, sections)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +127,8 @@ def consumers() -> Iterator[Consumers]:
     work = Path(tempfile.mkdtemp(prefix="spfmilter-consumers-"))
     work.chmod(0o755)
     with ExitStack() as cleanup:
-        dns = start_port53_dns({**load_zone_file(ZONES / "core.yaml"), **DMARC_RECORDS})
+        zone: ZoneData = {**load_zone_file(ZONES / "core.yaml"), **DMARC_RECORDS, **DKIM_RECORDS}
+        dns = start_port53_dns(zone)
         cleanup.callback(dns.stop)
         opendmarc = PrivateOpenDMARC(
             work / "opendmarc",
@@ -144,18 +153,26 @@ def consumers() -> Iterator[Consumers]:
     shutil.rmtree(work)
 
 
-def deliver(consumers: Consumers, sender: str, from_address: str, extra: str = "") -> Delivered:
+def deliver(
+    consumers: Consumers,
+    sender: str,
+    from_address: str,
+    extra: str = "",
+    sign: Callable[[bytes], bytes] | None = None,
+) -> Delivered:
     """One message from PASS_IP/HELO with MAIL FROM `sender` and From:
-    `from_address`; `extra` is header text put above the others."""
+    `from_address`; `extra` is header text put above the others; `sign`
+    signs the message."""
     smtp = consumers.postfix.connect(PASS_IP, HELO)
     marker = f"<{uuid.uuid4()}@test.example>"
+    text = (
+        f"{extra}From: {from_address}\r\nTo: {RCPT}\r\nMessage-ID: {marker}\r\n"
+        "Subject: consumers\r\n\r\nhi\r\n"
+    ).encode()
     try:
         assert smtp.mail(sender)[0] == 250
         assert smtp.rcpt(RCPT)[0] == 250
-        code, reply = smtp.data(
-            f"{extra}From: {from_address}\r\nTo: {RCPT}\r\nMessage-ID: {marker}\r\n"
-            "Subject: consumers\r\n\r\nhi\r\n"
-        )
+        code, reply = smtp.data(sign(text) if sign else text)
     finally:
         smtp.quit()
     assert code == 250, reply
@@ -167,12 +184,21 @@ def deliver(consumers: Consumers, sender: str, from_address: str, extra: str = "
 
 
 def conclude(
-    consumers: Consumers, header_type: str, sender: str, from_address: str, extra: str = ""
+    consumers: Consumers,
+    header_type: str,
+    sender: str,
+    from_address: str,
+    extra: str = "",
+    *,
+    rescue: bool = False,
+    sign: Callable[[bytes], bytes] | None = None,
 ) -> Conclusions:
-    """Reload spfmilter with `header_type`, deliver, ask both consumers."""
-    consumers.daemon.config_path.write_text(spfmilter_config(consumers.dns, header_type))
+    """Reload spfmilter with `header_type` (and the DKIM rescue on, with
+    `rescue`), deliver, ask both consumers."""
+    config = spfmilter_config(consumers.dns, header_type, rescue)
+    consumers.daemon.config_path.write_text(config)
     assert "configuration reloaded" in consumers.daemon.reload()
-    delivered = deliver(consumers, sender, from_address, extra)
+    delivered = deliver(consumers, sender, from_address, extra, sign)
     message = delivered.message
     # SpamAssassin must not look anything up: no query reaches the server
     # its namespace's resolver names while it runs.
@@ -288,3 +314,27 @@ def test_forged_authentication_results_never_reach_opendmarc(
     assert seen.dmarc.result == "fail"
     # SpamAssassin's AuthRes plugin, trusting our id, took no pass either.
     assert AUTHRES_SPF_PASS not in seen.spam.tests
+
+
+def test_a_rescued_fail_reaches_the_consumers_as_a_fail_and_a_dkim_pass(
+    consumers: Consumers,
+) -> None:
+    # A forwarded message whose MAIL FROM domain fails SPF but signed it:
+    # the rescue accepts it, and our one header says both results.  OpenDMARC
+    # (trusting our id) finds the aligned DKIM pass there and concludes
+    # pass; the SPF fail still goes into its report.  SpamAssassin takes the
+    # fail as the MAIL FROM's.
+    sender = f"user@{FAIL_DOMAIN}"
+
+    def sign(text: bytes) -> bytes:
+        return dkimkit.sign(text, FAIL_KEY, FAIL_DOMAIN, "sel")
+
+    seen = conclude(consumers, "authentication-results", sender, sender, rescue=True, sign=sign)
+    (ours,) = seen.authentication_results
+    assert ours.startswith(f"{AUTHSERV_ID}; spf=fail (")
+    assert f" smtp.mailfrom={FAIL_DOMAIN}; dkim=pass" in ours
+    assert f"dkim=pass header.d={FAIL_DOMAIN} header.s=sel" in ours
+    assert (seen.dmarc.result, seen.dmarc.header_from) == ("pass", FAIL_DOMAIN)
+    assert (seen.record.spf, seen.record.align_spf) == ("fail", "fail")
+    assert seen.record.fields["dkim"][-1].startswith(FAIL_DOMAIN)
+    assert ("mfrom", "fail") in seen.sa_results

@@ -135,7 +135,9 @@ def test_metrics_clients_cannot_starve_the_milter(make_daemon: MakeDaemon) -> No
         for sock in idle:
             sock.close()
     assert during.threads == before.threads
-    assert during.fds <= before.fds + MAX_CLIENTS  # the listener's bound, whatever came
+    # The listener's bound, whatever came: MAX_CLIENTS held, and for a moment
+    # one more, accepted before the oldest gives way to it.
+    assert during.fds <= before.fds + MAX_CLIENTS + 1
 
 
 # ---------------------------------------------------------------- hostile clients

@@ -184,6 +184,7 @@ class Prefetcher:
         void_lookup_limit: int,
         in_flight: int = IN_FLIGHT,
         clock: Callable[[], float] = time.monotonic,
+        cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         self._fetch = fetch
         self._cached = cached
@@ -192,6 +193,7 @@ class Prefetcher:
         self._void_lookup_limit = void_lookup_limit
         self._in_flight = in_flight
         self._clock = clock
+        self._cpu_clock = cpu_clock
 
     def start(
         self, client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address, deadline: float
@@ -217,12 +219,21 @@ class Prefetch:
         self._waiting: collections.deque[Want] = collections.deque()
         self._running = 0
         self._closed = False
+        self._cpu_seconds = 0.0
 
     @property
     def asked(self) -> int:
         """How many questions this prefetch took on (tests count them)."""
         with self._lock:
             return len(self._asked)
+
+    @property
+    def cpu_seconds(self) -> float:
+        """The CPU its threads spent for this evaluation, asking and reading
+        answers: charged to the evaluation's CPU budget, so that a record
+        gains no CPU by having its answers parsed in other threads."""
+        with self._lock:
+            return self._cpu_seconds
 
     def close(self) -> None:
         """The evaluation ended: nothing more is asked for (questions on
@@ -276,6 +287,7 @@ class Prefetch:
 
     def _ask(self, want: Want) -> None:
         owner = self._owner
+        cpu_started = owner._cpu_clock()
         try:
             budget = self._deadline - owner._clock()
             with self._lock:
@@ -291,6 +303,7 @@ class Prefetch:
         finally:
             with self._lock:
                 self._running -= 1
+                self._cpu_seconds += owner._cpu_clock() - cpu_started
         self._pump()
 
     def _answered(self, want: Want, records: Sequence[tuple[tuple[str, str], object]]) -> None:

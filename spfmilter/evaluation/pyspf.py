@@ -131,8 +131,9 @@ class Checker:
 
     def _within_budget(self) -> None:
         """Raise PermError when the evaluation in this thread has used up
-        its CPU budget."""
-        if self._budget.spent():
+        its CPU budget (the prefetch's CPU for it included)."""
+        prefetch: Prefetch | None = getattr(self._local, "prefetch", None)
+        if self._budget.spent(prefetch.cpu_seconds if prefetch is not None else 0.0):
             self._local.keep = False  # a verdict of this machine's load, not of DNS
             raise spf.PermError(
                 f"evaluation needed more than {self._budget.seconds:g} s of CPU; stopped"

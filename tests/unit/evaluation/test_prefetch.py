@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 from collections.abc import Sequence
 
 import pytest
+import spf
 
+from spfmilter.core.model import Identity, SpfQuery, SpfResult
 from spfmilter.evaluation.prefetch import (
     MX_LIMIT,
     TERM_LIMIT,
@@ -15,7 +18,7 @@ from spfmilter.evaluation.prefetch import (
     address_type,
     read_record,
 )
-from spfmilter.evaluation.pyspf import spf_text
+from spfmilter.evaluation.pyspf import Checker, spf_text
 from spfmilter.evaluation.resolver import Record
 from tests.support.fakedns import Inline
 
@@ -196,3 +199,39 @@ def test_a_broken_lookup_is_logged_not_raised(caplog: pytest.LogCaptureFixture) 
     prefetch.read("d.example", txt("d.example", "v=spf1 a:x.example"))
     assert "internal error in the DNS prefetch of x.example A" in caplog.text
     assert Want("x.example", "A") in prefetch._asked
+
+
+def test_its_cpu_is_charged_to_the_evaluations_budget() -> None:
+    # Each question costs 0.05 s of its thread's CPU: three of them leave
+    # the evaluation, which spent nothing itself, over its 0.1 s.
+    table = {
+        ("d.example", "TXT"): txt("d.example", "v=spf1 a:x.example a:y.example a:z.example -all")
+    }
+    for host in "xyz":
+        table[f"{host}.example", "A"] = [((f"{host}.example", "A"), "192.0.2.9")]
+    zone = Zone(table)
+    cpu = iter(range(100))
+    prefetch = Prefetcher(
+        zone.fetch,
+        zone.cached,
+        spf_text,
+        Inline(),
+        void_lookup_limit=2,
+        cpu_clock=lambda: next(cpu) * 0.05,
+    )
+
+    def answers(name: str, qtype: str, budget: float | None) -> tuple[list[Record], float]:
+        return table.get((name, qtype), []), float("inf")
+
+    checker = Checker(answers, prefetcher=prefetch, cpu_clock=lambda: 0.0)
+    callbacks = list(gc.callbacks)
+    saved = spf.DNSLookup, spf.MAX_VOID_LOOKUPS
+    checker.install(2)
+    try:
+        query = SpfQuery(Identity.MAIL_FROM, V4, "helo.example", "a@d.example", "mx.test")
+        outcome = checker.check(query, 20)
+    finally:
+        spf.DNSLookup, spf.MAX_VOID_LOOKUPS = saved
+        gc.callbacks[:] = callbacks
+    assert outcome.result is SpfResult.PERMERROR
+    assert "needed more than 0.1 s of CPU" in (outcome.problem or "")

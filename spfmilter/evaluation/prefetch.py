@@ -91,10 +91,13 @@ class Want(NamedTuple):
 class Reading:
     """What a record's terms will look up: `wants` in the record's order,
     and `terms`, the DNS-querying terms counted to find them (those with
-    macros and `ptr` included, which ask nothing ahead)."""
+    macros and `ptr` included, which ask nothing ahead); `leading`: the
+    first of `wants` is the record's first lookup, which the evaluation
+    reading the record makes at once itself."""
 
     wants: tuple[Want, ...]
     terms: int
+    leading: bool = False
 
 
 NOTHING = Reading((), 0)
@@ -111,6 +114,7 @@ def read_record(text: bytes, domain: str, address_type: str, term_budget: int) -
         return NOTHING
     wants: list[Want] = []
     counted = 0
+    leading = False
     redirect: bytes | None = None
     has_all = False
     for term in terms[1:]:
@@ -138,13 +142,15 @@ def read_record(text: bytes, domain: str, address_type: str, term_budget: int) -
         if target is None or kind == b"ptr":
             continue
         qtype = {b"include": "TXT", b"exists": "A", b"mx": "MX"}.get(kind, address_type)
+        leading = leading or counted == 1
         wants.append(Want(target, qtype))
     if redirect is not None and not has_all and counted < term_budget:
         counted += 1
         target = _target(redirect, domain)
         if target is not None:
+            leading = leading or counted == 1
             wants.append(Want(target, "TXT"))
-    return Reading(tuple(wants), counted)
+    return Reading(tuple(wants), counted, leading)
 
 
 def _target(spec: bytes | None, domain: str) -> str | None:
@@ -242,9 +248,17 @@ class Prefetch:
             self._closed = True
             self._waiting.clear()
 
-    def read(self, domain: str, records: Sequence[tuple[tuple[str, str], object]]) -> None:
+    def read(
+        self,
+        domain: str,
+        records: Sequence[tuple[tuple[str, str], object]],
+        *,
+        evaluating: bool = False,
+    ) -> None:
         """`records`, the TXT answer for `domain`, were read: ask ahead for
-        what the terms of its SPF record will look up."""
+        what the terms of its SPF record will look up.  `evaluating`: the
+        evaluation read them and asks for the record's first lookup at once
+        itself (asking it here too would only hand it to another thread)."""
         text = self._owner._spf_text(domain, records)
         if text is None:
             return
@@ -257,8 +271,22 @@ class Prefetch:
             self._terms_left -= reading.terms
             # The record itself is known: it is not asked for again.
             self._asked.add(Want(name, "TXT"))
-            self._queue(reading.wants)
+            wants = reading.wants
+            if evaluating and reading.leading:
+                self._asked.add(wants[0])  # counted, and the evaluation's
+                wants = wants[1:]
+            self._queue(wants)
         self._pump()
+
+    def exchanges(self, domain: str, records: Sequence[tuple[tuple[str, str], object]]) -> None:
+        """`records`, the MX answer for `domain`, were read by the
+        evaluation: ask for the exchanges' addresses side by side (it asks
+        them one after the other), if the prefetch counted that mx term."""
+        want = Want(domain.lower().rstrip("."), "MX")
+        with self._lock:
+            if want not in self._asked:
+                return
+        self._exchanges(records)
 
     def _queue(self, wants: Sequence[Want]) -> None:
         """Queue `wants` not asked yet nor answered from the cache (those
@@ -317,18 +345,23 @@ class Prefetch:
         if want.qtype == "TXT":
             self.read(want.name, records)
         elif want.qtype == "MX":
-            exchanges = sorted(
-                (value for value in found if isinstance(value, tuple) and len(value) == 2),
-                key=lambda mx: (mx[0], str(mx[1])),
-            )
-            if len(exchanges) > MX_LIMIT:
-                return  # a permerror before any exchange is looked up
-            wants = [
-                Want(name, self._address_type)
-                for name in (str(exchange).lower().rstrip(".") for _, exchange in exchanges)
-                if name
-            ]
-            with self._lock:
-                if not self._closed:
-                    self._queue(wants)
-            self._pump()
+            self._exchanges(records)
+
+    def _exchanges(self, records: Sequence[tuple[tuple[str, str], object]]) -> None:
+        """Queue the addresses of the exchanges an MX answer names: at most
+        10, none when it names more (section 4.6.4)."""
+        exchanges = sorted(
+            (value for (_, kind), value in records if kind == "MX" and isinstance(value, tuple)),
+            key=lambda mx: (mx[0], str(mx[1])),
+        )
+        if len(exchanges) > MX_LIMIT:
+            return  # a permerror before any exchange is looked up
+        wants = [
+            Want(name, self._address_type)
+            for name in (str(mx[1]).lower().rstrip(".") for mx in exchanges if len(mx) == 2)
+            if name
+        ]
+        with self._lock:
+            if not self._closed:
+                self._queue(wants)
+        self._pump()

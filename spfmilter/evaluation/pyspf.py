@@ -121,12 +121,14 @@ class Checker:
             raise spf.PermError(str(error)) from None
         self._read_until(expiry)
         self._within_budget()
+        prefetch: Prefetch | None = getattr(self._local, "prefetch", None)
         if qtype in ("TXT", "SPF"):
             texts = [_for_pyspf(r) for r in records if _acceptable_text(name, r)]
-            prefetch: Prefetch | None = getattr(self._local, "prefetch", None)
             if prefetch is not None and qtype == "TXT":
-                prefetch.read(name, records)
+                prefetch.read(name, records, evaluating=True)
             return texts
+        if prefetch is not None and qtype == "MX":
+            prefetch.exchanges(name, records)
         return records
 
     def _within_budget(self) -> None:

@@ -235,3 +235,26 @@ def test_its_cpu_is_charged_to_the_evaluations_budget() -> None:
         gc.callbacks[:] = callbacks
     assert outcome.result is SpfResult.PERMERROR
     assert "needed more than 0.1 s of CPU" in (outcome.problem or "")
+
+
+def test_the_evaluations_own_first_lookup_is_left_to_it() -> None:
+    zone = Zone({})
+    prefetch = prefetcher(zone).start(V4, 10.0)
+    prefetch.read("d.example", txt("d.example", "v=spf1 a -all"), evaluating=True)
+    assert zone.asked == []  # `v=spf1 a -all`: nothing to gain, no thread
+    prefetch = prefetcher(zone).start(V4, 10.0)
+    record = txt("e.example", "v=spf1 exists:%{i}.e.example mx a:h.example")
+    prefetch.read("e.example", record, evaluating=True)
+    # A macro comes first: the evaluation waits for it before the others.
+    assert zone.asked == [("e.example", "MX"), ("h.example", "A")]
+
+
+def test_an_mx_answer_the_evaluation_read_brings_its_exchanges_side_by_side() -> None:
+    mx: list[Record] = [(("d.example", "MX"), (n, f"x{n}.d.example")) for n in range(3)]
+    zone = Zone({})
+    prefetch = prefetcher(zone, void_limit=5).start(V4, 10.0)
+    prefetch.exchanges("d.example", mx)
+    assert zone.asked == []  # an mx term the prefetch did not count
+    prefetch.read("d.example", txt("d.example", "v=spf1 mx -all"), evaluating=True)
+    prefetch.exchanges("d.example", mx)
+    assert zone.asked == [(f"x{n}.d.example", "A") for n in range(3)]

@@ -6,11 +6,14 @@ which refuses SPF records it would spend unbounded CPU on (pyspf's domain
 checks take time growing with the square of a label's length), drops
 explanation texts too long to expand cheaply, writes the modifier names
 pyspf would miss in lower case, and stops an evaluation that used up its
-CPU budget.  Outcomes are kept for reuse while the records they read hold.
-pyspf reads two module globals (its DNS lookup function and the void lookup
-limit); :meth:`Checker.install` sets them once at start-up, before any
-milter thread runs, and nothing changes them afterwards (callbacks run in
-parallel threads).
+CPU budget (the CPU its prefetch spent for it included).  Each SPF record
+and MX answer an evaluation reads is also handed to that evaluation's
+prefetch, which asks ahead for what comes next.  Outcomes are kept for
+reuse while the records they read hold.  pyspf reads two module globals
+(its DNS lookup function and the void lookup limit);
+:meth:`Checker.install` sets them once at start-up, before any milter
+thread runs, and nothing changes them afterwards (callbacks run in parallel
+threads).
 """
 
 from __future__ import annotations

@@ -36,14 +36,17 @@ class IdlingPool(Executor):
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Run fn(*args, **kwargs) in a pool thread."""
         future: Future[T] = Future()
+        # Queued first: a thread giving up for idleness sees it and stays.
+        self._jobs.put((future, functools.partial(fn, *args, **kwargs)))
         with self._lock:
             # A thread for every job no idle thread is there to take: a
             # waiting thread takes one job, however many arrive meanwhile.
+            # (A thread may take the job before it is counted here: the
+            # count is then briefly -1, and no thread is started for it.)
             self._queued += 1
             start = self._queued > self._waiting and self._threads < self._limit
             if start:
                 self._threads += 1
-        self._jobs.put((future, functools.partial(fn, *args, **kwargs)))
         if start:
             threading.Thread(target=self._work, name=self._name, daemon=True).start()
         return future

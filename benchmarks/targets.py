@@ -46,11 +46,15 @@ from testkit.daemon import Daemon, free_port
 PYSPF_MILTER = Path("/usr/bin/pyspf-milter")
 
 SPFMILTER = "spfmilter"
+# spfmilter with [dns] prefetch = yes whatever the options say (bench_trees
+# runs it beside SPFMILTER with prefetch = no).
+SPFMILTER_PREFETCH = "spfmilter-prefetch"
 BASELINE = "baseline"
 PYSPF = "pyspf-milter"
 TARGETS = (SPFMILTER, BASELINE, PYSPF)
 TARGET_TITLES = {
     SPFMILTER: "spfmilter",
+    SPFMILTER_PREFETCH: "spfmilter with prefetch",
     BASELINE: "bare pymilter (adds one header)",
     PYSPF: "Debian pyspf-milter",
 }
@@ -79,6 +83,9 @@ class Expectation:
 EXPECTATIONS = {
     # Received-SPF: pass (...) ...; envelope-from="user@DOMAIN"; helo=HELO; ...
     SPFMILTER: Expectation(
+        "Received-SPF", r"^{verdict}\b.*envelope-from=\S*@{domain}\b.*\bhelo={helo};"
+    ),
+    SPFMILTER_PREFETCH: Expectation(
         "Received-SPF", r"^{verdict}\b.*envelope-from=\S*@{domain}\b.*\bhelo={helo};"
     ),
     BASELINE: Expectation(BASELINE_HEADER, r"^1$"),
@@ -289,8 +296,18 @@ def package_version(package: str) -> str:
 
 
 # Each target's problem lines and the file name of its unix socket.
-_PROBLEMS = {SPFMILTER: SPFMILTER_PROBLEM, BASELINE: OTHER_PROBLEM, PYSPF: OTHER_PROBLEM}
-_UNIX_SOCKETS = {SPFMILTER: "spfmilter.sock", BASELINE: "baseline.sock", PYSPF: "pyspf.sock"}
+_PROBLEMS = {
+    SPFMILTER: SPFMILTER_PROBLEM,
+    SPFMILTER_PREFETCH: SPFMILTER_PROBLEM,
+    BASELINE: OTHER_PROBLEM,
+    PYSPF: OTHER_PROBLEM,
+}
+_UNIX_SOCKETS = {
+    SPFMILTER: "spfmilter.sock",
+    SPFMILTER_PREFETCH: "spfmilter-prefetch.sock",
+    BASELINE: "baseline.sock",
+    PYSPF: "pyspf.sock",
+}
 
 
 @contextlib.contextmanager
@@ -305,15 +322,20 @@ def started_targets(
 ) -> Iterator[dict[str, Target]]:
     """The targets named, each on a unix socket and, with inet, on a free
     port of 127.0.0.1 too; every process started is stopped by its PID."""
-    config = spfmilter_config(dns.nameserver, spf_options)
+    configs = {
+        SPFMILTER: spfmilter_config(dns.nameserver, spf_options),
+        SPFMILTER_PREFETCH: spfmilter_config(
+            dns.nameserver, [*spf_options, ("dns", "prefetch", "yes")]
+        ),
+    }
     pyspf_dir = workdir / "pyspf-milter"
 
     def process(name: str, instance: str) -> Running:
         unix = f"unix:{workdir}/{_UNIX_SOCKETS[name]}"
-        if name == SPFMILTER:
+        if name in configs:
             # Without a socket, Daemon listens on a free port of 127.0.0.1.
             spec = unix if instance == "unix" else None
-            return Daemon(workdir / f"spfmilter-{instance}", config, spec)
+            return Daemon(workdir / f"{name}-{instance}", configs[name], spec)
         spec = unix if instance == "unix" else f"inet:{free_port()}@127.0.0.1"
         if name == BASELINE:
             return BaselineDaemon(spec, workdir / f"baseline-{instance}.log")

@@ -420,6 +420,16 @@ class DnsConfig:
         "cache.  0 disables both.",
         render=v.render_size,
     )
+    prefetch: bool = key(
+        True,
+        v.parse_bool,
+        "ask ahead for the lookups of a record's terms",
+        "yes: when an SPF record is read, the names its include, redirect, a, mx and exists "
+        "terms will need are asked for side by side, so a cold tree takes as many round "
+        "trips as it is deep.  The answers only warm the cache (none with cache_size 0); "
+        "results and RFC 7208 limits are the same either way, and no more is asked than an "
+        "evaluation of the record could ask (docs/security.md).",
+    )
 
 
 @dataclass(frozen=True)

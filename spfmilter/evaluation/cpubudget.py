@@ -5,8 +5,9 @@ about a millisecond, but a hostile zone can make pyspf parse and match for
 far longer.  The evaluation running in a thread gets a deadline on that
 thread's CPU clock, which the evaluator checks before and after each DNS
 lookup (the lookup parses its answer in the evaluating thread, so parsing
-counts).  A garbage collection is charged to whichever thread happens to
-run it: its CPU is measured through gc.callbacks and left out.
+counts; what the DNS prefetch's threads spend for it is added).  A garbage
+collection is charged to whichever thread happens to run it: its CPU is
+measured through gc.callbacks and left out.
 """
 
 from __future__ import annotations
@@ -57,10 +58,11 @@ class CpuBudget:
         """The evaluation in this thread is over."""
         self._local.deadline = None
 
-    def spent(self) -> bool:
-        """Whether the evaluation in this thread has used up its budget."""
+    def spent(self, elsewhere: float = 0.0) -> bool:
+        """Whether the evaluation in this thread has used up its budget,
+        with `elsewhere` seconds of CPU spent for it in other threads."""
         deadline: float | None = getattr(self._local, "deadline", None)
-        return deadline is not None and self._work() > deadline
+        return deadline is not None and self._work() + elsewhere > deadline
 
     def _gc_seconds(self) -> float:
         seconds: float = getattr(self._local, "gc_seconds", 0.0)

@@ -33,9 +33,9 @@ from spfmilter.core.model import (
     SpfOutcome,
     SpfQuery,
 )
-from spfmilter.evaluation import clientfacts, rescuetext
+from spfmilter.evaluation import clientfacts, prefetch, rescuetext
 from spfmilter.evaluation.pool import IdlingPool
-from spfmilter.evaluation.pyspf import Checker
+from spfmilter.evaluation.pyspf import Checker, spf_text
 from spfmilter.evaluation.rescue import RESCUE_SECONDS, Rescuer, RescueSettings
 from spfmilter.evaluation.resolver import DnsLimitError, DnsTempError, Record, Resolver
 
@@ -221,7 +221,21 @@ def build(config: DnsConfig, metrics: Metrics) -> Evaluator:
     """
     results = config.cache_size // RESULT_SHARE
     resolver = Resolver(config, metrics, cache_bytes=config.cache_size - results)
-    checker = Checker(resolver.answer, metrics=metrics, results_bytes=results)
+    # Without a cache the answers asked ahead would be kept nowhere.
+    prefetcher = (
+        prefetch.Prefetcher(
+            resolver.prefetch,
+            resolver.cached,
+            spf_text,
+            IdlingPool(prefetch.THREADS, prefetch.THREADS_IDLE, "prefetch"),
+            void_lookup_limit=config.void_lookup_limit,
+        )
+        if config.prefetch and config.cache_size
+        else None
+    )
+    checker = Checker(
+        resolver.answer, metrics=metrics, results_bytes=results, prefetcher=prefetcher
+    )
     checker.install(config.void_lookup_limit)
     return Evaluator(
         checker.check,

@@ -31,13 +31,20 @@ class IdlingPool(Executor):
         self._lock = threading.Lock()
         self._threads = 0
         self._waiting = 0
+        self._queued = 0  # jobs submitted and not yet taken by a thread
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Run fn(*args, **kwargs) in a pool thread."""
         future: Future[T] = Future()
+        # Queued first: a thread giving up for idleness sees it and stays.
         self._jobs.put((future, functools.partial(fn, *args, **kwargs)))
         with self._lock:
-            start = self._waiting == 0 and self._threads < self._limit
+            # A thread for every job no idle thread is there to take: a
+            # waiting thread takes one job, however many arrive meanwhile.
+            # (A thread may take the job before it is counted here: the
+            # count is then briefly -1, and no thread is started for it.)
+            self._queued += 1
+            start = self._queued > self._waiting and self._threads < self._limit
             if start:
                 self._threads += 1
         if start:
@@ -60,6 +67,7 @@ class IdlingPool(Executor):
                 continue
             with self._lock:
                 self._waiting -= 1
+                self._queued -= 1
             if not future.set_running_or_notify_cancel():
                 continue  # cancelled while queued
             try:

@@ -6,11 +6,14 @@ which refuses SPF records it would spend unbounded CPU on (pyspf's domain
 checks take time growing with the square of a label's length), drops
 explanation texts too long to expand cheaply, writes the modifier names
 pyspf would miss in lower case, and stops an evaluation that used up its
-CPU budget.  Outcomes are kept for reuse while the records they read hold.
-pyspf reads two module globals (its DNS lookup function and the void lookup
-limit); :meth:`Checker.install` sets them once at start-up, before any
-milter thread runs, and nothing changes them afterwards (callbacks run in
-parallel threads).
+CPU budget (the CPU its prefetch spent for it included).  Each SPF record
+and MX answer an evaluation reads is also handed to that evaluation's
+prefetch, which asks ahead for what comes next.  Outcomes are kept for
+reuse while the records they read hold.  pyspf reads two module globals
+(its DNS lookup function and the void lookup limit);
+:meth:`Checker.install` sets them once at start-up, before any milter
+thread runs, and nothing changes them afterwards (callbacks run in parallel
+threads).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import spf
 from spfmilter.core.metrics import Metrics
 from spfmilter.core.model import Identity, SpfOutcome, SpfQuery, SpfResult
 from spfmilter.evaluation.cpubudget import CPU_BUDGET, CpuBudget
+from spfmilter.evaluation.prefetch import Prefetch, Prefetcher
 from spfmilter.evaluation.resolver import Answers, DnsLimitError, DnsTempError, Record
 from spfmilter.evaluation.results import MAX_RESULT_SECONDS, Results
 
@@ -69,7 +73,9 @@ class Checker:
     records hold.  With `results_bytes`, outcomes are kept and reused for
     the same query until the shortest TTL among the records the evaluation
     read runs out; temperrors and evaluations stopped by the CPU budget are
-    not kept.  `cpu_clock` measures the calling thread's CPU time.
+    not kept.  `cpu_clock` measures the calling thread's CPU time.  With
+    `prefetcher`, each SPF record an evaluation reads has the lookups of its
+    terms asked for ahead (they only warm the cache `answers` reads).
     """
 
     def __init__(
@@ -81,8 +87,10 @@ class Checker:
         cpu_budget: float = CPU_BUDGET,
         clock: Callable[[], float] = time.monotonic,
         cpu_clock: Callable[[], float] = time.thread_time,
+        prefetcher: Prefetcher | None = None,
     ) -> None:
         self._answers = answers
+        self._prefetcher = prefetcher
         self._results = Results(results_bytes, clock, metrics) if results_bytes else None
         self._budget = CpuBudget(cpu_budget, cpu_clock)
         self._clock = clock
@@ -116,14 +124,21 @@ class Checker:
             raise spf.PermError(str(error)) from None
         self._read_until(expiry)
         self._within_budget()
+        prefetch: Prefetch | None = getattr(self._local, "prefetch", None)
         if qtype in ("TXT", "SPF"):
-            return [_for_pyspf(r) for r in records if _acceptable_text(name, r)]
+            texts = [_for_pyspf(r) for r in records if _acceptable_text(name, r)]
+            if prefetch is not None and qtype == "TXT":
+                prefetch.read(name, records, evaluating=True)
+            return texts
+        if prefetch is not None and qtype == "MX":
+            prefetch.exchanges(name, records)
         return records
 
     def _within_budget(self) -> None:
         """Raise PermError when the evaluation in this thread has used up
-        its CPU budget."""
-        if self._budget.spent():
+        its CPU budget (the prefetch's CPU for it included)."""
+        prefetch: Prefetch | None = getattr(self._local, "prefetch", None)
+        if self._budget.spent(prefetch.cpu_seconds if prefetch is not None else 0.0):
             self._local.keep = False  # a verdict of this machine's load, not of DNS
             raise spf.PermError(
                 f"evaluation needed more than {self._budget.seconds:g} s of CPU; stopped"
@@ -158,11 +173,18 @@ class Checker:
         local = self._local
         local.expiry = started + MAX_RESULT_SECONDS
         local.keep = True
+        prefetcher = self._prefetcher
+        local.prefetch = (
+            prefetcher.start(query.client_ip, started + lookup_time) if prefetcher else None
+        )
         self._budget.start()
         try:
             outcome = self._evaluate(query, lookup_time, started)
         finally:
             self._budget.stop()
+            if local.prefetch is not None:
+                local.prefetch.close()
+                local.prefetch = None
         if self._results is not None and local.keep and outcome.result is not SpfResult.TEMPERROR:
             self._results.keep(query, outcome, local.expiry - self._clock())
         return outcome
@@ -235,6 +257,27 @@ def _acceptable_text(name: str, record: Record) -> bool:
                 f"characters in {term[:60].decode('ascii', 'replace')!r}"
             )
     return True
+
+
+def spf_text(name: str, records: Sequence[Record]) -> bytes | None:
+    """The SPF record among `records`, the TXT answer for `name`, that an
+    evaluation would go on with: one within the limits above, or None
+    (none, several, or one refused: RFC 7208 section 4.5)."""
+    texts = []
+    for record in records:
+        (_, kind), value = record
+        if kind != "TXT" or not isinstance(value, tuple | list):
+            continue
+        text = b"".join(part for part in value if isinstance(part, bytes))
+        if _SPF_RECORD.match(text):
+            texts.append((record, text))
+    if len(texts) != 1:
+        return None
+    try:
+        _acceptable_text(name, texts[0][0])
+    except spf.PermError:
+        return None  # refused: the evaluation ends there, so does the prefetch
+    return texts[0][1]
 
 
 def _for_pyspf(record: Record) -> Record:

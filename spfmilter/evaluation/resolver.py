@@ -8,13 +8,16 @@ of a reply are believed (only the queried name's CNAME chain and the records
 at its end), how many are accepted at all, and a thread-safe cache shared by
 all connections, bounded in bytes, that honours record TTLs (RFC 1035
 section 3.2.1, RFC 2308 for negative answers) and keeps nothing, a refusal
-included, longer than its TTL or a day.  The bytes on the wire are
-dnswire's.
+included, longer than its TTL or a day.  It also owns the questions in
+flight: a lookup of a name and type already being asked (by the prefetch or
+another evaluation) waits for that answer instead of asking again.  The
+bytes on the wire are dnswire's.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -75,6 +78,18 @@ class DnsLimitError(Exception):
         self.expiry = expiry
 
 
+class _Flight:
+    """A question on its way: whoever asks the same waits for `done`, then
+    takes its `entry` (or its `error`), instead of asking again."""
+
+    __slots__ = ("done", "entry", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.entry: tuple[float, tuple[Record, ...], str | None] | None = None
+        self.error: DnsTempError | None = None
+
+
 class Answer(NamedTuple):
     """What one query yielded: records, how long to keep them, their memory
     footprint, and the error to raise instead when the answer was refused.
@@ -116,6 +131,9 @@ class Resolver:
         # (name, type) -> (expiry, records, refusal)
         self._cache: TtlCache[tuple[float, tuple[Record, ...], str | None]] = TtlCache(limit, clock)
         self._metrics = metrics
+        # (name, type) -> the question on its way; entries leave when answered.
+        self._flights: dict[tuple[str, str], _Flight] = {}
+        self._flights_lock = threading.Lock()
 
     def lookup(self, name: str, qtype: str, budget: float | None = None) -> Sequence[Record]:
         """Records of `qtype` at `name`, the CNAMEs on the way included.
@@ -131,19 +149,85 @@ class Resolver:
         self, name: str, qtype: str, budget: float | None = None
     ) -> tuple[Sequence[Record], float]:
         """lookup(), and the clock() time until which the records hold."""
-        key = (name.lower().rstrip("."), qtype.upper())
-        entry = self._cache.get(key)
-        if entry is None:
-            self._metrics.cache_misses.inc()
-            answer = self._query(key[0], key[1], budget)
-            entry = (self._clock() + answer.ttl, answer.records, answer.refused)
-            self._cache.put(key, entry, answer.ttl, answer.footprint)
-        else:
-            self._metrics.cache_hits.inc()
-        expiry, records, refused = entry
+        try:
+            expiry, records, refused = self._entry(name, qtype, budget)
+        except DnsTempError as error:
+            log.warning("%s", error)
+            raise
         if refused is not None:
             raise DnsLimitError(refused, expiry)
         return records, expiry
+
+    def prefetch(self, name: str, qtype: str, budget: float) -> Sequence[Record] | None:
+        """lookup() for the prefetch: it warms the cache and tells what it
+        found, None for an answer that could not be had or was refused.
+        Its failures are not the evaluation's: they are logged at debug
+        level (an evaluation that needs the same answer asks again and says
+        so)."""
+        try:
+            _, records, refused = self._entry(name, qtype, budget)
+        except DnsTempError as error:
+            log.debug("prefetch: %s", error)
+            return None
+        return None if refused is not None else records
+
+    def cached(self, name: str, qtype: str) -> bool:
+        """Whether an answer for `name` and `qtype` is in the cache now."""
+        return self._cache.get((name.lower().rstrip("."), qtype.upper())) is not None
+
+    def _entry(
+        self, name: str, qtype: str, budget: float | None
+    ) -> tuple[float, tuple[Record, ...], str | None]:
+        """The cache entry for the question, asked for when missing; a
+        question already in flight is waited for (within `budget`), not
+        asked twice."""
+        key = (name.lower().rstrip("."), qtype.upper())
+        entry = self._cache.get(key)
+        if entry is not None:
+            self._metrics.cache_hits.inc()
+            return entry
+        with self._flights_lock:
+            # Again under the lock: the flight that just landed put its
+            # answer in the cache before it left the table.
+            entry = self._cache.get(key)
+            flight = self._flights.get(key)
+            owner = entry is None and flight is None
+            if owner:
+                flight = self._flights[key] = _Flight()
+        if entry is not None:
+            self._metrics.cache_hits.inc()
+            return entry
+        assert flight is not None
+        if not owner:
+            return self._wait(flight, key, budget)
+        self._metrics.cache_misses.inc()
+        try:
+            answer = self._query(key[0], key[1], budget)
+            entry = (self._clock() + answer.ttl, answer.records, answer.refused)
+            self._cache.put(key, entry, answer.ttl, answer.footprint)
+            flight.entry = entry
+            return entry
+        except DnsTempError as error:
+            flight.error = error
+            raise
+        finally:
+            with self._flights_lock:
+                del self._flights[key]
+            flight.done.set()
+
+    def _wait(
+        self, flight: _Flight, key: tuple[str, str], budget: float | None
+    ) -> tuple[float, tuple[Record, ...], str | None]:
+        """The answer of a question someone else asked: what it yielded, a
+        timeout when it does not land within `budget` (the asker's own
+        budget ends it in any case)."""
+        if not flight.done.wait(budget):
+            raise DnsTimeout(f"DNS timeout looking up {key[0]} {key[1]}")
+        if flight.error is not None:
+            raise type(flight.error)(str(flight.error))
+        self._metrics.cache_hits.inc()
+        assert flight.entry is not None
+        return flight.entry
 
     @property
     def cached_bytes(self) -> int:
@@ -159,7 +243,6 @@ class Resolver:
             return answer
         except DnsTempError as error:
             outcome = "timeout" if isinstance(error, DnsTimeout) else "failure"
-            log.warning("%s", error)
             raise
         finally:
             self._metrics.dns_queries.labels(qtype, outcome).inc()

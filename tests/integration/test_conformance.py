@@ -6,6 +6,10 @@ which resolves through a DNS server on 127.0.0.1 serving that section's
 zonedata.  The result is read back from the Received-SPF header the daemon
 inserts.  Cases with an explanation are run again against a daemon that
 rejects, and the reject reply must carry that explanation.
+
+The suite runs twice: without a cache (so without the prefetch, which only
+warms it), and with a cache and the prefetch, the daemons then started
+afresh for each section, whose zone data differs from the others'.
 """
 
 from __future__ import annotations
@@ -61,14 +65,17 @@ def load_cases() -> list[Case]:
     return cases
 
 
-def settings(dns: DNSTestServer, policy: str) -> str:
+def settings(dns: DNSTestServer, policy: str, cache: str = "cache_size = 0\n") -> str:
     # No cache: each section's zonedata differs.  No skip networks: the
     # suite's hosts are only values in the milter protocol.  Short DNS
     # times: the TIMEOUT names must end in temperror quickly.
     return (
         f"[dns]\nnameservers = {dns.nameserver}\ntimeout = 0.4\nlookup_time = 2\n"
-        f"cache_size = 0\n[skip]\nnetworks =\n[policy]\n{policy}"
+        f"{cache}[skip]\nnetworks =\n[policy]\n{policy}"
     )
+
+
+PREFETCH = "cache_size = 1M\nprefetch = yes\n"
 
 
 @dataclass
@@ -78,8 +85,7 @@ class Suite:
     rejecting: Daemon
 
 
-@pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+def need_suite() -> None:
     if not SUITE.exists():
         # .ci/run sets CI: there, the suite runs or fails.
         if os.environ.get("CI"):
@@ -88,6 +94,18 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
             f"conformance suite not found at {SUITE} (a clone without ../shared); "
             "with CI set, as .ci/run sets it, this fails"
         )
+
+
+def assert_quiet(*daemons: Daemon) -> None:
+    for daemon in daemons:
+        # Unmatched mechanisms and bad records are the suite's subject;
+        # the daemon must not have logged anything worse than warnings.
+        assert [u for u in daemon.unexpected() if not u.startswith("WARNING")] == []
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+    need_suite()
     work = tmp_path_factory.mktemp("conformance")
     with DNSTestServer({}, ttl=0) as dns:
         # helo_check = no for the explanation runs: the reject must come
@@ -96,10 +114,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
         rejecting = Daemon(work / "reject", settings(dns, "helo_check = no\n"))
         with dry_run, rejecting:
             yield Suite(dns, dry_run, rejecting)
-        for daemon in (dry_run, rejecting):
-            # Unmatched mechanisms and bad records are the suite's subject;
-            # the daemon must not have logged anything worse than warnings.
-            assert [u for u in daemon.unexpected() if not u.startswith("WARNING")] == []
+        assert_quiet(dry_run, rejecting)
 
 
 def run_case(daemon: Daemon, case: Case) -> tuple[str | None, str | None]:
@@ -120,9 +135,9 @@ def run_case(daemon: Daemon, case: Case) -> tuple[str | None, str | None]:
 
 
 def test_rfc7208_suite(suite: Suite, capsys: pytest.CaptureFixture[str]) -> None:
-    cases = load_cases()
     failures = []
     current_section = None
+    cases = load_cases()
     for case in cases:
         if case.section != current_section:
             # The suite's drivers serve each SPF (type 99) record as TXT
@@ -130,18 +145,49 @@ def test_rfc7208_suite(suite: Suite, capsys: pytest.CaptureFixture[str]) -> None
             # name has no TXT entry of its own.
             suite.dns.set_zone(case.zone, spf_as_txt=True)
             current_section = case.section
-        header, _ = run_case(suite.dry_run, case)
-        got = header.split(None, 1)[0] if header else None
-        if got not in case.results:
-            failures.append(f"{case.section} / {case.name}: got {got}, want {case.results}")
-            continue
-        if case.explanation is not None:
-            problem = check_explanation(suite, case)
-            if problem:
-                failures.append(f"{case.section} / {case.name}: {problem}")
+        failures += check_case(suite, case)
+    report(cases, failures, "", capsys)
+
+
+def test_rfc7208_suite_with_prefetch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    need_suite()
+    cases = load_cases()
+    sections: dict[str, list[Case]] = {}
+    for case in cases:
+        sections.setdefault(case.section, []).append(case)
+    failures = []
+    with DNSTestServer({}, ttl=300) as dns:
+        for number, section_cases in enumerate(sections.values()):
+            dns.set_zone(section_cases[0].zone, spf_as_txt=True)
+            dry_run = Daemon(tmp_path / f"dry{number}", settings(dns, "dry_run = yes\n", PREFETCH))
+            rejecting = Daemon(
+                tmp_path / f"reject{number}", settings(dns, "helo_check = no\n", PREFETCH)
+            )
+            with dry_run, rejecting:
+                for case in section_cases:
+                    failures += check_case(Suite(dns, dry_run, rejecting), case)
+            assert_quiet(dry_run, rejecting)
+    report(cases, failures, " with prefetch", capsys)
+
+
+def check_case(suite: Suite, case: Case) -> list[str]:
+    header, _ = run_case(suite.dry_run, case)
+    got = header.split(None, 1)[0] if header else None
+    if got not in case.results:
+        return [f"{case.section} / {case.name}: got {got}, want {case.results}"]
+    if case.explanation is not None:
+        problem = check_explanation(suite, case)
+        if problem:
+            return [f"{case.section} / {case.name}: {problem}"]
+    return []
+
+
+def report(
+    cases: list[Case], failures: list[str], how: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     passed = len(cases) - len(failures)
     with capsys.disabled():
-        print(f"\nRFC 7208 conformance through the milter: {passed}/{len(cases)} passed")
+        print(f"\nRFC 7208 conformance through the milter{how}: {passed}/{len(cases)} passed")
     assert len(cases) == 203
     assert failures == []
 

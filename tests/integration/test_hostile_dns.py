@@ -29,6 +29,48 @@ FREEZE = "v=spf1 a:x." + "a" * 62000 + "_ -all"
 MANY = 4000
 
 
+# A record built to make receivers query: 14 mx terms, each naming 10
+# exchanges (the most RFC 7208 section 4.6.4 lets an evaluation look up),
+# then an include whose record has 14 more; and one that passes the client
+# at its first term, then names 14 hosts.
+AMPLIFIER_TERMS = 14
+
+
+def amplifier_zone() -> dict[str, list[object]]:
+    zone: dict[str, list[object]] = {
+        "amplify.example": [
+            {
+                "TXT": "v=spf1 "
+                + " ".join(f"mx:m{n}.amplify.example" for n in range(AMPLIFIER_TERMS))
+                + " include:more.amplify.example -all"
+            }
+        ],
+        "more.amplify.example": [
+            {
+                "TXT": "v=spf1 "
+                + " ".join(f"a:more{n}.amplify.example" for n in range(AMPLIFIER_TERMS))
+                + " -all"
+            }
+        ],
+        "early.example": [
+            {
+                "TXT": "v=spf1 ip4:198.51.100.7 "
+                + " ".join(f"a:h{n}.early.example" for n in range(AMPLIFIER_TERMS))
+                + " -all"
+            }
+        ],
+    }
+    for n in range(AMPLIFIER_TERMS):
+        zone[f"m{n}.amplify.example"] = [
+            {"MX": [k, f"x{k}.m{n}.amplify.example"]} for k in range(10)
+        ]
+        zone[f"more{n}.amplify.example"] = [{"A": "192.0.2.1"}]
+        zone[f"h{n}.early.example"] = [{"A": "192.0.2.1"}]
+        for k in range(10):
+            zone[f"x{k}.m{n}.amplify.example"] = [{"A": f"192.0.2.{k + 10}"}]
+    return zone
+
+
 def hostile_zone() -> dict[str, list[object]]:
     zone = load_zone_file(ZONES / "core.yaml")
     zone.update(
@@ -77,6 +119,7 @@ def hostile_zone() -> dict[str, list[object]]:
             "malformed-first.example": [{"TXT": "v=spf1 -all"}, "MALFORMED_FIRST"],
             "badvers.example": [{"TXT": "v=spf1 +all"}, "BADVERS"],
             **load_zone_file(ZONES / "modifiers.yaml"),
+            **amplifier_zone(),
         }
     )
     return zone
@@ -273,3 +316,44 @@ def test_a_refused_answer_is_kept_no_longer_than_its_ttl(make_daemon: MakeDaemon
         zone["addresses.ttl0.example"] = [{"TTL": 0}, {"A": "198.51.100.7"}]
         server.set_zone(zone)
         assert received_spf(run(daemon, "a@ttl0.example")).startswith("pass ")
+
+
+def asked(dns: DNSTestServer, domain: str) -> list[tuple[str, str]]:
+    return [(name, qtype) for name, qtype, _ in dns.queries if name.endswith(domain)]
+
+
+@pytest.mark.parametrize("prefetch", ["no", "yes"])
+def test_a_record_cannot_make_the_prefetch_an_amplifier(
+    make_daemon: MakeDaemon, hostile_dns: DNSTestServer, prefetch: str
+) -> None:
+    # RFC 7208 sections 4.6.4 and 11.1: an evaluation looks up at most 10
+    # DNS terms, at most 10 exchanges per mx; the prefetch stays inside the
+    # same bound, each question asked once (docs/security.md).
+    daemon = configured(make_daemon, hostile_dns, prefetch=prefetch)
+    hostile_dns.clear_queries()
+    value = received_spf(run(daemon, "a@amplify.example"))
+    assert value.startswith("permerror ")
+    queries = asked(hostile_dns, "amplify.example")
+    assert len(queries) == len(set(queries))
+    assert sorted(queries) == sorted(
+        [("amplify.example", "TXT")]
+        + [(f"m{n}.amplify.example", "MX") for n in range(10)]
+        + [(f"x{k}.m{n}.amplify.example", "A") for n in range(10) for k in range(10)]
+    )
+
+
+def test_the_prefetch_asks_at_most_what_the_worst_case_evaluation_would(
+    make_daemon: MakeDaemon, hostile_dns: DNSTestServer
+) -> None:
+    # The client passes at the first term, which needs no DNS: the
+    # evaluation asks for the record only; the prefetch, which asks before
+    # the record is evaluated, for no more than its first 10 DNS terms.
+    daemon = configured(make_daemon, hostile_dns, prefetch="yes")
+    hostile_dns.clear_queries()
+    assert received_spf(run(daemon, "a@early.example")).startswith("pass ")
+    queries = asked(hostile_dns, "early.example")
+    assert ("early.example", "TXT") in queries
+    assert set(queries) <= {("early.example", "TXT")} | {
+        (f"h{n}.early.example", "A") for n in range(10)
+    }
+    assert len(queries) == len(set(queries))

@@ -10,6 +10,8 @@ without timing.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any, TypeVar
 
 from spfmilter.config.schema import DnsConfig
 from spfmilter.config.values import Nameserver
@@ -18,6 +20,8 @@ from spfmilter.evaluation import dnswire
 from spfmilter.evaluation.dnswire import RR, Reply
 from spfmilter.evaluation.resolver import Resolver
 from tests.support.fakes import Clock
+
+T = TypeVar("T")
 
 
 class FakeDns:
@@ -66,3 +70,17 @@ def make(
 
 def reply(*answer: RR, authority: tuple[RR, ...] = (), rcode: int = 0) -> Reply:
     return Reply(rcode, answer, authority, 100)
+
+
+class Inline(Executor):
+    """Runs each job as it is submitted, in the submitting thread: the
+    prefetch's questions answered before the evaluation reads on."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as error:
+            future.set_exception(error)
+        return future

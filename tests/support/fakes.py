@@ -134,7 +134,7 @@ class Held(Executor):
 
     def finish(self) -> None:
         for future, job in self.jobs:
-            if future.cancelled():
+            if future.done():  # cancelled, or run by an earlier finish()
                 continue
             if not self.started:
                 future.set_running_or_notify_cancel()

@@ -31,6 +31,24 @@ def pool() -> Iterator[IdlingPool]:
     wait_for(lambda: pool_threads() == 0, 5, "the pool's threads to end")
 
 
+def test_jobs_arriving_together_beside_one_idle_thread_each_get_one(pool: IdlingPool) -> None:
+    # One idle thread takes one job: the others start threads of their own
+    # (they waited for a thread to come free, a round trip each, before).
+    assert pool.submit(lambda: 1).result(5) == 1
+    wait_for(lambda: pool._waiting == 1, 5, "the thread to idle")
+    release = threading.Event()
+    started = [threading.Event() for _ in range(3)]
+
+    def job(n: int) -> bool:
+        started[n].set()
+        return release.wait(5)
+
+    futures = [pool.submit(job, n) for n in range(3)]
+    assert all(event.wait(5) for event in started)
+    release.set()
+    assert all(future.result(5) for future in futures)
+
+
 def test_threads_come_with_work_and_go_when_idle(pool: IdlingPool) -> None:
     release = threading.Event()
     futures = [pool.submit(release.wait, 5) for _ in range(5)]

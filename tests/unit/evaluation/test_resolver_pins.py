@@ -1,5 +1,6 @@
 """Resolver behaviour that mutation testing found unpinned: TTLs and the
-cache bound at their exact boundaries, two lookups of one name racing, what
+cache bound at their exact boundaries, two lookups of one name racing (one
+query, its answer or failure shared), what
 is logged and counted for a query, how the time budget is shared among the
 servers, the wording of a server failure, names whose text form differs from
 the name asked, CNAME loops, and the memory accounted per entry.
@@ -11,8 +12,10 @@ tests/unit/test_dns.py, which holds the resolver's main paths).
 from __future__ import annotations
 
 import logging
+import threading
 import tracemalloc
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -109,21 +112,64 @@ def test_the_cache_bound_given_to_the_resolver_overrides_the_configured_size() -
     assert len(fake.asked) == 2 and resolver.cached_bytes == 0
 
 
-def test_two_lookups_of_one_name_racing_leave_one_entry() -> None:
-    # Threads that miss together both query and both store (the lock is not
-    # held during the query): the second store replaces the first.
+def test_two_lookups_of_one_name_racing_ask_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A lookup of a question in flight waits for its answer (the prefetch
+    # and the evaluation ask for the same names): one query, one entry.
     resolver, fake, _, _ = make()
     fake.table["192.0.2.1", "x.example", 1] = a_record("x.example")
     inner: list[object] = []
+    waiting = threading.Event()
+    wait = resolver._wait
+
+    def waits(*args: Any) -> Any:
+        waiting.set()
+        return wait(*args)
+
+    monkeypatch.setattr(resolver, "_wait", waits)
+    other = threading.Thread(target=lambda: inner.append(resolver.lookup("x.example", "A")))
 
     def race() -> None:
-        fake.during = lambda: None  # the other lookup does not race again
-        inner.append(resolver.lookup("x.example", "A"))
+        fake.during = lambda: None
+        other.start()
+        assert waiting.wait(10)
 
     fake.during = race
     records = resolver.lookup("x.example", "A")
-    assert inner == [records] and len(fake.asked) == 2
+    other.join(10)
+    assert inner == [records] and len(fake.asked) == 1
     assert resolver.cached_bytes == dns_footprint("x.example", list(records))
+
+
+def test_a_failure_in_flight_is_the_waiters_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    resolver, fake, _, _ = make()
+    errors: list[BaseException] = []
+    waiting = threading.Event()
+    wait = resolver._wait
+
+    def waits(*args: Any) -> Any:
+        waiting.set()
+        return wait(*args)
+
+    def other_lookup() -> None:
+        try:
+            resolver.lookup("gone.example", "A")
+        except DnsTempError as error:
+            errors.append(error)
+
+    monkeypatch.setattr(resolver, "_wait", waits)
+    other = threading.Thread(target=other_lookup)
+
+    def race() -> None:
+        fake.during = lambda: None
+        other.start()
+        assert waiting.wait(10)
+
+    fake.during = race
+    with pytest.raises(DnsTempError):
+        resolver.lookup("gone.example", "A")
+    other.join(10)
+    assert [str(e) for e in errors] == ["DNS timeout looking up gone.example A"]
+    assert len(fake.asked) == 1
 
 
 def test_names_that_cannot_be_on_the_wire_are_not_cached() -> None:

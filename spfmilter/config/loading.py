@@ -72,8 +72,11 @@ def load_config(path: str | Path | None) -> Config:
 
 def parse_config(text: str, name: str = "<config>") -> Config:
     """Validate configuration text (see load_config)."""
+    # configparser gives the keys of its default section to every section;
+    # no header can name a section "\n" (a header is one line), so none is
+    # the default section and every section is checked.
     parser = configparser.ConfigParser(
-        interpolation=None, inline_comment_prefixes=("#",), default_section="\0none"
+        interpolation=None, inline_comment_prefixes=("#",), default_section="\n"
     )
     try:
         parser.read_string(text, source=name)

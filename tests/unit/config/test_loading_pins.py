@@ -38,11 +38,10 @@ def test_a_default_section_is_an_unknown_section_not_defaults_for_all() -> None:
         parse_config("[dns]\n[DEFAULT]\ntimeout = 3\n", "x.cfg")
 
 
-@pytest.mark.parametrize("header", ["\0NONE", "XX\0noneXX", "\0none "])
+@pytest.mark.parametrize("header", ["\0none", "\0NONE", "XX\0noneXX", "\0none ", "\\n"])
 def test_a_section_named_like_the_default_section_marker_is_unknown(header: str) -> None:
-    # configparser's default section is renamed to a name no administrator
-    # writes; a header close to that name is an ordinary, unknown section,
-    # and its keys are never taken as defaults for every section.
+    # No section is configparser's default section, whose keys every section
+    # would take: whatever the header, an unknown section is an error.
     with pytest.raises(ConfigError, match=r"^<config>:1: \[.*\]: unknown section"):
         parse_config(f"[{header}]\nbogus = 1\n")
 

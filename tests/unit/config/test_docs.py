@@ -4,6 +4,8 @@ command that prints them."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,37 @@ def test_configdoc_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert configdoc.main(["table"]) == 0
     assert capsys.readouterr().out == configdoc.table()
     assert configdoc.main(["nonsense"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "text"),
+    [
+        (["example"], configdoc.example),
+        (["table"], configdoc.table),
+        (["man"], configdoc.man_keys),
+    ],
+)
+def test_configdoc_command_prints_each_text(
+    argv: list[str], text: Callable[[], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert configdoc.main(argv) == 0
+    assert capsys.readouterr() == (text(), "")
+
+
+def test_configdoc_command_reads_its_command_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["docs.py", "man"])
+    assert configdoc.main() == 0
+    assert capsys.readouterr().out == configdoc.man_keys()
+
+
+@pytest.mark.parametrize("argv", [[], ["nonsense"], ["man", "table"]])
+def test_configdoc_command_says_its_usage(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert configdoc.main(argv) == 2
+    assert capsys.readouterr() == (
+        "",
+        "usage: python -m spfmilter.config.docs example|table|man\n",
+    )

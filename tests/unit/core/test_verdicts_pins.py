@@ -4,6 +4,7 @@ transaction, as the text line shows it and as the JSON format gets it."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 
 from spfmilter.core.metrics import Metrics
 from spfmilter.core.model import (
@@ -87,5 +88,46 @@ def test_a_verdict_logs_the_deciding_identity_and_what_was_done() -> None:
         ' reply="550 5.7.23 SPF fail" dry_run=yes exempt_recipients=postmaster@mx,abuse@mx'
         " lookup_ms=12"
     )
+    assert logged.__dict__["fields"]["mechanism"] == "-all"
+    assert logged.__dict__["fields"]["lookup_ms"] == 12
     labels = {"identity": "mailfrom", "result": "fail", "action": "reject"}
     assert metrics.value("spfmilter_verdicts_total", **labels) == 1
+
+
+def test_a_verdict_without_mechanism_or_reply_says_so() -> None:
+    helo = SpfOutcome(Identity.HELO, SpfResult.NONE, "helo.example", "postmaster@helo.example")
+    decision = Decision(
+        Action.ACCEPT, Action.ACCEPT, Stage.RCPT, helo=helo, decided_by=Identity.HELO
+    )
+    with verdict_records() as records:
+        record(
+            Metrics(), decision, queue_id="Q", conn_id=1, conn=CONN, envelope=ENVELOPE, exempt=[]
+        )
+    (logged,) = records
+    assert logged.getMessage() == (
+        "Q: verdict conn=1 client_ip=192.0.2.1 helo=helo.example sender=a@example.org"
+        " identity=helo result=none mechanism=- action=accept stage=rcpt lookup_ms=0"
+    )
+    assert "reply" not in logged.__dict__["fields"]
+
+
+def test_the_verdict_record_is_the_verdict_loggers_of_unknown_source() -> None:
+    # Made without looking for the caller on the stack: the file and line
+    # are what logging itself records when it cannot find them.
+    with verdict_records() as records:
+        record(
+            Metrics(),
+            Decision(Action.ACCEPT, Action.ACCEPT, Stage.RCPT, skip=Skip(SkipReason.LOCALHOST)),
+            queue_id="Q",
+            conn_id=1,
+            conn=CONN,
+            envelope=ENVELOPE,
+            exempt=[],
+        )
+    (logged,) = records
+    assert (logged.name, logged.levelno, logged.pathname, logged.lineno) == (
+        "spfmilter.verdicts",
+        logging.INFO,
+        "(unknown file)",
+        0,
+    )

@@ -1,0 +1,83 @@
+"""Pinned edge cases of the metrics' store: a copy that a whole change
+overlaps, and the small API the counters offer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from spfmilter.core.metrics import Metrics
+
+
+class OverlappedView:
+    """The store's doubles, where the next copy of a slot is overlapped by
+    `change`: the places before `split` are read before it, the rest after.
+    """
+
+    def __init__(self, values: memoryview[float], split: int, change: Callable[[], None]) -> None:
+        self._values = values
+        self._split = split
+        self._change: Callable[[], None] | None = change
+
+    def __getitem__(self, index: int | slice) -> float | bytes:
+        if isinstance(index, int):
+            return float(self._values[index])
+        before = bytes(self._values[index])
+        if self._change is None:
+            return before
+        change, self._change = self._change, None
+        change()
+        after = bytes(self._values[index])
+        cut = (self._split - (index.start or 0)) * 8
+        return before[:cut] + after[cut:]
+
+    def __setitem__(self, index: int, value: float) -> None:
+        self._values[index] = value
+
+
+@pytest.mark.parametrize("changes_before", [0, 1, 2])
+def test_a_copy_that_a_whole_observation_overlaps_is_taken_again(changes_before: int) -> None:
+    # A sequence number that a change left as it found it would let such a
+    # copy through: the bucket counted before the observation, its sum after.
+    metrics = Metrics()
+    series = metrics.dns_seconds.labels("TXT")
+    for _ in range(changes_before):
+        series.observe(1.0)
+    store = metrics._store
+    # The places of the TXT histogram: its buckets, then its sum.
+    sum_place = metrics.dns_seconds.index + 7 * metrics.dns_seconds.width + 15
+    store._values = OverlappedView(store._values, sum_place + 1, lambda: series.observe(2.0))  # type: ignore[assignment]
+    count = metrics.value("spfmilter_dns_query_seconds_count", qtype="TXT")
+    total = metrics.value("spfmilter_dns_query_seconds_sum", qtype="TXT")
+    assert (count, total) == (changes_before + 1, changes_before * 1.0 + 2.0)
+
+
+def test_only_histograms_observe() -> None:
+    metrics = Metrics()
+    with pytest.raises(TypeError, match=r"^only histograms observe$"):
+        metrics.cache_hits.labels().observe(1.0)
+
+
+def test_a_series_counts_down_by_one_unless_told() -> None:
+    metrics = Metrics()
+    gauge = metrics.connections.labels()
+    gauge.inc(3)
+    gauge.dec()
+    assert metrics.value("spfmilter_connections_in_flight") == 2
+    gauge.dec(2)
+    assert metrics.value("spfmilter_connections_in_flight") == 0
+
+
+def test_every_slot_holds_every_place_the_last_one_too() -> None:
+    metrics = Metrics(slots=2)
+    for slot in (1, 0):
+        metrics.use_slot(slot)
+        metrics.reloads.labels("failed").inc()
+    assert metrics.value("spfmilter_config_reloads_total", outcome="failed") == 2
+    assert metrics.value("spfmilter_config_reloads_total", outcome="ok") == 0
+
+
+def test_an_unknown_sample_is_named_in_the_error() -> None:
+    with pytest.raises(KeyError, match=r"no sample spfmilter_skips_total\{'reason': 'nope'\}"):
+        Metrics().value("spfmilter_skips_total", reason="nope")

@@ -81,3 +81,54 @@ def test_every_slot_holds_every_place_the_last_one_too() -> None:
 def test_an_unknown_sample_is_named_in_the_error() -> None:
     with pytest.raises(KeyError, match=r"no sample spfmilter_skips_total\{'reason': 'nope'\}"):
         Metrics().value("spfmilter_skips_total", reason="nope")
+
+
+class FinishingView:
+    """The store's doubles, where the change a slot's writer is in the
+    middle of ends as a reader checks the sequence number a second time."""
+
+    def __init__(self, values: memoryview[float], sequence: int, finish: Callable[[], None]):
+        self._values = values
+        self._sequence = sequence
+        self._finish: Callable[[], None] | None = finish
+        self._reads = 0
+
+    def __getitem__(self, index: int | slice) -> float | bytes:
+        if isinstance(index, slice):
+            return bytes(self._values[index])
+        value = float(self._values[index])
+        if index == self._sequence:
+            self._reads += 1
+            if self._reads == 2 and self._finish is not None:
+                self._finish()
+        return value
+
+    def __setitem__(self, index: int, value: float) -> None:
+        self._values[index] = value
+
+
+def test_a_reader_waits_for_a_change_in_progress() -> None:
+    metrics = Metrics()
+    store = metrics._store
+    values = store._values
+    values[0] = 1.0  # a writer is in the middle of a change: the number is odd
+    place = metrics.errors.index
+
+    def finish() -> None:
+        values[1 + place] = 5.0
+        values[0] = 2.0
+
+    store._values = FinishingView(values, 0, finish)  # type: ignore[assignment]
+    assert metrics.value("spfmilter_internal_errors_total") == 5
+
+
+def test_a_slot_stuck_in_a_change_before_any_read_counts_nothing() -> None:
+    # A worker killed halfway before the first scrape: after the patience,
+    # its slot is read as its last consistent copy, which is empty.
+    metrics = Metrics(slots=2)
+    metrics.use_slot(0)
+    metrics.errors.inc()
+    values = metrics._store._values
+    values[metrics._store.size + 1] = 1.0  # slot 1's sequence number, odd
+    values[metrics._store.size + 2 + metrics.errors.index] = 7.0
+    assert metrics.value("spfmilter_internal_errors_total") == 1

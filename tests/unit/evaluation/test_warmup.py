@@ -3,16 +3,18 @@ that reports a module imported after it."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import spf
 
 from spfmilter.core.model import SpfOutcome, SpfQuery, SpfResult
-from spfmilter.evaluation import warmup
+from spfmilter.evaluation import dnswire, warmup
 from spfmilter.evaluation.pyspf import Checker
 
 
@@ -151,3 +153,25 @@ def test_an_import_made_while_reporting_is_not_reported(
         watch.find_spec("imported.by.logging", None)
         watch.find_spec("third.module", None)
     assert [r.args for r in caplog.records] == [("imported.by.logging",), ("third.module",)]
+
+
+def test_the_warm_up_stops_the_start_when_its_dns_reply_does_not_parse_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parse = dnswire.parse_reply
+    message = "^warm-up: the canned DNS reply did not parse$"
+
+    monkeypatch.setattr(dnswire, "parse_reply", lambda *args: None)
+    with pytest.raises(RuntimeError, match=message):
+        warmup._parse_every_type()
+
+    def one_record_short(*args: Any) -> object:
+        reply = parse(*args)
+        assert reply is not None
+        return dataclasses.replace(reply, answer=reply.answer[1:])
+
+    monkeypatch.setattr(dnswire, "parse_reply", one_record_short)
+    with pytest.raises(RuntimeError, match=message):
+        warmup._parse_every_type()
+    monkeypatch.setattr(dnswire, "parse_reply", parse)
+    warmup._parse_every_type()

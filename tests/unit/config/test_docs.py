@@ -5,7 +5,7 @@ command that prints them."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -102,4 +102,22 @@ def test_configdoc_command_says_its_usage(
     assert capsys.readouterr() == (
         "",
         "usage: python -m spfmilter.config.docs example|table|man\n",
+    )
+
+
+def test_man_page_markup_escapes_what_roff_would_read_as_markup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No declaration holds these today; the page must stay right when one does.
+    def declarations() -> Iterator[tuple[str, str | None, str, str, str, str]]:
+        yield ("x", ".starts with a dot", "a", 'say "hi"', "", "'starts with a quote")
+        yield ("x", None, "b", "C:\\dir", "", "back\\slash; a-b")
+        yield ("x", None, "c", "", "", "x.y 'z'")
+
+    monkeypatch.setattr(configdoc, "_defaults", declarations)
+    assert configdoc.man_keys() == (
+        ".SS [x]\n\\&.starts with a dot\n"
+        '.TP\n.BR a " = " "say \\(dqhi\\(dq"\n\\&\'starts with a quote\n'
+        '.TP\n.BR b " = " "C:\\edir"\nback\\eslash; a\\-b\n'
+        '.TP\n.BR c " = " "(empty)"\nx.y \'z\'\n'
     )

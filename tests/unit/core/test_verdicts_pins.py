@@ -20,7 +20,7 @@ from spfmilter.core.model import (
     SpfResult,
     Stage,
 )
-from spfmilter.core.verdicts import record
+from spfmilter.core.verdicts import FIELD_LIMIT, format_fields, record
 from tests.support.checks import verdict_records
 
 CONN = Connection(ipaddress.ip_address("192.0.2.1"), "client.example", "mx", "helo.example")
@@ -130,4 +130,24 @@ def test_the_verdict_record_is_the_verdict_loggers_of_unknown_source() -> None:
         logging.INFO,
         "(unknown file)",
         0,
+    )
+
+
+def test_a_missing_client_address_reads_as_a_dash() -> None:
+    local = Connection(None, "localhost", "mx")
+    decision = Decision(
+        Action.ACCEPT, Action.ACCEPT, Stage.RCPT, skip=Skip(SkipReason.LOCAL_SUBMISSION)
+    )
+    with verdict_records() as records:
+        record(
+            Metrics(), decision, queue_id="Q", conn_id=2, conn=local, envelope=ENVELOPE, exempt=[]
+        )
+    (logged,) = records
+    assert " conn=2 client_ip=- helo=" in logged.getMessage()
+
+
+def test_a_value_is_cut_only_beyond_the_field_limit() -> None:
+    assert format_fields({"reply": "a" * FIELD_LIMIT}) == "reply=" + "a" * FIELD_LIMIT
+    assert format_fields({"reply": "a" * (FIELD_LIMIT + 1)}) == (
+        "reply=" + "a" * (FIELD_LIMIT - 3) + "..."
     )

@@ -132,3 +132,74 @@ def test_a_slot_stuck_in_a_change_before_any_read_counts_nothing() -> None:
     values[metrics._store.size + 1] = 1.0  # slot 1's sequence number, odd
     values[metrics._store.size + 2 + metrics.errors.index] = 7.0
     assert metrics.value("spfmilter_internal_errors_total") == 1
+
+
+# What each family counts, as its HELP line says, and by which labels.
+FAMILIES = {
+    "spfmilter_verdicts": (
+        "counter",
+        "Verdicts, by the identity that decided, its SPF result and the action",
+        {"identity", "result", "action"},
+    ),
+    "spfmilter_skips": ("counter", "Transactions SPF was not applied to, by reason", {"reason"}),
+    "spfmilter_dns_queries": (
+        "counter",
+        "DNS queries sent (cache misses), by type and outcome",
+        {"qtype", "outcome"},
+    ),
+    "spfmilter_dns_query_seconds": ("histogram", "Time of DNS queries sent", {"qtype", "le"}),
+    "spfmilter_dns_cache_hits": ("counter", "Lookups answered by the shared cache", set()),
+    "spfmilter_dns_cache_misses": (
+        "counter",
+        "Lookups the shared cache could not answer",
+        set(),
+    ),
+    "spfmilter_result_cache_hits": (
+        "counter",
+        "SPF evaluations answered by a kept result of the same query",
+        set(),
+    ),
+    "spfmilter_result_cache_misses": ("counter", "SPF evaluations that had to be made", set()),
+    "spfmilter_connections_in_flight": ("gauge", "SMTP connections being served", set()),
+    "spfmilter_internal_errors": (
+        "counter",
+        "Callbacks that failed unexpectedly and were tempfailed",
+        set(),
+    ),
+    "spfmilter_config_reloads": ("counter", "Configuration reloads, by outcome", {"outcome"}),
+}
+
+
+def test_each_family_says_what_it_counts_and_by_which_labels() -> None:
+    helps: dict[str, tuple[str, str, set[str]]] = {}
+    lines = Metrics().exposition(openmetrics=True).splitlines()
+    for line in lines:
+        if line.startswith("# HELP "):
+            family, _, text = line.removeprefix("# HELP ").partition(" ")
+            helps[family] = ("", text, set())
+        elif line.startswith("# TYPE "):
+            family, _, kind = line.removeprefix("# TYPE ").partition(" ")
+            helps[family] = (kind, helps[family][1], set())
+    for line in lines:
+        if line.startswith("#") or "{" not in line:
+            continue
+        name, _, rest = line.partition("{")
+        family = next(f for f in helps if name.startswith(f))
+        helps[family][2].update(pair.split("=")[0] for pair in rest.split("}")[0].split(","))
+    helps.pop("spfmilter_build")
+    assert helps == FAMILIES
+
+
+def test_series_of_one_histogram_keep_apart() -> None:
+    metrics = Metrics()
+    for qtype, value in zip(("A", "AAAA", "CNAME"), (0.001, 4.0, 30.0), strict=True):
+        metrics.dns_seconds.labels(qtype).observe(value)
+    name = "spfmilter_dns_query_seconds"
+    for qtype, value in zip(("A", "AAAA", "CNAME"), (0.001, 4.0, 30.0), strict=True):
+        assert metrics.value(f"{name}_count", qtype=qtype) == 1
+        assert metrics.value(f"{name}_sum", qtype=qtype) == value
+    assert metrics.value(f"{name}_bucket", qtype="A", le="0.001") == 1
+    assert metrics.value(f"{name}_bucket", qtype="AAAA", le="2.5") == 0
+    assert metrics.value(f"{name}_bucket", qtype="AAAA", le="5.0") == 1
+    assert metrics.value(f"{name}_bucket", qtype="CNAME", le="20.0") == 0
+    assert metrics.value(f"{name}_bucket", qtype="CNAME", le="+Inf") == 1

@@ -17,10 +17,12 @@ from spfmilter.config.values import Nameserver
 from spfmilter.core.metrics import Metrics
 from spfmilter.core.model import Connection, Identity, Plan, SpfResult
 from spfmilter.evaluation import evaluator
+from testkit.daemon import wait_for
 from testkit.dnsserver import DNSTestServer
 
 ZONE = {
     "pass.example": [{"TXT": "v=spf1 ip4:198.51.100.0/24 -all"}],
+    "mail.pass.example": [{"A": "198.51.100.7"}],
     "voids.example": [
         {"TXT": "v=spf1 a:none1.voids.example a:none2.voids.example a:none3.voids.example -all"}
     ],
@@ -100,3 +102,44 @@ def test_the_built_evaluator_evaluates_mail_from_beside_helo_in_its_own_threads(
     )
     assert outcomes.mail_from is not None and outcomes.mail_from.result is SpfResult.PASS
     assert "mailfrom" in names
+
+
+def test_the_built_evaluator_looks_up_skip_facts_with_its_resolver(dns: DNSTestServer) -> None:
+    built_evaluator, _ = built(dns)
+    plan = Plan(helo_name="mail.pass.example", helo=True, mail_from=True)
+    outcomes = built_evaluator.evaluate(plan, CONN, "a@pass.example", None, 1)
+    assert outcomes.facts.helo_confirmed and outcomes.helo is None
+
+
+def test_a_helo_known_at_once_leaves_mail_from_in_the_callbacks_thread(
+    dns: DNSTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An address literal HELO is "none" without DNS: nothing to overlap.
+    built_evaluator, _ = built(dns)
+    names: list[str] = []
+    original = spf.DNSLookup
+
+    def watching(*args: object) -> object:
+        names.append(threading.current_thread().name)
+        return original(*args)
+
+    monkeypatch.setattr(spf, "DNSLookup", watching)
+    outcomes = built_evaluator.evaluate(
+        Plan(helo=True, mail_from=True), CONN, "a@pass.example", None, 1
+    )
+    assert outcomes.mail_from is not None and outcomes.mail_from.result is SpfResult.PASS
+    assert names == [threading.current_thread().name]
+
+
+def test_the_background_threads_end_when_idle(
+    dns: DNSTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(evaluator, "BACKGROUND_IDLE", 0.1)
+    built_evaluator, _ = built(dns)
+    conn = Connection(CONN.client_ip, "client.example", "mx", "helo.pass.example")
+    built_evaluator.evaluate(Plan(helo=True, mail_from=True), conn, "a@pass.example", None, 1)
+    wait_for(
+        lambda: not any(t.name == "mailfrom" for t in threading.enumerate()),
+        5,
+        "the idle background threads to end",
+    )

@@ -48,17 +48,25 @@ def test_a_job_gets_its_positional_and_keyword_arguments(pool: IdlingPool) -> No
     assert pool.submit("{}-{sep}-{}".format, "a", "b", sep="+").result(5) == "a-+-b"
 
 
+def signal_then_wait(started: threading.Semaphore, release: threading.Event) -> bool:
+    started.release()
+    return release.wait(5)
+
+
 def test_the_limit_holds_again_after_the_threads_went_idle(pool: IdlingPool) -> None:
     for _ in range(2):
-        # Three jobs that need each other: only three threads at once run them.
-        barrier = threading.Barrier(3, timeout=5)
+        started = threading.Semaphore(0)
         release = threading.Event()
-        futures = [pool.submit(barrier.wait) for _ in range(3)]
-        futures += [pool.submit(release.wait, 5) for _ in range(3)]
-        assert sorted(f.result(5) for f in futures[:3]) == [0, 1, 2]
-        wait_for(lambda: pool_threads() == 3, 5, "three threads")
+        futures = []
+        for number in range(6):
+            futures.append(pool.submit(signal_then_wait, started, release))
+            if number < 3:
+                # Running before the next comes: no thread is free for it.
+                assert started.acquire(timeout=5)
+        # submit() has started any thread it starts when it returns.
+        assert pool_threads() == 3
         release.set()
-        assert all(f.result(5) for f in futures[3:])
+        assert all(f.result(5) for f in futures)
         wait_for(lambda: pool_threads() == 0, 5, "idle threads to end")
 
 

@@ -45,7 +45,9 @@ def line_numbers(text: str) -> dict[tuple[str, str], int]:
     """
     lines: dict[tuple[str, str], int] = {}
     section = ""
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only, as configparser reads them: str.splitlines()
+    # would also end one at a form feed or U+2028 and miscount the rest.
+    for number, line in enumerate(text.split("\n"), start=1):
         # As configparser reads a header: the line without its inline
         # comment (a "#" after whitespace), stripped, up to its last "]".
         header = re.match(r"\[(.+)\]", re.split(r"\s#", line.strip(), maxsplit=1)[0])
@@ -78,8 +80,11 @@ def load_config(path: str | Path | None) -> Config:
 
 def parse_config(text: str, name: str = "<config>") -> Config:
     """Validate configuration text (see load_config)."""
+    # configparser gives the keys of its default section to every section;
+    # no header can name a section "\n" (a header is one line), so none is
+    # the default section and every section is checked.
     parser = configparser.ConfigParser(
-        interpolation=None, inline_comment_prefixes=("#",), default_section="\0none"
+        interpolation=None, inline_comment_prefixes=("#",), default_section="\n"
     )
     try:
         parser.read_string(text, source=name)
@@ -97,7 +102,7 @@ def parse_config(text: str, name: str = "<config>") -> Config:
         ) from None
     except configparser.ParsingError as error:
         lineno = error.errors[0][0]
-        line = text.splitlines()[lineno - 1].strip()
+        line = text.split("\n")[lineno - 1].strip()
         raise ConfigError(f"{name}:{lineno}: expected 'key = value', got {line!r}") from None
     lines = line_numbers(text)
     sections: dict[str, Any] = {}
@@ -114,7 +119,7 @@ def parse_config(text: str, name: str = "<config>") -> Config:
         if normal in sections:
             again = [
                 number
-                for number, line in enumerate(text.splitlines(), start=1)
+                for number, line in enumerate(text.split("\n"), start=1)
                 if re.fullmatch(rf"\s*\[\s*{re.escape(normal)}\s*\]\s*", line, re.IGNORECASE)
             ]
             raise ConfigError(f"{name}:{again[1]}: [{normal}]: section given twice")

@@ -52,6 +52,14 @@ _ZONE: dict[tuple[str, str], list[Record]] = {
     ("exp.warmup.example", "TXT"): [
         (("exp.warmup.example", "TXT"), (b"%{i} %{c} %{r} %{t} %{L} %{s} %{o} %{v} %{p}",))
     ],
+    # The client's PTR name, confirmed but outside the domain: the ptr
+    # mechanism and %{p} run without a void lookup (RFC 7208 section 4.6.4),
+    # so the evaluation gets past exists: (void) to include:, redirect= and
+    # exp= within a void lookup limit of 2.
+    ("9.113.0.203.in-addr.arpa", "PTR"): [
+        (("9.113.0.203.in-addr.arpa", "PTR"), "relay.example.net")
+    ],
+    ("relay.example.net", "A"): [(("relay.example.net", "A"), "203.0.113.9")],
     ("warmup.example", "A"): [(("warmup.example", "A"), "192.0.2.99")],
     ("warmup.example", "MX"): [(("warmup.example", "MX"), (10, "mx.warmup.example"))],
     ("mx.warmup.example", "A"): [(("mx.warmup.example", "A"), "192.0.2.98")],

@@ -38,6 +38,39 @@ def test_a_default_section_is_an_unknown_section_not_defaults_for_all() -> None:
         parse_config("[dns]\n[DEFAULT]\ntimeout = 3\n", "x.cfg")
 
 
+@pytest.mark.parametrize("header", ["\0none", "\0NONE", "XX\0noneXX", "\0none ", "\\n"])
+def test_a_section_named_like_the_default_section_marker_is_unknown(header: str) -> None:
+    # No section is configparser's default section, whose keys every section
+    # would take: whatever the header, an unknown section is an error.
+    with pytest.raises(ConfigError, match=r"^<config>:1: \[.*\]: unknown section"):
+        parse_config(f"[{header}]\nbogus = 1\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("[dns]\n# a line separator \u2028 in a comment\ntimeout = x\n", 3),
+        ("[dns]\n# a form feed \x0c in a comment\ntimeout = x\n", 3),
+        ("[dns]\ntimeout\x0c= x\n", 2),
+        ("[dns]\r\n\r\ntimeout = x\r\n", 3),
+    ],
+)
+def test_lines_are_counted_as_configparser_reads_them(text: str, line: int) -> None:
+    # configparser ends a line at "\n" only.
+    with pytest.raises(ConfigError, match=rf"^<config>:{line}: \[dns\] timeout: "):
+        parse_config(text)
+
+
+def test_a_line_that_is_no_key_nor_section_is_quoted_from_its_own_line() -> None:
+    with pytest.raises(ConfigError, match=r"^<config>:3: expected 'key = value', got 'bad'$"):
+        parse_config("[dns]\n# a line separator \u2028 in a comment\nbad\n")
+
+
+def test_a_section_given_twice_is_found_past_a_line_separator() -> None:
+    with pytest.raises(ConfigError, match=r"^<config>:3: \[dns\]: section given twice$"):
+        parse_config("[dns]\n# a line separator \u2028 in a comment\n[DNS]\n")
+
+
 def test_a_percent_sign_in_a_value_is_taken_literally() -> None:
     # No interpolation: '%' is an ordinary character in paths and names.
     config = parse_config("[log]\ntarget = syslog\nsyslog_socket = /run/100%/log\n")

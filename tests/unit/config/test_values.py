@@ -27,6 +27,7 @@ from spfmilter.config.values import (
     parse_seconds,
     parse_size,
     parse_socket,
+    parse_workers,
     render_size,
     render_value,
     render_workers,
@@ -232,3 +233,14 @@ def test_paths_must_be_absolute() -> None:
 
 def test_result_sets_are_rendered_sorted_and_comma_separated() -> None:
     assert render_value(frozenset({SpfResult.SOFTFAIL, SpfResult.FAIL})) == "fail, softfail"
+
+
+@pytest.mark.parametrize(("text", "workers"), [("1", 1), ("64", 64), ("auto", 0), ("AUTO", 0)])
+def test_workers_are_1_to_64_or_auto(text: str, workers: int) -> None:
+    assert parse_workers(text) == workers
+
+
+@pytest.mark.parametrize("text", ["0", "65", "-1", "two"])
+def test_other_numbers_of_workers_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match=r"^expected auto or a number"):
+        parse_workers(text)

@@ -31,6 +31,9 @@ from spfmilter.core.model import (
     Action,
     Connection,
     Identity,
+    Macro,
+    Skip,
+    SkipReason,
     SpfOutcome,
     SpfQuery,
     SpfResult,
@@ -385,3 +388,26 @@ def test_an_unused_mail_from_evaluation_that_succeeds_is_silent(
     background.finish()
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert metrics.value("spfmilter_internal_errors_total") == 0
+
+
+def test_the_macros_the_mta_sent_reach_the_skip() -> None:
+    config = configured(skip=SkipConfig(macros=(Macro("{daemon_name}", "ORIGINATING"),)))
+    session, checker, _, _ = make(config, FAIL)
+    start(session)
+    sent = (Macro("{daemon_name}", "ORIGINATING"),)
+    assert session.mail("bad@example.org", "", sent) == GO_ON
+    assert session.transaction is not None
+    assert session.transaction.decision.skip == Skip(SkipReason.MACRO, "{daemon_name}=ORIGINATING")
+    assert checker.queries == []
+
+
+def test_mail_without_helo_checks_what_there_is() -> None:
+    # Postfix accepts MAIL without HELO unless smtpd_helo_required is set.
+    session, checker, _, _ = make(results=FAIL)
+    session.connect(ipaddress.ip_address(CLIENT), "ptr.example.net", "mx")
+    assert session.mail("good@example.org", "") == GO_ON
+    assert session.rcpt("<a@example.net>") == GO_ON
+    assert [(query.identity, query.helo) for query, _ in checker.queries] == [
+        (Identity.HELO, ""),
+        (Identity.MAIL_FROM, ""),
+    ]

@@ -403,3 +403,15 @@ def test_a_scoped_address_is_cut_at_its_first_percent_sign(tmp_path: Path) -> No
     conf = tmp_path / "resolv.conf"
     conf.write_text("nameserver fe80::1%eth0%junk\n")
     assert dnswire.system_nameservers(str(conf)) == (("fe80::1", 53),)
+
+
+@pytest.mark.parametrize("truncated", [False, True])
+def test_a_made_reply_is_a_plain_answer_truncated_only_when_asked(truncated: bool) -> None:
+    qname = encode_name("example.org")
+    qtype = dnswire.QTYPES["TXT"]
+    record = dnswire.make_record(dnswire.QUESTION_NAME, qtype, 60, b"\x03v=x")
+    data = dnswire.make_reply(7, dnswire.make_question(qname, qtype), [record], truncated=truncated)
+    reply = dnswire.parse_reply(data, 7, qname, qtype)
+    assert reply is not None
+    assert (reply.rcode, reply.truncated) == (0, truncated)
+    assert len(reply.answer) == (0 if truncated else 1)

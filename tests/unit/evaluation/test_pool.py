@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any
 
 import pytest
 
@@ -57,6 +60,86 @@ def test_threads_come_with_work_and_go_when_idle(pool: IdlingPool) -> None:
     assert all(future.result(5) for future in futures)  # the queued two ran too
     wait_for(lambda: pool_threads() == 0, 5, "idle threads to end")
     assert pool.submit(lambda: 42).result(5) == 42  # and come back
+
+
+def test_a_job_gets_its_positional_and_keyword_arguments(pool: IdlingPool) -> None:
+    assert pool.submit("{}-{sep}-{}".format, "a", "b", sep="+").result(5) == "a-+-b"
+
+
+def signal_then_wait(started: threading.Semaphore, release: threading.Event) -> bool:
+    started.release()
+    return release.wait(5)
+
+
+def test_the_limit_holds_again_after_the_threads_went_idle(pool: IdlingPool) -> None:
+    for _ in range(2):
+        started = threading.Semaphore(0)
+        release = threading.Event()
+        futures = []
+        for number in range(6):
+            futures.append(pool.submit(signal_then_wait, started, release))
+            if number < 3:
+                # Running before the next comes: no thread is free for it.
+                assert started.acquire(timeout=5)
+        # submit() has started any thread it starts when it returns.
+        assert pool_threads() == 3
+        release.set()
+        assert all(f.result(5) for f in futures)
+        wait_for(lambda: pool_threads() == 0, 5, "idle threads to end")
+
+
+def test_pool_threads_never_keep_the_process_alive(pool: IdlingPool) -> None:
+    release = threading.Event()
+    future = pool.submit(release.wait, 5)
+    try:
+        (thread,) = [t for t in threading.enumerate() if t.name == "test-pool"]
+        assert thread.daemon
+    finally:
+        release.set()
+    assert future.result(5)
+
+
+def test_after_a_cancelled_job_the_thread_goes_on_with_the_next() -> None:
+    pool = IdlingPool(1, 0.2, "test-pool")
+    release = threading.Event()
+    busy = pool.submit(release.wait, 5)
+    cancelled = pool.submit(lambda: 1)
+    after = pool.submit(lambda: 2)
+    assert cancelled.cancel()
+    release.set()
+    assert busy.result(5) and after.result(5) == 2
+    wait_for(lambda: pool_threads() == 0, 5, "the pool's threads to end")
+
+
+class RacingQueue(queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]]):
+    """A job queue where the jobs in `late` arrive just as a wait times out."""
+
+    def __init__(self) -> None:
+        self.late: list[tuple[Future[Any], Callable[[], Any]]] = []
+
+    def get(
+        self, block: bool = True, timeout: float | None = None
+    ) -> tuple[Future[Any], Callable[[], Any]]:
+        try:
+            return super().get(block, timeout)
+        except queue.Empty:
+            # Submitted now, the job sees this thread still waiting.
+            while self.late:
+                self.put(self.late.pop())
+            raise
+
+
+def test_a_job_queued_as_the_idle_thread_gives_up_is_still_run() -> None:
+    pool = IdlingPool(1, 1.0, "test-pool")
+    jobs = RacingQueue()
+    pool._jobs = jobs
+    first = pool.submit(lambda: 1)
+    assert first.result(5) == 1
+    # The one thread is waiting for work; no new one starts for this job.
+    late: Future[int] = Future()
+    jobs.late.append((late, lambda: 2))
+    assert late.result(5) == 2
+    wait_for(lambda: pool_threads() == 0, 5, "the pool's threads to end")
 
 
 def test_a_queued_job_can_be_cancelled_and_a_failure_reaches_the_caller(

@@ -1,0 +1,145 @@
+"""The evaluator a process builds from [dns]: its resolver asking the
+configured servers, its checker installed into pyspf with the void lookup
+limit, and outcomes kept for reuse (against a DNS server on loopback)."""
+
+from __future__ import annotations
+
+import gc
+import ipaddress
+import threading
+from collections.abc import Iterator
+
+import pytest
+import spf
+
+from spfmilter.config.schema import DnsConfig
+from spfmilter.config.values import Nameserver
+from spfmilter.core.metrics import Metrics
+from spfmilter.core.model import Connection, Identity, Plan, SpfResult
+from spfmilter.evaluation import evaluator
+from testkit.daemon import wait_for
+from testkit.dnsserver import DNSTestServer
+
+ZONE = {
+    "pass.example": [{"TXT": "v=spf1 ip4:198.51.100.0/24 -all"}],
+    "mail.pass.example": [{"A": "198.51.100.7"}],
+    "voids.example": [
+        {"TXT": "v=spf1 a:none1.voids.example a:none2.voids.example a:none3.voids.example -all"}
+    ],
+}
+CONN = Connection(ipaddress.ip_address("198.51.100.7"), "client.example", "mx", "[198.51.100.7]")
+
+
+@pytest.fixture
+def dns() -> Iterator[DNSTestServer]:
+    with DNSTestServer(ZONE, ttl=300) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _pyspf_globals(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(spf, "DNSLookup", spf.DNSLookup)
+    monkeypatch.setattr(spf, "MAX_VOID_LOOKUPS", spf.MAX_VOID_LOOKUPS)
+    callbacks = list(gc.callbacks)
+    yield
+    gc.callbacks[:] = callbacks
+
+
+def built(dns: DNSTestServer, void_lookup_limit: int = 2) -> tuple[evaluator.Evaluator, Metrics]:
+    config = DnsConfig(
+        nameservers=(Nameserver(dns.host, dns.port),),
+        timeout=2.0,
+        void_lookup_limit=void_lookup_limit,
+    )
+    metrics = Metrics()
+    return evaluator.build(config, metrics), metrics
+
+
+def test_the_built_evaluator_asks_the_configured_servers_and_keeps_results(
+    dns: DNSTestServer,
+) -> None:
+    built_evaluator, metrics = built(dns)
+    plan = Plan(helo=True, mail_from=True)
+    for _ in range(2):
+        outcomes = built_evaluator.evaluate(plan, CONN, "a@pass.example", None, 1)
+        assert outcomes.helo is not None and outcomes.helo.result is SpfResult.NONE
+        assert outcomes.mail_from is not None
+        assert (outcomes.mail_from.identity, outcomes.mail_from.result) == (
+            Identity.MAIL_FROM,
+            SpfResult.PASS,
+        )
+    assert [query[:2] for query in dns.queries] == [("pass.example", "TXT")]
+    assert metrics.value("spfmilter_result_cache_hits_total") == 1
+    assert metrics.value("spfmilter_dns_queries_total", qtype="TXT", outcome="answer") == 1
+
+
+@pytest.mark.parametrize(("limit", "result"), [(2, SpfResult.PERMERROR), (3, SpfResult.FAIL)])
+def test_the_void_lookup_limit_of_the_config_is_pyspfs(
+    dns: DNSTestServer, limit: int, result: SpfResult
+) -> None:
+    # Three a: mechanisms naming nothing: three void lookups (RFC 7208 4.6.4).
+    built_evaluator, _ = built(dns, void_lookup_limit=limit)
+    assert limit == spf.MAX_VOID_LOOKUPS
+    outcomes = built_evaluator.evaluate(Plan(mail_from=True), CONN, "a@voids.example", None, 1)
+    assert outcomes.mail_from is not None and outcomes.mail_from.result is result
+
+
+def test_the_built_evaluator_evaluates_mail_from_beside_helo_in_its_own_threads(
+    dns: DNSTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built_evaluator, _ = built(dns)
+    conn = Connection(CONN.client_ip, "client.example", "mx", "helo.pass.example")
+    names: list[str] = []
+    original = spf.DNSLookup
+
+    def watching(*args: object) -> object:
+        names.append(threading.current_thread().name)
+        return original(*args)
+
+    monkeypatch.setattr(spf, "DNSLookup", watching)
+    outcomes = built_evaluator.evaluate(
+        Plan(helo=True, mail_from=True), conn, "a@pass.example", None, 1
+    )
+    assert outcomes.mail_from is not None and outcomes.mail_from.result is SpfResult.PASS
+    assert "mailfrom" in names
+
+
+def test_the_built_evaluator_looks_up_skip_facts_with_its_resolver(dns: DNSTestServer) -> None:
+    built_evaluator, _ = built(dns)
+    plan = Plan(helo_name="mail.pass.example", helo=True, mail_from=True)
+    outcomes = built_evaluator.evaluate(plan, CONN, "a@pass.example", None, 1)
+    assert outcomes.facts.helo_confirmed and outcomes.helo is None
+
+
+def test_a_helo_known_at_once_leaves_mail_from_in_the_callbacks_thread(
+    dns: DNSTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An address literal HELO is "none" without DNS: nothing to overlap.
+    built_evaluator, _ = built(dns)
+    names: list[str] = []
+    original = spf.DNSLookup
+
+    def watching(*args: object) -> object:
+        names.append(threading.current_thread().name)
+        return original(*args)
+
+    monkeypatch.setattr(spf, "DNSLookup", watching)
+    outcomes = built_evaluator.evaluate(
+        Plan(helo=True, mail_from=True), CONN, "a@pass.example", None, 1
+    )
+    assert outcomes.mail_from is not None and outcomes.mail_from.result is SpfResult.PASS
+    assert names == [threading.current_thread().name]
+
+
+def test_the_background_threads_end_when_idle(
+    dns: DNSTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(evaluator, "BACKGROUND_IDLE", 0.1)
+    built_evaluator, _ = built(dns)
+    conn = Connection(CONN.client_ip, "client.example", "mx", "helo.pass.example")
+    built_evaluator.evaluate(Plan(helo=True, mail_from=True), conn, "a@pass.example", None, 1)
+    wait_for(
+        lambda: not any(t.name == "mailfrom" for t in threading.enumerate()),
+        5,
+        "the idle background threads to end",
+    )

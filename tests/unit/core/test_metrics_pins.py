@@ -142,6 +142,11 @@ FAMILIES = {
         {"identity", "result", "action"},
     ),
     "spfmilter_skips": ("counter", "Transactions SPF was not applied to, by reason", {"reason"}),
+    "spfmilter_rescues": (
+        "counter",
+        "MAIL FROM fails decided at end of message, by how their rescue ended",
+        {"kind"},
+    ),
     "spfmilter_dns_queries": (
         "counter",
         "DNS queries sent (cache misses), by type and outcome",

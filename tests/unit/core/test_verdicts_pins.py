@@ -37,12 +37,14 @@ def test_a_skip_logs_its_reason_and_counts_it() -> None:
     (logged,) = records
     assert logged.getMessage() == (
         "NOQUEUE: SPF skipped - SASL authenticated as bob conn=7 client_ip=192.0.2.1"
+        " client_name=client.example"
         ' helo=helo.example sender=a@example.org action=skip reason="SASL authenticated as bob"'
     )
     assert logged.__dict__["fields"] == {
         "queue_id": "NOQUEUE",
         "conn": 7,
         "client_ip": ipaddress.ip_address("192.0.2.1"),
+        "client_name": "client.example",
         "helo": "helo.example",
         "sender": "a@example.org",
         "action": "skip",
@@ -83,7 +85,8 @@ def test_a_verdict_logs_the_deciding_identity_and_what_was_done() -> None:
         )
     (logged,) = records
     assert logged.getMessage() == (
-        "4XyZ1: verdict conn=3 client_ip=192.0.2.1 helo=helo.example sender=a@example.org"
+        "4XyZ1: verdict conn=3 client_ip=192.0.2.1 client_name=client.example helo=helo.example"
+        " sender=a@example.org"
         " identity=mailfrom result=fail mechanism=-all action=reject stage=rcpt"
         ' reply="550 5.7.23 SPF fail" dry_run=yes exempt_recipients=postmaster@mx,abuse@mx'
         " lookup_ms=12"
@@ -105,7 +108,8 @@ def test_a_verdict_without_mechanism_or_reply_says_so() -> None:
         )
     (logged,) = records
     assert logged.getMessage() == (
-        "Q: verdict conn=1 client_ip=192.0.2.1 helo=helo.example sender=a@example.org"
+        "Q: verdict conn=1 client_ip=192.0.2.1 client_name=client.example helo=helo.example"
+        " sender=a@example.org"
         " identity=helo result=none mechanism=- action=accept stage=rcpt lookup_ms=0"
     )
     assert "reply" not in logged.__dict__["fields"]
@@ -143,7 +147,7 @@ def test_a_missing_client_address_reads_as_a_dash() -> None:
             Metrics(), decision, queue_id="Q", conn_id=2, conn=local, envelope=ENVELOPE, exempt=[]
         )
     (logged,) = records
-    assert " conn=2 client_ip=- helo=" in logged.getMessage()
+    assert " conn=2 client_ip=- client_name=localhost helo=" in logged.getMessage()
 
 
 def test_a_value_is_cut_only_beyond_the_field_limit() -> None:

@@ -22,23 +22,7 @@ import sys
 from typing import Any
 
 from spfmilter.config.schema import Config, LogFormat, LogTarget
-
-# Escapes for the characters str.isprintable() refuses that are common
-# enough to deserve a short form; the rest become \xNN or \uNNNN.
-_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def escape(text: str) -> str:
-    """`text` with every non-printable character escaped (so it holds no
-    line break of any kind: LF, CR, VT, FF, NEL, U+2028, U+2029, ...)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else _SHORT.get(c) or _code(c) for c in text)
-
-
-def _code(char: str) -> str:
-    point = ord(char)
-    return f"\\x{point:02x}" if point < 0x100 else f"\\u{point:04x}"
+from spfmilter.printable import escape
 
 
 class TextFormatter(logging.Formatter):

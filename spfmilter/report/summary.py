@@ -13,21 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# Short forms for the commonest characters str.isprintable() refuses; the
-# rest become \xNN or \uNNNN (spfmilter's log escapes them so too).
-_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+from spfmilter.printable import escape as visible
 
-
-def visible(text: str) -> str:
-    """`text` with every non-printable character escaped."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else _SHORT.get(c) or _code(c) for c in text)
-
-
-def _code(char: str) -> str:
-    point = ord(char)
-    return f"\\x{point:02x}" if point < 0x100 else f"\\u{point:04x}"
+__all__ = ["visible"]
 
 
 @dataclass(frozen=True)

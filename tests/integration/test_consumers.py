@@ -35,9 +35,9 @@ from pathlib import Path
 
 import pytest
 
+from testkit import dkimkit
 from testkit.daemon import Daemon, config_text, free_port
 from testkit.dnsserver import ZONES, DNSTestServer, ZoneData, load_zone_file
-from tests.support import dkimkit
 from tests.support.consumers import (
     AUTHRES_SPF_PASS,
     DmarcRecord,

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import pytest
 
+from testkit import dkimkit
 from testkit.daemon import Daemon, Sections, children, config_text
 from testkit.dnsserver import ZONES, DNSTestServer, load_zone_file
 from testkit.milterclient import MilterClient, TransactionResult, one_transaction
 from tests.conftest import MakeDaemon
-from tests.support import dkimkit
 from tests.support.consumers import private_resolver_command, start_port53_dns, write_resolver_files
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")

@@ -26,10 +26,10 @@ import pytest
 
 from spfmilter.config.loading import PUBLIC_SUFFIX_LIST
 from spfmilter.report import main as report_main
+from testkit import dkimkit
 from testkit.daemon import Sections, config_text
 from testkit.dnsserver import ZONES, DNSTestServer, load_zone_file
 from testkit.milterclient import MilterClient
-from tests.support import dkimkit
 from tests.support.postfix import PrivatePostfix
 from tests.support.stack import RCPT, Stack, postfix_stack
 

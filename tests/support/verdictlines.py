@@ -5,7 +5,7 @@ the syslog form rsyslog writes to mail.log."""
 from __future__ import annotations
 
 from spfmilter.core.verdicts import format_fields
-from spfmilter.process.logs import escape
+from spfmilter.printable import escape
 
 PREFIX = "Dec  2 10:15:01 mx spfmilter[4711]: "
 

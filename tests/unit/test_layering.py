@@ -27,12 +27,13 @@ LAYERS: dict[str, set[str]] = {
     "report": {"config"},
 }
 # What every layer may import: the version and the vocabulary.
-SHARED = {"__init__", "core.model"}
+SHARED = {"__init__", "core.model", "printable"}
 
 # module -> the spfmilter modules it may import
 ALLOWED: dict[str, set[str]] = {
     "__init__": set(),
     "__main__": {"cli"},
+    "printable": set(),
     "cli": {
         "__init__",
         "config.docs",
@@ -140,7 +141,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "process.exporter": {"core.metrics"},
     "process.milterloop": {"mta.libmilter", "process.workers"},
-    "process.logs": {"config.schema"},
+    "process.logs": {"config.schema", "printable"},
     "process.privileges": {"config.loading", "config.schema"},
     "process.workers": set(),
     "report.__init__": {"report.command"},
@@ -161,7 +162,7 @@ ALLOWED: dict[str, set[str]] = {
     "report.progress": {"report.summary"},
     "report.records": set(),
     "report.scan": {"report.inputs", "report.progress", "report.tally"},
-    "report.summary": set(),
+    "report.summary": {"printable"},
     "report.table": {"report.summary"},
     "report.tally": {"report.domains", "report.records", "report.summary", "report.topk"},
     "report.topk": set(),

@@ -25,7 +25,7 @@ from spfmilter.core.model import (
 )
 from spfmilter.core.session import GO_ON, Session
 from spfmilter.evaluation.resolver import DnsTempError, Record
-from tests.support import dkimkit
+from testkit import dkimkit
 from tests.support.fakes import Clock, FakeChecker, FakeLookup, Results, make_session, no_dns, start
 
 PASSING: Results = {

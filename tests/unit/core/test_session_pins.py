@@ -41,7 +41,7 @@ from spfmilter.core.model import (
 )
 from spfmilter.core.session import GO_ON, Services, Session
 from spfmilter.evaluation.evaluator import Evaluator
-from spfmilter.evaluation.resolver import DnsTempError, Record
+from tests.support.fakes import FakeLookup as Lookup
 from tests.support.fakes import Held, Immediate
 
 CLIENT = "198.51.100.7"
@@ -69,20 +69,6 @@ class Checker:
 
     def identities(self) -> list[Identity]:
         return [query.identity for query, _ in self.queries]
-
-
-class Lookup:
-    """DNS from a table; records each question with its budget."""
-
-    def __init__(self, table: dict[tuple[str, str], list[Record]] | None = None) -> None:
-        self.table = table or {}
-        self.asked: list[tuple[str, str, float | None]] = []
-
-    def __call__(self, name: str, qtype: str, budget: float | None) -> list[Record]:
-        self.asked.append((name, qtype, budget))
-        if name == "broken.example":
-            raise DnsTempError("DNS timeout looking up broken.example A")
-        return self.table.get((name, qtype), [])
 
 
 def make(

@@ -15,7 +15,7 @@ from spfmilter.evaluation.dkimkeys import (
     Meter,
     screen,
 )
-from tests.support.dkimkit import LimitError, Record, TempError, Zone
+from testkit.dkimkit import LimitError, Record, TempError, Zone
 
 
 def der_length(length: int) -> bytes:

@@ -25,7 +25,7 @@ from spfmilter.evaluation.rescue import (
     RescueSettings,
     RescueStatus,
 )
-from tests.support.dkimkit import (
+from testkit.dkimkit import (
     MESSAGE,
     KeyPair,
     LimitError,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dkimkit import MESSAGE, ed25519_key, rsa_key, seal, sign
+from testkit.dkimkit import MESSAGE, ed25519_key, rsa_key, seal, sign
 
 ROOT = Path(__file__).resolve().parents[3]
 

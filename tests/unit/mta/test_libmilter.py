@@ -23,7 +23,7 @@ from spfmilter.core.session import Services, Session
 from spfmilter.evaluation.evaluator import Evaluator
 from spfmilter.evaluation.resolver import Record
 from spfmilter.mta.libmilter import client_address, reverse_path
-from tests.support import dkimkit
+from testkit import dkimkit
 from tests.support.testctx import Ctx
 
 RESULTS = {

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from spfmilter.printable import escape
 from spfmilter.process.logs import (
     JournalFormatter,
     JsonFormatter,
     MailLogFormatter,
     TextFormatter,
-    escape,
     stderr_is_journal,
 )
 

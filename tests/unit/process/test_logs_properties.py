@@ -6,7 +6,8 @@ import json
 
 from hypothesis import example, given
 
-from spfmilter.process.logs import JsonFormatter, TextFormatter, escape
+from spfmilter.printable import escape
+from spfmilter.process.logs import JsonFormatter, TextFormatter
 from tests.support.checks import assert_one_line, log_record
 from tests.support.strategies import SETTINGS, texts
 

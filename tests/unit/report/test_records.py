@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spfmilter.core.verdicts import FIELD_LIMIT, format_fields
-from spfmilter.process.logs import JsonFormatter, MailLogFormatter, TextFormatter, escape
+from spfmilter.printable import escape
+from spfmilter.process.logs import JsonFormatter, MailLogFormatter, TextFormatter
 from spfmilter.report.records import parse
 
 SETTINGS = settings(

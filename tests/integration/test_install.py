@@ -185,7 +185,8 @@ def test_workers_start_from_an_unreadable_python_on_the_system_resolver(
                 for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
                 if "/lib-dynload/" in line
             }
-            assert libraries and all(lib.startswith(f"{python}/") for lib in libraries)
+            # In a chroot, /proc shows the paths from the machine's own root.
+            assert libraries and all(f"{python}/" in lib for lib in libraries)
         header = received_spf(
             transaction(daemon, "198.51.100.7", "helo-pass.example.org", "a@spf-pass.example.org")
         )

@@ -1,6 +1,6 @@
 """``spfmilter report``: a preview of SPF rejection, read from verdict logs.
 
-The package owns the report command (issue 20): reading the one verdict
+The package owns the report command: reading the one verdict
 line spfmilter logs per transaction, from files, standard input or the
 journal's export, and telling an administrator what rejecting would
 refuse before it is turned on.  It depends on the log format only, never

@@ -74,7 +74,8 @@ def skip_text(config: Config, connection: Connection, tx: Envelope, facts: SkipF
 
 
 def expected_default(helo: SpfResult, mail_from: SpfResult | None) -> tuple[Action, str | None]:
-    """DESIGN.md section 1, written out independently of the engine."""
+    """The default policy as README's "What it does" states it, written out
+    independently of the engine."""
     if helo is SpfResult.FAIL:
         return Action.REJECT, "helo"
     if helo is SpfResult.TEMPERROR:

@@ -2,8 +2,8 @@
 the bounds on text a skip carries into logs and headers, HELO names with a
 trailing dot, and how exempt recipients are compared.
 
-Each test names a behaviour of spfmilter.core.policy (DESIGN/README semantics,
-the docstrings); tests/unit/test_policy.py holds the decision tables.
+Each test names a behaviour of spfmilter.core.policy (README's semantics,
+the docstrings); test_policy.py holds the decision tables.
 """
 
 from __future__ import annotations

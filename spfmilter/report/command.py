@@ -21,11 +21,11 @@ import sys
 from collections.abc import Sequence
 
 from spfmilter.config.values import parse_results
+from spfmilter.printable import escape
 from spfmilter.report import page, table
 from spfmilter.report.inputs import STDIN, Input, InputError, open_input
 from spfmilter.report.progress import Progress
 from spfmilter.report.scan import WorkerError, scan
-from spfmilter.report.summary import visible
 from spfmilter.report.tally import REJECTABLE
 
 PROG = "spfmilter report"
@@ -114,10 +114,10 @@ def main(argv: Sequence[str]) -> int:
             for source in inputs:
                 source.close()
     except InputError as error:
-        print(f"{PROG}: {visible(str(error))}", file=sys.stderr)
+        print(f"{PROG}: {escape(str(error))}", file=sys.stderr)
         return EXIT_USAGE
     except WorkerError as error:
-        print(f"{PROG}: failed: {visible(str(error))}", file=sys.stderr)
+        print(f"{PROG}: failed: {escape(str(error))}", file=sys.stderr)
         return EXIT_FAILED
     summary = tally.summary("standard input" if name == STDIN else name for name in names)
     if args.json:

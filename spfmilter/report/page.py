@@ -6,7 +6,7 @@ The page stands alone: its style is inline, it has no script and refers to
 nothing outside itself (links only to its own sections), and its
 Content-Security-Policy forbids loading anything, so that opening it never
 reaches the network even if a value slipped through.  None can: every text
-goes through html.escape here (after visible() made it printable), and
+goes through html.escape here (after spfmilter.printable.escape made it printable), and
 the only values in attributes are numbers computed here.
 """
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from spfmilter.report.summary import visible
+from spfmilter.printable import escape
 
 INTERVAL = 0.25  # seconds between redraws
 _ERASE = "\r\x1b[K"  # carriage return, then ECMA-48 EL: erase to the end of the line
@@ -43,7 +43,7 @@ class Progress:
         self._drawn = now
         rate = self.lines / max(now - self._start, 1e-9)
         self._stream.write(
-            f"{_ERASE}{visible(name)}: {self.lines:,} lines, "
+            f"{_ERASE}{escape(name)}: {self.lines:,} lines, "
             f"{self.bytes / 1e6:,.1f} MB, {rate:,.0f} lines/s"
         )
         self._stream.flush()

@@ -1,21 +1,17 @@
 """What a report says, as values: the one shape every output renders.
 
 This module owns the report's data (the JSON output is these values as
-they are, so its names are the JSON keys) and `visible()`, which makes text
-from a log fit to show: every value taken from a log line passes through it
-once, when the summary is made, so no output can carry a control character
-to a terminal (an escape sequence, a carriage return that hides a line, a
-bidirectional override) whatever a sender address held.
+they are, so its names are the JSON keys).  Every value taken from a log
+line passes through spfmilter.printable.escape once, when the summary is
+made, so no output can carry a control character to a terminal (an escape
+sequence, a carriage return that hides a line, a bidirectional override)
+whatever a sender address held.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from spfmilter.printable import escape as visible
-
-__all__ = ["visible"]
 
 
 @dataclass(frozen=True)

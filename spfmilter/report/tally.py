@@ -36,6 +36,7 @@ import re
 from collections.abc import Hashable, Iterable
 from typing import TypeVar
 
+from spfmilter.printable import escape
 from spfmilter.report import records
 from spfmilter.report.domains import host_name, organization, sender_domain
 from spfmilter.report.summary import (
@@ -50,7 +51,6 @@ from spfmilter.report.summary import (
     Summary,
     Verdicts,
     config_section,
-    visible,
 )
 from spfmilter.report.topk import TopK
 
@@ -260,7 +260,7 @@ class Tally:
         deferred = self.rescue.get(DEFERRED, 0)
         refused = sum(self.rescue.values())
         return Summary(
-            inputs=tuple(visible(name) for name in inputs),
+            inputs=tuple(escape(name) for name in inputs),
             reject=tuple(r for r in REJECTABLE if r in self.reject),
             lines=self.lines,
             other_lines=self.other_lines,
@@ -287,7 +287,7 @@ class Tally:
             ),
             helo_refused=self.helo_refused,
             domains=tuple(
-                Domain(visible(name), d.weight, d.rescued, d.error)
+                Domain(escape(name), d.weight, d.rescued, d.error)
                 for name, d in self._domains.ranked()[:ROWS]
             ),
             domains_seen=len(self._domains),
@@ -339,8 +339,8 @@ def _add_client(mine: _Client, theirs: _Client) -> None:
 
 def _client(ip: str, record: _Client) -> Client:
     return Client(
-        client_ip=visible(ip),
-        client_name=visible(record.name) if record.name else None,
+        client_ip=escape(ip),
+        client_name=escape(record.name) if record.name else None,
         verdicts=record.weight,
         mailfrom=record.mailfrom,
         refused=record.refused,
@@ -353,12 +353,12 @@ def _client(ip: str, record: _Client) -> Client:
 
 def _rescuer(key: str, record: _Count) -> Rescuer:
     method, _, domain = key.partition(" ")
-    return Rescuer(method, visible(domain), record.weight, record.error)
+    return Rescuer(method, escape(domain), record.weight, record.error)
 
 
 def _miss(key: str, record: _Count) -> RescueMiss:
     outcome, _, reason = key.partition(" ")
-    return RescueMiss(outcome, visible(reason), record.weight, record.error)
+    return RescueMiss(outcome, escape(reason), record.weight, record.error)
 
 
 def _config_line(client: Client) -> str | None:

@@ -147,6 +147,7 @@ ALLOWED: dict[str, set[str]] = {
     "report.__init__": {"report.command"},
     "report.command": {
         "config.values",
+        "printable",
         "report.inputs",
         "report.page",
         "report.progress",
@@ -159,12 +160,18 @@ ALLOWED: dict[str, set[str]] = {
     "report.export": set(),
     "report.inputs": {"report.export"},
     "report.page": {"report.summary"},
-    "report.progress": {"report.summary"},
+    "report.progress": {"printable"},
     "report.records": set(),
     "report.scan": {"report.inputs", "report.progress", "report.tally"},
-    "report.summary": {"printable"},
+    "report.summary": set(),
     "report.table": {"report.summary"},
-    "report.tally": {"report.domains", "report.records", "report.summary", "report.topk"},
+    "report.tally": {
+        "printable",
+        "report.domains",
+        "report.records",
+        "report.summary",
+        "report.topk",
+    },
     "report.topk": set(),
 }
 # dnspython is not used: spfmilter.evaluation.dnswire speaks DNS itself.

@@ -1,10 +1,10 @@
-"""Making log text fit to show, and the figures both outputs share."""
+"""Text made fit to show on one line: log lines and the report alike."""
 
 from __future__ import annotations
 
 import pytest
 
-from spfmilter.report.summary import visible
+from spfmilter.printable import escape
 
 
 @pytest.mark.parametrize(
@@ -20,7 +20,7 @@ from spfmilter.report.summary import visible
         ("\U000e0001", "\\ue0001"),
     ],
 )
-def test_visible(text: str, shown: str) -> None:
-    assert visible(text) == shown
-    assert visible(shown) == shown
-    assert visible(text).isprintable()
+def test_escape(text: str, shown: str) -> None:
+    assert escape(text) == shown
+    assert escape(shown) == shown
+    assert escape(text).isprintable()

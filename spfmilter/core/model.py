@@ -283,6 +283,11 @@ class RescueKind(enum.StrEnum):
     OVERSIZED = "oversized"
     TEMPORARY = "temporary"
 
+    @property
+    def rescues(self) -> bool:
+        """Whether the message is accepted despite its MAIL FROM fail."""
+        return self in (RescueKind.DKIM, RescueKind.ARC)
+
 
 @dataclass(frozen=True)
 class RescueResult:
@@ -299,7 +304,7 @@ class RescueResult:
     @property
     def rescued(self) -> bool:
         """Whether the message is accepted despite its MAIL FROM fail."""
-        return self.kind in (RescueKind.DKIM, RescueKind.ARC)
+        return self.kind.rescues
 
 
 @dataclass(frozen=True)

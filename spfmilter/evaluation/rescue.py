@@ -35,6 +35,7 @@ import dkim.canonicalization
 import dkim.util
 
 from spfmilter.config.orgdomain import PublicSuffixes, normalise
+from spfmilter.core.model import RescueKind
 from spfmilter.evaluation import arcresults
 from spfmilter.evaluation.dkimkeys import (
     MAX_KEY_BITS,
@@ -105,22 +106,6 @@ _MALFORMED = (
     TypeError,
     AssertionError,
 )
-
-
-class RescueStatus(enum.StrEnum):
-    """What the caller does: accept (rescued), refuse with the SPF fail
-    reply, or defer as for an SPF temperror (DNS could not say)."""
-
-    RESCUED = "rescued"
-    REFUSED = "refused"
-    TEMPORARY = "temporary"
-
-
-class RescueMethod(enum.StrEnum):
-    """How a message was rescued."""
-
-    DKIM = "dkim"
-    ARC = "arc"
 
 
 class AuthResult(enum.StrEnum):
@@ -255,16 +240,17 @@ class ArcCheck:
 class RescueOutcome:
     """The verdict on one message.
 
-    `status` tells the caller what to do; `method`, `domain` (the MAIL FROM
-    domain that vouched), `selector` (DKIM) or `sealer` (ARC) say how it was
-    rescued; `reason` says why not (or repeats the method); `dkim` and
+    `kind` tells the caller what to do: accept (DKIM or ARC rescued it),
+    refuse with the SPF fail reply (NONE), or defer as for an SPF temperror
+    (TEMPORARY: DNS could not say); `domain` (the MAIL FROM domain that
+    vouched), `selector` (DKIM) or `sealer` (ARC) say how it was rescued;
+    `reason` says why not (or repeats the kind); `dkim` and
     `arc` hold the results for Authentication-Results; `cpu_seconds` what
     the verification cost.
     """
 
-    status: RescueStatus
+    kind: RescueKind
     reason: Reason
-    method: RescueMethod | None = None
     domain: str = ""
     selector: str = ""
     sealer: str = ""
@@ -275,7 +261,7 @@ class RescueOutcome:
     @property
     def rescued(self) -> bool:
         """Whether the message is accepted despite the SPF fail."""
-        return self.status is RescueStatus.RESCUED
+        return self.kind.rescues
 
 
 class _Quiet:
@@ -342,7 +328,7 @@ class Rescuer:
             cpu_clock=self._cpu_clock,
         )
         if not self._settings.enabled:
-            return RescueOutcome(RescueStatus.REFUSED, Reason.DISABLED)
+            return RescueOutcome(RescueKind.NONE, Reason.DISABLED)
         keys = KeyFetcher(
             self._lookup,
             meter,
@@ -358,7 +344,7 @@ class Rescuer:
             meter.check()
             parsed = self._parse(message)
             if isinstance(parsed, Reason):
-                return RescueOutcome(RescueStatus.REFUSED, parsed, cpu_seconds=meter.cpu_used())
+                return RescueOutcome(RescueKind.NONE, parsed, cpu_seconds=meter.cpu_used())
             headers, body = parsed
             bodies = _Bodies(body)
             if self._settings.dkim:
@@ -366,9 +352,8 @@ class Rescuer:
                     checks.append(check)
                     if check.result is AuthResult.PASS and check.aligned:
                         return RescueOutcome(
-                            RescueStatus.RESCUED,
+                            RescueKind.DKIM,
                             Reason.DKIM,
-                            RescueMethod.DKIM,
                             domain=normalise(check.domain),
                             selector=check.selector,
                             dkim=tuple(checks),
@@ -378,9 +363,8 @@ class Rescuer:
                 arc = self._arc(headers, bodies, mail_from_domain, keys, meter)
                 if arc.result is AuthResult.PASS and arc.vouched_by:
                     return RescueOutcome(
-                        RescueStatus.RESCUED,
+                        RescueKind.ARC,
                         Reason.ARC,
-                        RescueMethod.ARC,
                         domain=normalise(mail_from_domain),
                         sealer=arc.sealer,
                         dkim=tuple(checks),
@@ -391,9 +375,9 @@ class Rescuer:
             reason = Reason(stop.reason)
             # Running out of wall time means DNS was slow: ask again later.
             # Running out of CPU is the message's own doing: refuse it.
-            status = RescueStatus.TEMPORARY if reason is Reason.DEADLINE else RescueStatus.REFUSED
+            kind = RescueKind.TEMPORARY if reason is Reason.DEADLINE else RescueKind.NONE
             return RescueOutcome(
-                status, reason, dkim=tuple(checks), arc=arc, cpu_seconds=meter.cpu_used()
+                kind, reason, dkim=tuple(checks), arc=arc, cpu_seconds=meter.cpu_used()
             )
         return _not_rescued(tuple(checks), arc, meter.cpu_used())
 
@@ -601,11 +585,11 @@ def _not_rescued(checks: tuple[DkimCheck, ...], arc: ArcCheck | None, cpu: float
     temporary = [c for c in aligned if c.result is AuthResult.TEMPERROR]
     if arc is not None and arc.result is AuthResult.TEMPERROR:
         return RescueOutcome(
-            RescueStatus.TEMPORARY, arc.reason, dkim=checks, arc=arc, cpu_seconds=cpu
+            RescueKind.TEMPORARY, arc.reason, dkim=checks, arc=arc, cpu_seconds=cpu
         )
     if temporary:
         return RescueOutcome(
-            RescueStatus.TEMPORARY, temporary[0].reason, dkim=checks, arc=arc, cpu_seconds=cpu
+            RescueKind.TEMPORARY, temporary[0].reason, dkim=checks, arc=arc, cpu_seconds=cpu
         )
     if aligned:
         reason = aligned[0].reason
@@ -617,7 +601,7 @@ def _not_rescued(checks: tuple[DkimCheck, ...], arc: ArcCheck | None, cpu: float
         reason = checks[0].reason
     else:
         reason = Reason.NO_SIGNATURE if arc is None else arc.reason
-    return RescueOutcome(RescueStatus.REFUSED, reason, dkim=checks, arc=arc, cpu_seconds=cpu)
+    return RescueOutcome(RescueKind.NONE, reason, dkim=checks, arc=arc, cpu_seconds=cpu)
 
 
 class _BadCanonicalization(Exception):

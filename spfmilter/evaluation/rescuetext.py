@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from spfmilter.core.headers import FIELD_LIMIT, clean, comment_text, quote_value
 from spfmilter.core.model import IPAddress, RescueKind, RescueResult
-from spfmilter.evaluation.rescue import ArcCheck, AuthResult, DkimCheck, RescueOutcome, RescueStatus
+from spfmilter.evaluation.rescue import ArcCheck, AuthResult, DkimCheck, RescueOutcome
 
 
 def resinfos(outcome: RescueOutcome, client_ip: IPAddress | None = None) -> tuple[str, ...]:
@@ -69,12 +69,10 @@ def summary(outcome: RescueOutcome, client_ip: IPAddress | None = None) -> Rescu
     the DKIM signature, or the ARC sealer, that rescued), or why not, and
     the resinfos."""
     found = resinfos(outcome, client_ip)
-    if outcome.rescued and outcome.method is not None:
-        kind = RescueKind(outcome.method.value)
-        rescuer = outcome.domain if kind is RescueKind.DKIM else outcome.sealer
-        return RescueResult(kind, clean(rescuer), "", found)
-    kind = RescueKind.TEMPORARY if outcome.status is RescueStatus.TEMPORARY else RescueKind.NONE
-    return RescueResult(kind, "", outcome.reason.value, found)
+    if outcome.rescued:
+        rescuer = outcome.domain if outcome.kind is RescueKind.DKIM else outcome.sealer
+        return RescueResult(outcome.kind, clean(rescuer), "", found)
+    return RescueResult(outcome.kind, "", outcome.reason.value, found)
 
 
 def pvalue(value: str) -> str:

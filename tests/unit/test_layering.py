@@ -102,7 +102,12 @@ ALLOWED: dict[str, set[str]] = {
         "evaluation.dnswire",
         "evaluation.ttlcache",
     },
-    "evaluation.rescue": {"config.orgdomain", "evaluation.arcresults", "evaluation.dkimkeys"},
+    "evaluation.rescue": {
+        "config.orgdomain",
+        "core.model",
+        "evaluation.arcresults",
+        "evaluation.dkimkeys",
+    },
     "evaluation.rescuetext": {"core.headers", "core.model", "evaluation.rescue"},
     "evaluation.rescuewarmup": {
         "config.orgdomain",

@@ -16,14 +16,13 @@ import dkim
 import pytest
 
 from spfmilter.config import orgdomain
+from spfmilter.core.model import RescueKind
 from spfmilter.evaluation.rescue import (
     AuthResult,
     Reason,
     RescueLimits,
-    RescueMethod,
     Rescuer,
     RescueSettings,
-    RescueStatus,
 )
 from testkit.dkimkit import (
     MESSAGE,
@@ -109,8 +108,7 @@ def test_an_aligned_signature_rescues(make: Make, keys: dict[str, KeyPair], key:
     selector = {"rsa2048": "sel", "ed25519": "ed", "rsa1024": "small"}[key]
     message = sign(MESSAGE, keys[key], selector=selector)
     outcome = make().check(message, "example.com", soon())
-    assert outcome.status is RescueStatus.RESCUED
-    assert outcome.method is RescueMethod.DKIM
+    assert outcome.kind is RescueKind.DKIM
     assert (outcome.domain, outcome.selector) == ("example.com", selector)
     assert outcome.dkim[0].result is AuthResult.PASS
 
@@ -131,7 +129,7 @@ def test_an_unaligned_signature_does_not_rescue_and_is_not_verified(
 ) -> None:
     message = sign(MESSAGE, keys["rsa2048"], domain="forwarder.example")
     outcome = make(sealers=frozenset()).check(message, "example.com", soon())
-    assert outcome.status is RescueStatus.REFUSED
+    assert outcome.kind is RescueKind.NONE
     assert outcome.reason is Reason.UNALIGNED
     assert outcome.dkim[0].result is None and not outcome.dkim[0].aligned
     assert zone.asked == []
@@ -147,13 +145,13 @@ def test_a_public_suffix_is_not_aligned_with_its_subdomains(
 
 def test_no_signature(make: Make) -> None:
     outcome = make(sealers=frozenset()).check(MESSAGE, "example.com", soon())
-    assert (outcome.status, outcome.reason) == (RescueStatus.REFUSED, Reason.NO_SIGNATURE)
+    assert (outcome.kind, outcome.reason) == (RescueKind.NONE, Reason.NO_SIGNATURE)
 
 
 def test_a_changed_body_breaks_the_body_hash(make: Make, keys: dict[str, KeyPair]) -> None:
     message = sign(MESSAGE, keys["rsa2048"]).replace(b"noon", b"one")
     outcome = make().check(message, "example.com", soon())
-    assert (outcome.status, outcome.reason) == (RescueStatus.REFUSED, Reason.BODY_HASH)
+    assert (outcome.kind, outcome.reason) == (RescueKind.NONE, Reason.BODY_HASH)
     assert outcome.dkim[0].result is AuthResult.FAIL
 
 
@@ -167,14 +165,14 @@ def test_a_changed_header_breaks_the_signature(make: Make, keys: dict[str, KeyPa
 def test_a_key_not_found(make: Make, keys: dict[str, KeyPair]) -> None:
     message = sign(MESSAGE, keys["rsa2048"], selector="gone")
     outcome = make().check(message, "example.com", soon())
-    assert (outcome.status, outcome.reason) == (RescueStatus.REFUSED, Reason.KEY_NOT_FOUND)
+    assert (outcome.kind, outcome.reason) == (RescueKind.NONE, Reason.KEY_NOT_FOUND)
     assert outcome.dkim[0].result is AuthResult.PERMERROR
 
 
 def test_dns_trouble_on_the_key_defers(make: Make, keys: dict[str, KeyPair], zone: Zone) -> None:
     zone.errors["sel._domainkey.example.com"] = TempError("timeout")
     outcome = make().check(sign(MESSAGE, keys["rsa2048"]), "example.com", soon())
-    assert (outcome.status, outcome.reason) == (RescueStatus.TEMPORARY, Reason.KEY_TEMPERROR)
+    assert (outcome.kind, outcome.reason) == (RescueKind.TEMPORARY, Reason.KEY_TEMPERROR)
     assert outcome.dkim[0].result is AuthResult.TEMPERROR
 
 
@@ -191,7 +189,7 @@ def test_a_second_signature_rescues_despite_dns_trouble_on_the_first(
 def test_a_refused_key_answer(make: Make, keys: dict[str, KeyPair], zone: Zone) -> None:
     zone.errors["sel._domainkey.example.com"] = LimitError("too many records")
     outcome = make().check(sign(MESSAGE, keys["rsa2048"]), "example.com", soon())
-    assert (outcome.status, outcome.reason) == (RescueStatus.REFUSED, Reason.KEY_REFUSED)
+    assert (outcome.kind, outcome.reason) == (RescueKind.NONE, Reason.KEY_REFUSED)
 
 
 def test_a_key_below_1024_bits_is_refused(make: Make, keys: dict[str, KeyPair]) -> None:
@@ -213,14 +211,14 @@ def test_a_partial_body_length_is_refused(make: Make, keys: dict[str, KeyPair]) 
     assert make().check(signed, "example.com", soon()).rescued
     appended = signed + b"Click here: https://phish.example/\r\n"
     outcome = make().check(appended, "example.com", soon())
-    assert (outcome.status, outcome.reason) == (RescueStatus.REFUSED, Reason.PARTIAL_BODY)
+    assert (outcome.kind, outcome.reason) == (RescueKind.NONE, Reason.PARTIAL_BODY)
     assert outcome.dkim[0].result is AuthResult.POLICY
 
 
 def test_two_from_fields_are_refused(make: Make, keys: dict[str, KeyPair]) -> None:
     message = b"From: Mallory <ceo@example.com>\r\n" + sign(MESSAGE, keys["rsa2048"])
     outcome = make().check(message, "example.com", soon())
-    assert (outcome.status, outcome.reason) == (RescueStatus.REFUSED, Reason.FROM_COUNT)
+    assert (outcome.kind, outcome.reason) == (RescueKind.NONE, Reason.FROM_COUNT)
 
 
 def test_a_signature_that_does_not_sign_from_is_ignored(
@@ -247,7 +245,7 @@ def test_a_signature_that_does_not_sign_from_is_ignored(
     message = b"DKIM-Signature: " + value + MESSAGE
     assert dkim.DKIM(message).verify(dnsfunc=lambda name, timeout=5: keys["rsa2048"].record)
     outcome = make().check(message, "example.com", soon())
-    assert (outcome.status, outcome.reason) == (RescueStatus.REFUSED, Reason.FROM_NOT_SIGNED)
+    assert (outcome.kind, outcome.reason) == (RescueKind.NONE, Reason.FROM_NOT_SIGNED)
 
 
 def test_a_key_in_testing_mode_is_not_used(
@@ -321,8 +319,7 @@ def test_a_trusted_sealer_that_saw_spf_pass_rescues(make: Make, keys: dict[str, 
         "arc=pass; spf=pass smtp.mailfrom=example.com; dkim=none",
     )
     outcome = make().check(second, "example.com", soon())
-    assert outcome.status is RescueStatus.RESCUED
-    assert outcome.method is RescueMethod.ARC
+    assert outcome.kind is RescueKind.ARC
     assert (outcome.sealer, outcome.domain) == (SEALER, "example.com")
     assert outcome.arc is not None
     assert (outcome.arc.result, outcome.arc.sets, outcome.arc.vouched_by) == (
@@ -346,7 +343,7 @@ def test_a_sealer_below_a_trusted_domain_is_not_trusted(
     zone.publish("arc", f"evil.{SEALER}", keys["rsa2048"].record)
     sealed = seal(MESSAGE, keys["rsa2048"], f"evil.{SEALER}", "spf=pass smtp.mailfrom=example.com")
     outcome = make().check(sealed, "example.com", soon())
-    assert (outcome.status, outcome.reason) == (RescueStatus.REFUSED, Reason.SEALER_UNTRUSTED)
+    assert (outcome.kind, outcome.reason) == (RescueKind.NONE, Reason.SEALER_UNTRUSTED)
     assert zone.asked == []
 
 
@@ -369,7 +366,7 @@ def test_a_message_changed_after_sealing_fails_the_chain(
 ) -> None:
     sealed = seal(MESSAGE, keys["rsa2048"], SEALER, "spf=pass smtp.mailfrom=example.com")
     outcome = make().check(sealed.replace(b"noon", b"one"), "example.com", soon())
-    assert (outcome.status, outcome.reason) == (RescueStatus.REFUSED, Reason.CHAIN_INVALID)
+    assert (outcome.kind, outcome.reason) == (RescueKind.NONE, Reason.CHAIN_INVALID)
     assert outcome.arc is not None and outcome.arc.result is AuthResult.FAIL
 
 
@@ -377,7 +374,7 @@ def test_dns_trouble_on_a_seal_key_defers(make: Make, keys: dict[str, KeyPair], 
     zone.errors[f"arc._domainkey.{SEALER}"] = TempError("timeout")
     sealed = seal(MESSAGE, keys["rsa2048"], SEALER, "spf=pass smtp.mailfrom=example.com")
     outcome = make().check(sealed, "example.com", soon())
-    assert (outcome.status, outcome.reason) == (RescueStatus.TEMPORARY, Reason.KEY_TEMPERROR)
+    assert (outcome.kind, outcome.reason) == (RescueKind.TEMPORARY, Reason.KEY_TEMPERROR)
 
 
 def test_a_chain_of_50_sets_is_checked_and_51_fail_unread(
@@ -395,7 +392,7 @@ def test_a_chain_of_50_sets_is_checked_and_51_fail_unread(
     assert outcome.rescued and outcome.arc is not None and outcome.arc.sets == 50
     zone.asked.clear()
     outcome = make().check(message, "example.com", soon())
-    assert (outcome.status, outcome.reason) == (RescueStatus.REFUSED, Reason.CHAIN_TOO_LONG)
+    assert (outcome.kind, outcome.reason) == (RescueKind.NONE, Reason.CHAIN_TOO_LONG)
     assert zone.asked == []
 
 
@@ -452,7 +449,7 @@ def test_malformed_signatures_get_a_result(
 ) -> None:
     signed = sign(MESSAGE, keys["rsa2048"])
     outcome = make(sealers=frozenset()).check(signed.replace(old, new, 1), "example.com", soon())
-    assert outcome.status is RescueStatus.REFUSED
+    assert outcome.kind is RescueKind.NONE
     assert outcome.dkim and outcome.dkim[0].result is not AuthResult.PASS
 
 
@@ -462,7 +459,7 @@ def test_an_ed25519_signature_of_the_wrong_length(make: Make, keys: dict[str, Ke
     end = signed.index(b"\r\n", start)
     broken = signed[:start] + b"AAAA" + signed[end:]
     outcome = make().check(broken, "example.com", soon())
-    assert outcome.status is RescueStatus.REFUSED
+    assert outcome.kind is RescueKind.NONE
     assert outcome.dkim[0].result is AuthResult.PERMERROR
 
 
@@ -508,12 +505,12 @@ def test_the_cpu_budget_stops_the_verification(make: Make, keys: dict[str, KeyPa
         "example.com",
         soon(),
     )
-    assert (outcome.status, outcome.reason) == (RescueStatus.REFUSED, Reason.CPU_BUDGET)
+    assert (outcome.kind, outcome.reason) == (RescueKind.NONE, Reason.CPU_BUDGET)
 
 
 def test_the_deadline_defers(make: Make, keys: dict[str, KeyPair]) -> None:
     outcome = make().check(sign(MESSAGE, keys["rsa2048"]), "example.com", time.monotonic() - 1)
-    assert (outcome.status, outcome.reason) == (RescueStatus.TEMPORARY, Reason.DEADLINE)
+    assert (outcome.kind, outcome.reason) == (RescueKind.TEMPORARY, Reason.DEADLINE)
 
 
 def test_no_header_end_and_garbage(make: Make) -> None:
@@ -525,7 +522,7 @@ def test_no_header_end_and_garbage(make: Make) -> None:
         b" continued\r\nFrom: a@example.com\r\n\r\n",
     ):
         outcome = make().check(message, "example.com", soon())
-        assert outcome.status is RescueStatus.REFUSED
+        assert outcome.kind is RescueKind.NONE
 
 
 def test_parallel_verifications_agree(make: Make, keys: dict[str, KeyPair]) -> None:

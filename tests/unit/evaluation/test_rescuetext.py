@@ -12,9 +12,7 @@ from spfmilter.evaluation.rescue import (
     AuthResult,
     DkimCheck,
     Reason,
-    RescueMethod,
     RescueOutcome,
-    RescueStatus,
 )
 from spfmilter.evaluation.rescuetext import (
     arc_resinfo,
@@ -49,9 +47,8 @@ def test_arc_pass_with_the_registered_properties() -> None:
 
 def test_unverified_signatures_are_not_reported() -> None:
     outcome = RescueOutcome(
-        RescueStatus.RESCUED,
+        RescueKind.DKIM,
         Reason.DKIM,
-        RescueMethod.DKIM,
         "example.com",
         "sel",
         dkim=(UNALIGNED, BROKEN, PASSED),
@@ -61,7 +58,7 @@ def test_unverified_signatures_are_not_reported() -> None:
 
 def test_an_arc_chain_not_validated_is_not_reported() -> None:
     outcome = RescueOutcome(
-        RescueStatus.REFUSED,
+        RescueKind.NONE,
         Reason.SEALER_UNTRUSTED,
         arc=ArcCheck(None, Reason.SEALER_UNTRUSTED, "evil.example", 1),
     )
@@ -93,16 +90,13 @@ def test_hostile_values_stay_in_their_place() -> None:
 
 
 def test_summary() -> None:
-    dkim = RescueOutcome(
-        RescueStatus.RESCUED, Reason.DKIM, RescueMethod.DKIM, "example.com", "sel", dkim=(PASSED,)
-    )
+    dkim = RescueOutcome(RescueKind.DKIM, Reason.DKIM, "example.com", "sel", dkim=(PASSED,))
     assert summary(dkim) == RescueResult(
         RescueKind.DKIM, "example.com", "", (dkim_resinfo(PASSED),)
     )
     arc = RescueOutcome(
-        RescueStatus.RESCUED,
+        RescueKind.ARC,
         Reason.ARC,
-        RescueMethod.ARC,
         "example.com",
         sealer="lists.example.org",
         arc=CHAIN,
@@ -111,8 +105,8 @@ def test_summary() -> None:
     assert summary(arc, ip) == RescueResult(
         RescueKind.ARC, "lists.example.org", "", (arc_resinfo(CHAIN, ip),)
     )
-    refused = RescueOutcome(RescueStatus.REFUSED, Reason.UNALIGNED)
+    refused = RescueOutcome(RescueKind.NONE, Reason.UNALIGNED)
     assert summary(refused) == RescueResult(RescueKind.NONE, "", "unaligned")
-    deferred = RescueOutcome(RescueStatus.TEMPORARY, Reason.KEY_TEMPERROR)
+    deferred = RescueOutcome(RescueKind.TEMPORARY, Reason.KEY_TEMPERROR)
     assert summary(deferred) == RescueResult(RescueKind.TEMPORARY, "", "key_temperror")
     assert not summary(deferred).rescued and summary(dkim).rescued

@@ -12,19 +12,16 @@ the only values in attributes are numbers computed here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from html import escape
+from typing import TypeVar
 
-from spfmilter.report.summary import (
-    Summary,
-    accuracy,
-    config_section,
-    figure,
-    forwarder_rule,
-    organizations,
-)
+from spfmilter.report import summary
+from spfmilter.report.summary import Summary, accuracy, config_section, figure, forwarder_rule
 
 ROWS = 50  # rows per ranking
+
+Item = TypeVar("Item")
 
 _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
@@ -47,9 +44,8 @@ p.note { color: #555; }
 _POLICY = "default-src 'none'; style-src 'unsafe-inline'"
 
 
-def render(summary: Summary) -> str:
+def render(s: Summary) -> str:
     """The whole page."""
-    s = summary
     sections = [
         _overview(s),
         _verdicts(s),
@@ -102,22 +98,15 @@ def _overview(s: Summary) -> str:
 
 def _verdicts(s: Summary) -> str:
     most = max((v.total for v in s.by_result), default=0)
-    rows = [
-        [
-            escape(v.identity),
-            escape(v.result),
-            figure(v.accept),
-            figure(v.reject),
-            figure(v.defer),
-            figure(v.total),
-            _bar(most, [(v.accept, "accept"), (v.reject, "reject"), (v.defer, "defer")]),
-        ]
-        for v in s.by_result
-    ]
     return (
         _heading("verdicts", "Verdicts by identity, result and action")
         + _key([("accept", "accept"), ("reject", "reject"), ("defer", "defer")])
-        + _table(["identity", "result", "accept", "reject", "defer", "total", ""], rows, "llnnnnl")
+        + _ranking(
+            s,
+            summary.VERDICT_COLUMNS,
+            s.by_result,
+            lambda v: _bar(most, [(v.accept, "accept"), (v.reject, "reject"), (v.defer, "defer")]),
+        )
     )
 
 
@@ -125,11 +114,9 @@ def _skips(s: Summary) -> str:
     if not s.skips:
         return ""
     most = max(skip.count for skip in s.skips)
-    rows = [
-        [escape(skip.reason), figure(skip.count), _bar(most, [(skip.count, "unknown")])]
-        for skip in s.skips
-    ]
-    return _heading("skips", "Skipped, by reason") + _table(["reason", "count", ""], rows, "lnl")
+    return _heading("skips", "Skipped, by reason") + _ranking(
+        s, summary.SKIP_COLUMNS, s.skips, lambda skip: _bar(most, [(skip.count, "unknown")])
+    )
 
 
 def _refusals(s: Summary) -> str:
@@ -155,34 +142,28 @@ def _refusals(s: Summary) -> str:
 
 def _domains(s: Summary) -> str:
     most = max((d.refused for d in s.domains), default=0)
-    rows = [
-        [
-            escape(d.domain or "(none)"),
-            figure(d.refused, d.error),
-            figure(d.rescued),
-            _bar(most, [(d.rescued, "rescued"), (d.refused - d.rescued, "refused")]),
-        ]
-        for d in s.domains[:ROWS]
-    ]
     return (
         _heading("domains", "Would refuse, by sender domain")
         + _key([("rescued", "rescued"), ("refused", "still refused")])
-        + _table(["sender domain", "refused", "rescued", ""], rows, "lnnl")
+        + _ranking(
+            s,
+            summary.DOMAIN_COLUMNS,
+            s.domains[:ROWS],
+            lambda d: _bar(most, [(d.rescued, "rescued"), (d.refused - d.rescued, "refused")]),
+        )
     )
 
 
 def _clients(s: Summary) -> str:
     most = max((c.refused + c.helo_refused for c in s.clients), default=0)
-    rows = [
-        [
-            escape(c.client_ip),
-            escape(c.client_name or "-"),
-            figure(c.refused, c.error),
-            figure(c.rescued),
-            figure(c.mailfrom, c.error),
-            organizations(s, c.domains),
-            figure(c.helo_refused),
-            _bar(
+    return (
+        _heading("clients", "Would refuse, by client")
+        + _key([("rescued", "rescued"), ("refused", "still refused"), ("defer", "HELO refused")])
+        + _ranking(
+            s,
+            summary.CLIENT_COLUMNS,
+            s.clients[:ROWS],
+            lambda c: _bar(
                 most,
                 [
                     (c.rescued, "rescued"),
@@ -190,16 +171,6 @@ def _clients(s: Summary) -> str:
                     (c.helo_refused, "defer"),
                 ],
             ),
-        ]
-        for c in s.clients[:ROWS]
-    ]
-    return (
-        _heading("clients", "Would refuse, by client")
-        + _key([("rescued", "rescued"), ("refused", "still refused"), ("defer", "HELO refused")])
-        + _table(
-            ["client", "name", "refused", "rescued", "MAIL FROM", "domains", "HELO refused", ""],
-            rows,
-            "llnnnnnl",
         )
     )
 
@@ -208,17 +179,8 @@ def _rescuers(s: Summary) -> str:
     if not s.rescuers:
         return ""
     most = max(r.count for r in s.rescuers)
-    rows = [
-        [
-            escape(r.method),
-            escape(r.domain),
-            figure(r.count, r.error),
-            _bar(most, [(r.count, "rescued")]),
-        ]
-        for r in s.rescuers[:ROWS]
-    ]
-    return _heading("rescuers", "Rescued, by method and domain") + _table(
-        ["method", "domain", "rescued", ""], rows, "llnl"
+    return _heading("rescuers", "Rescued, by method and domain") + _ranking(
+        s, summary.RESCUER_COLUMNS, s.rescuers[:ROWS], lambda r: _bar(most, [(r.count, "rescued")])
     )
 
 
@@ -227,17 +189,11 @@ def _misses(s: Summary) -> str:
         return ""
     most = max(m.count for m in s.misses)
     kinds = {"temporary": "defer"}
-    rows = [
-        [
-            escape(m.outcome),
-            escape(m.reason),
-            figure(m.count, m.error),
-            _bar(most, [(m.count, kinds.get(m.outcome, "refused"))]),
-        ]
-        for m in s.misses[:ROWS]
-    ]
-    return _heading("misses", "Not rescued, by outcome and reason") + _table(
-        ["outcome", "reason", "count", ""], rows, "llnl"
+    return _heading("misses", "Not rescued, by outcome and reason") + _ranking(
+        s,
+        summary.MISS_COLUMNS,
+        s.misses[:ROWS],
+        lambda m: _bar(most, [(m.count, kinds.get(m.outcome, "refused"))]),
     )
 
 
@@ -248,21 +204,7 @@ def _forwarders(s: Summary) -> str:
     )
     if not s.forwarders:
         return heading + "<p>None.</p>\n"
-    rows = [
-        [
-            escape(f.client.client_ip),
-            escape(f.client.client_name or "-"),
-            organizations(s, f.client.domains),
-            figure(f.client.refused, f.client.error),
-            f"{f.share:.0%}",
-            figure(f.client.rescued),
-            escape(f.config or "-"),
-        ]
-        for f in s.forwarders[:ROWS]
-    ]
-    table = _table(
-        ["client", "name", "domains", "refused", "share", "rescued", "config"], rows, "llnnnnl"
-    )
+    table = _ranking(s, summary.FORWARDER_COLUMNS, s.forwarders[:ROWS])
     section = config_section(s.forwarders[:ROWS])
     if not section:
         return heading + table
@@ -296,6 +238,23 @@ def _bar(most: int, parts: Sequence[tuple[int, str]]) -> str:
         if n > 0
     )
     return f'<div class="bar">{spans}</div>'
+
+
+def _ranking(
+    s: Summary,
+    columns: Sequence[summary.Column[Item]],
+    items: Sequence[Item],
+    bar: Callable[[Item], str] | None = None,
+) -> str:
+    """Items as a table under their columns' headings, every cell escaped,
+    numbers aligned right; then each item's bar, if `bar` draws one."""
+    headers = [escape(column.heading) for column in columns]
+    rows = [[escape(column.cell(s, item)) for column in columns] for item in items]
+    kinds = "".join("n" if column.number else "l" for column in columns)
+    if bar is None:
+        return _table(headers, rows, kinds)
+    bars = [[*row, bar(item)] for row, item in zip(rows, items, strict=True)]
+    return _table([*headers, ""], bars, kinds + "l")
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], kinds: str) -> str:

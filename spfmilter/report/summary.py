@@ -6,12 +6,19 @@ line passes through spfmilter.printable.escape once, when the summary is
 made, so no output can carry a control character to a terminal (an escape
 sequence, a carriage return that hides a line, a bidirectional override)
 whatever a sender address held.
+
+It also owns each ranking's columns, once for the text and the HTML
+alike: their order, headings, and what each cell says of an item, so that
+a column shown in one output cannot be missing from the other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
 
 
 @dataclass(frozen=True)
@@ -158,7 +165,7 @@ def figure(count: int, error: int = 0) -> str:
     return f"~{count:,}" if error else f"{count:,}"
 
 
-def organizations(summary: Summary, count: int) -> str:
+def _organizations(summary: Summary, count: int) -> str:
     """A client's count of distinct organizations, "16+" at the limit."""
     return f"{count}+" if count >= summary.limits.domains_limit else str(count)
 
@@ -197,3 +204,69 @@ def config_section(forwarders: Sequence[Forwarder]) -> str:
         return ""
     lines = [f"{key} = {', '.join(names)}" for key, names in sorted(values.items(), reverse=True)]
     return "[skip]\n" + "".join(f"{line}\n" for line in lines)
+
+
+@dataclass(frozen=True)
+class Column(Generic[Item]):
+    """One column of a ranking: its heading, its cell's text for an item
+    (plain text, shortened or escaped by each output as its format needs),
+    and whether it holds a number (aligned right) or a name."""
+
+    heading: str
+    cell: Callable[[Summary, Item], str]
+    number: bool = False
+
+
+def _of_client(column: Column[Client]) -> Column[Forwarder]:
+    """A client's column, for the forwarder that client is."""
+    return Column(column.heading, lambda s, f: column.cell(s, f.client), column.number)
+
+
+_CLIENT_IP = Column[Client]("client", lambda _, c: c.client_ip)
+_CLIENT_NAME = Column[Client]("name", lambda _, c: c.client_name or "-")
+_REFUSED = Column[Client]("refused", lambda _, c: figure(c.refused, c.error), number=True)
+_RESCUED = Column[Client]("rescued", lambda _, c: figure(c.rescued), number=True)
+_DOMAINS = Column[Client]("domains", lambda s, c: _organizations(s, c.domains), number=True)
+
+VERDICT_COLUMNS: tuple[Column[Verdicts], ...] = (
+    Column("identity", lambda _, v: v.identity),
+    Column("result", lambda _, v: v.result),
+    Column("accept", lambda _, v: figure(v.accept), number=True),
+    Column("reject", lambda _, v: figure(v.reject), number=True),
+    Column("defer", lambda _, v: figure(v.defer), number=True),
+    Column("total", lambda _, v: figure(v.total), number=True),
+)
+SKIP_COLUMNS: tuple[Column[Skips], ...] = (
+    Column("reason", lambda _, k: k.reason),
+    Column("count", lambda _, k: figure(k.count), number=True),
+)
+DOMAIN_COLUMNS: tuple[Column[Domain], ...] = (
+    Column("sender domain", lambda _, d: d.domain or "(none)"),
+    Column("refused", lambda _, d: figure(d.refused, d.error), number=True),
+    Column("rescued", lambda _, d: figure(d.rescued), number=True),
+)
+CLIENT_COLUMNS: tuple[Column[Client], ...] = (
+    _CLIENT_IP,
+    _CLIENT_NAME,
+    _REFUSED,
+    _RESCUED,
+    Column("MAIL FROM", lambda _, c: figure(c.mailfrom, c.error), number=True),
+    _DOMAINS,
+    Column("HELO refused", lambda _, c: figure(c.helo_refused), number=True),
+)
+RESCUER_COLUMNS: tuple[Column[Rescuer], ...] = (
+    Column("method", lambda _, r: r.method),
+    Column("domain", lambda _, r: r.domain),
+    Column("rescued", lambda _, r: figure(r.count, r.error), number=True),
+)
+MISS_COLUMNS: tuple[Column[RescueMiss], ...] = (
+    Column("outcome", lambda _, m: m.outcome),
+    Column("reason", lambda _, m: m.reason),
+    Column("count", lambda _, m: figure(m.count, m.error), number=True),
+)
+FORWARDER_COLUMNS: tuple[Column[Forwarder], ...] = (
+    *map(_of_client, (_CLIENT_IP, _CLIENT_NAME, _DOMAINS, _REFUSED)),
+    Column("share", lambda _, f: f"{f.share:.0%}", number=True),
+    _of_client(_RESCUED),
+    Column("config", lambda _, f: f.config or "-"),
+)

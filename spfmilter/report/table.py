@@ -2,41 +2,39 @@
 
 This module owns the default output.  Every value from a log was made
 visible when the summary was made (no control character reaches the
-terminal); here long names are shortened to keep the columns, and counts
-that may be off (a kept name's error, see TopK) are marked with "~".
+terminal), and counts that may be off (a kept name's error, see TopK)
+were marked with "~"; here every name in a ranking is shortened to keep
+the columns, and numbers are aligned right.
 """
 
 from __future__ import annotations
 
 import textwrap
 from collections.abc import Sequence
+from typing import TypeVar
 
-from spfmilter.report.summary import (
-    Summary,
-    accuracy,
-    config_section,
-    figure,
-    forwarder_rule,
-    organizations,
-)
+from spfmilter.report import summary
+from spfmilter.report.summary import Summary, accuracy, config_section, figure, forwarder_rule
 
 ROWS = 20  # rows per ranking
 WIDTH = 40  # characters of a name in a column
 
+Item = TypeVar("Item")
 
-def render(summary: Summary) -> str:
+
+def render(s: Summary) -> str:
     """The whole report, ending with a line feed."""
     parts = [
-        _overview(summary),
-        _verdicts(summary),
-        _skips(summary),
-        _refusals(summary),
-        _domains(summary),
-        _clients(summary),
-        _rescuers(summary),
-        _misses(summary),
-        _forwarders(summary),
-        _prose(accuracy(summary), ""),
+        _overview(s),
+        _verdicts(s),
+        _skips(s),
+        _refusals(s),
+        _domains(s),
+        _clients(s),
+        _rescuers(s),
+        _misses(s),
+        _forwarders(s),
+        _prose(accuracy(s), ""),
     ]
     return "\n".join(part for part in parts if part)
 
@@ -71,19 +69,15 @@ def _dry_run(s: Summary) -> str:
 def _verdicts(s: Summary) -> str:
     if not s.by_result:
         return ""
-    rows = [["identity", "result", "accept", "reject", "defer", "total"]]
-    rows += [
-        [v.identity, v.result, figure(v.accept), figure(v.reject), figure(v.defer), figure(v.total)]
-        for v in s.by_result
-    ]
-    return _block(["Verdicts by identity, result and action", *_rows(rows, "llrrrr")])
+    verdicts = _ranking(s, summary.VERDICT_COLUMNS, s.by_result)
+    return _block(["Verdicts by identity, result and action", *verdicts])
 
 
 def _skips(s: Summary) -> str:
     if not s.skips:
         return ""
-    rows = [[skip.reason, figure(skip.count)] for skip in s.skips]
-    return _block(["Skipped, by reason", *_rows(rows, "lr")])
+    # The reasons need no heading; the other rankings' columns do.
+    return _block(["Skipped, by reason", *_ranking(s, summary.SKIP_COLUMNS, s.skips, headed=False)])
 
 
 def _refusals(s: Summary) -> str:
@@ -108,69 +102,36 @@ def _refusals(s: Summary) -> str:
 def _domains(s: Summary) -> str:
     if not s.domains:
         return ""
-    rows = [["sender domain", "refused", "rescued"]]
-    rows += [
-        [_cut(d.domain or "(none)"), figure(d.refused, d.error), figure(d.rescued)]
-        for d in s.domains
-    ]
     title = f"Would refuse, by sender domain ({_top(len(s.domains), s.domains_seen, s.exact)})"
-    return _block([title, *_rows(rows[: ROWS + 1], "lrr")])
+    return _block([title, *_ranking(s, summary.DOMAIN_COLUMNS, s.domains[:ROWS])])
 
 
 def _clients(s: Summary) -> str:
     if not s.clients:
         return ""
-    rows = [["client", "name", "refused", "rescued", "MAIL FROM", "domains", "HELO refused"]]
-    rows += [
-        [
-            _cut(c.client_ip),
-            _cut(c.client_name or "-"),
-            figure(c.refused, c.error),
-            figure(c.rescued),
-            figure(c.mailfrom, c.error),
-            organizations(s, c.domains),
-            figure(c.helo_refused),
-        ]
-        for c in s.clients
-    ]
     title = f"Would refuse, by client ({_top(len(s.clients), s.clients_seen, s.exact)})"
-    return _block([title, *_rows(rows[: ROWS + 1], "llrrrrr")])
+    return _block([title, *_ranking(s, summary.CLIENT_COLUMNS, s.clients[:ROWS])])
 
 
 def _rescuers(s: Summary) -> str:
     if not s.rescuers:
         return ""
-    rows = [["method", "domain", "rescued"]]
-    rows += [[r.method, _cut(r.domain), figure(r.count, r.error)] for r in s.rescuers]
-    return _block(["Rescued, by method and domain", *_rows(rows[: ROWS + 1], "llr")])
+    rescuers = _ranking(s, summary.RESCUER_COLUMNS, s.rescuers[:ROWS])
+    return _block(["Rescued, by method and domain", *rescuers])
 
 
 def _misses(s: Summary) -> str:
     if not s.misses:
         return ""
-    rows = [["outcome", "reason", "count"]]
-    rows += [[m.outcome, _cut(m.reason), figure(m.count, m.error)] for m in s.misses]
-    return _block(["Not rescued, by outcome and reason", *_rows(rows[: ROWS + 1], "llr")])
+    misses = _ranking(s, summary.MISS_COLUMNS, s.misses[:ROWS])
+    return _block(["Not rescued, by outcome and reason", *misses])
 
 
 def _forwarders(s: Summary) -> str:
     lines = ["Likely forwarders", _prose(f"Clients {forwarder_rule(s)}.", "  ").rstrip("\n")]
     if not s.forwarders:
         return _block([*lines, "  none"])
-    rows = [["client", "name", "domains", "refused", "share", "rescued", "config"]]
-    rows += [
-        [
-            _cut(f.client.client_ip),
-            _cut(f.client.client_name or "-"),
-            organizations(s, f.client.domains),
-            figure(f.client.refused, f.client.error),
-            f"{f.share:.0%}",
-            figure(f.client.rescued),
-            f.config or "-",
-        ]
-        for f in s.forwarders
-    ]
-    lines += _rows(rows[: ROWS + 1], "llrrrrl")
+    lines += _ranking(s, summary.FORWARDER_COLUMNS, s.forwarders[:ROWS])
     lines.append("  A spam source fails for many domains too: check each one before trusting it.")
     section = config_section(s.forwarders[:ROWS])
     if section:
@@ -186,6 +147,26 @@ def _top(shown: int, seen: int, exact: bool) -> str:
     if exact:
         return f"{kept:,} of {seen:,}"
     return f"{kept:,} most frequent"
+
+
+def _ranking(
+    s: Summary,
+    columns: Sequence[summary.Column[Item]],
+    items: Sequence[Item],
+    *,
+    headed: bool = True,
+) -> list[str]:
+    """Items as aligned lines, under their columns' headings if `headed`:
+    names shortened to WIDTH, numbers aligned right."""
+    rows = [[column.heading for column in columns]] if headed else []
+    rows += [
+        [
+            column.cell(s, item) if column.number else _cut(column.cell(s, item))
+            for column in columns
+        ]
+        for item in items
+    ]
+    return _rows(rows, "".join("r" if column.number else "l" for column in columns))
 
 
 def _cut(name: str) -> str:

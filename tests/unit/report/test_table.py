@@ -115,3 +115,13 @@ def test_the_section_to_paste_holds_only_the_forwarders_shown(
     assert shown.count("trusted_relays = 203.0.113.") == 3  # two rows, one section line
     assert "    trusted_relays = 203.0.113.1/32, 203.0.113.2/32\n" in text
     assert "203.0.113.3/32" not in text
+
+
+def test_a_long_forwarder_name_is_shortened_in_its_row_and_whole_in_the_section() -> None:
+    name = "relay-" + "x" * 50 + ".example"
+    text = render(
+        [verdict(f"u@{d}", "fail", client_ip="203.0.113.9", client_name=name) for d in UNRELATED]
+    )
+    assert text.count(name) == 1
+    assert f"    ptr_domains = {name}\n" in text
+    assert f"  ptr_domains = relay-{'x' * 17}...\n" in text

@@ -31,6 +31,18 @@ RSA_RECORD = (
     b"NhvzM5VjPa9MhCiTfQIDAQAB"
 )
 ED25519_RECORD = b"v=DKIM1; k=ed25519; p=A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="
+# The fields and body both messages sign (white space in the body on
+# purpose: the canonicalizations differ there).
+_SIGNED = (
+    b"From: Warm Up <warmup@warmup.example>\r\n"
+    b"To: postmaster@warmup.example\r\n"
+    b"Subject: warm-up\r\n"
+    b"Date: Tue, 1 Jan 2030 00:00:00 +0000\r\n"
+    b"Message-ID: <warmup@warmup.example>\r\n"
+    b"\r\n"
+    b"Loaded  before\t the privilege drop. \r\n"
+    b"\r\n"
+)
 DKIM_MESSAGE = (
     b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=warmup.example;\r\n"
     b" i=@warmup.example; l=35; q=dns/txt; s=rsa; t=1796686845; h=from : to :\r\n"
@@ -44,15 +56,7 @@ DKIM_MESSAGE = (
     b" subject : date : message-id : from;\r\n"
     b" bh=U9/Qiur1+z6XZBFkVKgJ8VfCykwOSA5ogoW6qQ7X/g0=;\r\n"
     b" b=X6xFYmR/CDST6jeIEn2kI81rQCiK7NwSVg6tee1UkGbH30UOhhb0ZwU1j4eyajnCATKTV\r\n"
-    b" 3it4xrpwNdHEAyWBA==\r\n"
-    b"From: Warm Up <warmup@warmup.example>\r\n"
-    b"To: postmaster@warmup.example\r\n"
-    b"Subject: warm-up\r\n"
-    b"Date: Tue, 1 Jan 2030 00:00:00 +0000\r\n"
-    b"Message-ID: <warmup@warmup.example>\r\n"
-    b"\r\n"
-    b"Loaded  before\t the privilege drop. \r\n"
-    b"\r\n"
+    b" 3it4xrpwNdHEAyWBA==\r\n" + _SIGNED
 )
 ARC_MESSAGE = (
     b"ARC-Seal: i=1; cv=none; a=rsa-sha256; d=warmup.example; s=rsa;\r\n"
@@ -69,15 +73,7 @@ ARC_MESSAGE = (
     b"ARC-Authentication-Results: i=1; mx.warmup.example;\r\n"
     b" spf=pass smtp.mailfrom=warmup.example\r\n"
     b"Authentication-Results: mx.warmup.example; spf=pass smtp.mailfrom=warm"
-    b"up.example\r\n"
-    b"From: Warm Up <warmup@warmup.example>\r\n"
-    b"To: postmaster@warmup.example\r\n"
-    b"Subject: warm-up\r\n"
-    b"Date: Tue, 1 Jan 2030 00:00:00 +0000\r\n"
-    b"Message-ID: <warmup@warmup.example>\r\n"
-    b"\r\n"
-    b"Loaded  before\t the privilege drop. \r\n"
-    b"\r\n"
+    b"up.example\r\n" + _SIGNED
 )
 
 _ZONE = {

@@ -17,7 +17,6 @@ skipped, and fail instead when CI is set.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from testkit.daemon import REPO, Sections, config_text, wait_for
 from testkit.dnsserver import DNSTestServer
 from testkit.milterclient import one_transaction
 from tests.support import journal
+from tests.support.environment import unavailable
 from tests.support.journal import Entry, JournaledDaemon, LoggingStack, StreamHeader
 
 UNIT = REPO / "systemd" / "spfmilter.service"
@@ -47,10 +47,7 @@ StartDaemon = Callable[..., JournaledDaemon]
 def programs_installed() -> None:
     absent = journal.missing()
     if absent:
-        reason = "not installed: " + ", ".join(absent)
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable("not installed: " + ", ".join(absent))
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ fail instead when CI is set.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from testkit import unbound
 from testkit.daemon import Daemon, Sections, config_text, wait_for
 from testkit.dnsserver import ZONES, DNSTestServer, ZoneData, load_zone_file
 from testkit.milterclient import TransactionResult, one_transaction
+from tests.support.environment import unavailable
 
 # The zone the transactions below ask about; Unbound forwards only this.
 FORWARDED_ZONES = ("example.org.",)
@@ -38,10 +38,7 @@ LONG_TTL = 300  # nothing expires during a test
 @pytest.fixture(autouse=True)
 def unbound_installed() -> None:
     if unbound.binary() is None:
-        reason = "unbound is not installed (Debian package unbound)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable("unbound is not installed (Debian package unbound)")
 
 
 @dataclass

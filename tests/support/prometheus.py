@@ -31,6 +31,34 @@ PROMETHEUS_ACCEPT = (
     "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
 )
 
+# spfmilter's counter families, named as the exposition names them: without
+# "_total" (prometheus-client's parsers take it off too).
+COUNTERS = (
+    "spfmilter_verdicts",
+    "spfmilter_skips",
+    "spfmilter_rescues",
+    "spfmilter_dns_queries",
+    "spfmilter_dns_cache_hits",
+    "spfmilter_dns_cache_misses",
+    "spfmilter_result_cache_hits",
+    "spfmilter_result_cache_misses",
+    "spfmilter_internal_errors",
+    "spfmilter_config_reloads",
+)
+
+
+def family_types(*, openmetrics: bool) -> dict[str, str]:
+    """Every family spfmilter exposes, with the type a parser must read.
+
+    The text format 0.0.4 has no info type: the build is a gauge of 1 named
+    *_info there, and an info family in OpenMetrics."""
+    return {
+        **dict.fromkeys(COUNTERS, "counter"),
+        "spfmilter_dns_query_seconds": "histogram",
+        "spfmilter_connections_in_flight": "gauge",
+        **({"spfmilter_build": "info"} if openmetrics else {"spfmilter_build_info": "gauge"}),
+    }
+
 
 @dataclass(frozen=True)
 class Scrape:

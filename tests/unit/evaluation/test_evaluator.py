@@ -4,10 +4,9 @@ limit, and outcomes kept for reuse (against a DNS server on loopback)."""
 
 from __future__ import annotations
 
-import gc
 import ipaddress
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import spf
@@ -19,6 +18,7 @@ from spfmilter.core.model import Connection, Identity, Plan, SpfResult
 from spfmilter.evaluation import evaluator
 from testkit.daemon import wait_for
 from testkit.dnsserver import DNSTestServer
+from tests.support.pyspfstate import pyspf_restored
 
 ZONE = {
     "pass.example": [{"TXT": "v=spf1 ip4:198.51.100.0/24 -all"}],
@@ -37,12 +37,28 @@ def dns() -> Iterator[DNSTestServer]:
 
 
 @pytest.fixture(autouse=True)
-def _pyspf_globals(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(spf, "DNSLookup", spf.DNSLookup)
-    monkeypatch.setattr(spf, "MAX_VOID_LOOKUPS", spf.MAX_VOID_LOOKUPS)
-    callbacks = list(gc.callbacks)
-    yield
-    gc.callbacks[:] = callbacks
+def _pyspf_globals() -> Iterator[None]:
+    with pyspf_restored():
+        yield
+
+
+@pytest.fixture
+def watch_lookups(monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[str]]:
+    """Call it once the checker is installed: the list it returns fills with
+    the name of the thread that made each of pyspf's DNS lookups."""
+
+    def watch() -> list[str]:
+        names: list[str] = []
+        original = spf.DNSLookup
+
+        def watching(*args: object) -> object:
+            names.append(threading.current_thread().name)
+            return original(*args)
+
+        monkeypatch.setattr(spf, "DNSLookup", watching)
+        return names
+
+    return watch
 
 
 def built(dns: DNSTestServer, void_lookup_limit: int = 2) -> tuple[evaluator.Evaluator, Metrics]:
@@ -85,23 +101,16 @@ def test_the_void_lookup_limit_of_the_config_is_pyspfs(
 
 
 def test_the_built_evaluator_evaluates_mail_from_beside_helo_in_its_own_threads(
-    dns: DNSTestServer, monkeypatch: pytest.MonkeyPatch
+    dns: DNSTestServer, watch_lookups: Callable[[], list[str]]
 ) -> None:
     built_evaluator, _ = built(dns)
     conn = Connection(CONN.client_ip, "client.example", "mx", "helo.pass.example")
-    names: list[str] = []
-    original = spf.DNSLookup
-
-    def watching(*args: object) -> object:
-        names.append(threading.current_thread().name)
-        return original(*args)
-
-    monkeypatch.setattr(spf, "DNSLookup", watching)
+    lookup_threads = watch_lookups()
     outcomes = built_evaluator.evaluate(
         Plan(helo=True, mail_from=True), conn, "a@pass.example", None, 1
     )
     assert outcomes.mail_from is not None and outcomes.mail_from.result is SpfResult.PASS
-    assert "mailfrom" in names
+    assert "mailfrom" in lookup_threads
 
 
 def test_the_built_evaluator_looks_up_skip_facts_with_its_resolver(dns: DNSTestServer) -> None:
@@ -112,23 +121,16 @@ def test_the_built_evaluator_looks_up_skip_facts_with_its_resolver(dns: DNSTestS
 
 
 def test_a_helo_known_at_once_leaves_mail_from_in_the_callbacks_thread(
-    dns: DNSTestServer, monkeypatch: pytest.MonkeyPatch
+    dns: DNSTestServer, watch_lookups: Callable[[], list[str]]
 ) -> None:
     # An address literal HELO is "none" without DNS: nothing to overlap.
     built_evaluator, _ = built(dns)
-    names: list[str] = []
-    original = spf.DNSLookup
-
-    def watching(*args: object) -> object:
-        names.append(threading.current_thread().name)
-        return original(*args)
-
-    monkeypatch.setattr(spf, "DNSLookup", watching)
+    lookup_threads = watch_lookups()
     outcomes = built_evaluator.evaluate(
         Plan(helo=True, mail_from=True), CONN, "a@pass.example", None, 1
     )
     assert outcomes.mail_from is not None and outcomes.mail_from.result is SpfResult.PASS
-    assert names == [threading.current_thread().name]
+    assert lookup_threads == [threading.current_thread().name]
 
 
 def test_the_background_threads_end_when_idle(

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import gc
 import ipaddress
 from collections.abc import Sequence
 
 import pytest
-import spf
 
 from spfmilter.core.model import Identity, SpfQuery, SpfResult
 from spfmilter.evaluation.prefetch import (
@@ -21,6 +19,7 @@ from spfmilter.evaluation.prefetch import (
 from spfmilter.evaluation.pyspf import Checker, spf_text
 from spfmilter.evaluation.resolver import Record
 from tests.support.fakedns import Inline
+from tests.support.pyspfstate import pyspf_restored
 
 V4 = ipaddress.ip_address("192.0.2.1")
 V6 = ipaddress.ip_address("2001:db8::1")
@@ -224,15 +223,10 @@ def test_its_cpu_is_charged_to_the_evaluations_budget() -> None:
         return table.get((name, qtype), []), float("inf")
 
     checker = Checker(answers, prefetcher=prefetch, cpu_clock=lambda: 0.0)
-    callbacks = list(gc.callbacks)
-    saved = spf.DNSLookup, spf.MAX_VOID_LOOKUPS
-    checker.install(2)
-    try:
+    with pyspf_restored():
+        checker.install(2)
         query = SpfQuery(Identity.MAIL_FROM, V4, "helo.example", "a@d.example", "mx.test")
         outcome = checker.check(query, 20)
-    finally:
-        spf.DNSLookup, spf.MAX_VOID_LOOKUPS = saved
-        gc.callbacks[:] = callbacks
     assert outcome.result is SpfResult.PERMERROR
     assert "needed more than 0.1 s of CPU" in (outcome.problem or "")
 

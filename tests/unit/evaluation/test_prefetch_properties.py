@@ -5,11 +5,9 @@ one worst-case evaluation (RFC 7208 section 4.6.4)."""
 from __future__ import annotations
 
 import dataclasses
-import gc
 import ipaddress
 from concurrent.futures import Executor, ThreadPoolExecutor
 
-import spf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +16,7 @@ from spfmilter.evaluation.dnswire import RR, Reply
 from spfmilter.evaluation.prefetch import MX_LIMIT, TERM_LIMIT, Prefetcher
 from spfmilter.evaluation.pyspf import Checker, spf_text
 from tests.support.fakedns import FakeDns, Inline, make
+from tests.support.pyspfstate import pyspf_restored
 
 DOMAINS = [f"d{n}.example" for n in range(5)]
 HOSTS = [f"h{n}.example" for n in range(3)]
@@ -98,17 +97,12 @@ def evaluate(
         else None
     )
     checker = Checker(resolver.answer, prefetcher=prefetcher)
-    callbacks = list(gc.callbacks)
-    saved = spf.DNSLookup, spf.MAX_VOID_LOOKUPS
-    checker.install(2)
-    try:
+    with pyspf_restored():
+        checker.install(2)
         query = SpfQuery(
             Identity.MAIL_FROM, ipaddress.ip_address(client), "helo.example", sender, "mx.test"
         )
         outcome = checker.check(query, 20)
-    finally:
-        spf.DNSLookup, spf.MAX_VOID_LOOKUPS = saved
-        gc.callbacks[:] = callbacks
     return dataclasses.replace(outcome, lookup_seconds=0.0), fake
 
 

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-import spf
 
 from spfmilter.core.metrics import Metrics
 from spfmilter.core.model import Identity, SpfOutcome, SpfQuery, SpfResult
@@ -21,6 +20,7 @@ from spfmilter.evaluation.pyspf import (
 )
 from spfmilter.evaluation.resolver import DnsLimitError, DnsTempError, Record
 from tests.support.fakes import Clock
+from tests.support.pyspfstate import pyspf_restored
 
 ZONE: dict[tuple[str, str], list[Record]] = {
     ("example.org", "TXT"): [(("example.org", "TXT"), [b"v=spf1 ip4:198.51.100.0/24 -all"])],
@@ -67,16 +67,11 @@ CHECKER = Checker(answers(fake_lookup))
 
 
 @pytest.fixture(autouse=True)
-def _installed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    # install() sets pyspf's module globals: let monkeypatch restore them,
-    # and take its garbage collection callback out again.
-    monkeypatch.setattr(spf, "DNSLookup", spf.DNSLookup)
-    monkeypatch.setattr(spf, "MAX_VOID_LOOKUPS", spf.MAX_VOID_LOOKUPS)
-    callbacks = list(gc.callbacks)
-    CHECKER.install(2)
-    asked.clear()
-    yield
-    gc.callbacks[:] = callbacks
+def _installed() -> Iterator[None]:
+    with pyspf_restored():
+        CHECKER.install(2)
+        asked.clear()
+        yield
 
 
 def run(

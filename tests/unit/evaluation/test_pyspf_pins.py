@@ -4,7 +4,6 @@ back, and how long an outcome is kept."""
 from __future__ import annotations
 
 import dataclasses
-import gc
 import ipaddress
 import threading
 from collections.abc import Iterator
@@ -17,18 +16,14 @@ from spfmilter.core.model import Identity, SpfOutcome, SpfQuery, SpfResult
 from spfmilter.evaluation.pyspf import MAX_LABEL_LENGTH, MAX_TERM_LENGTH, Checker
 from spfmilter.evaluation.resolver import Record
 from tests.support.fakes import Clock
+from tests.support.pyspfstate import pyspf_restored
 from tests.unit.evaluation.test_pyspf import ZONE, CpuClock, answers, fake_lookup, txt
 
 
 @pytest.fixture(autouse=True)
-def _pyspf_globals(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    # install() sets pyspf's module globals and adds a garbage collection
-    # callback: restore both.
-    monkeypatch.setattr(spf, "DNSLookup", spf.DNSLookup)
-    monkeypatch.setattr(spf, "MAX_VOID_LOOKUPS", spf.MAX_VOID_LOOKUPS)
-    callbacks = list(gc.callbacks)
-    yield
-    gc.callbacks[:] = callbacks
+def _pyspf_globals() -> Iterator[None]:
+    with pyspf_restored():
+        yield
 
 
 def query(

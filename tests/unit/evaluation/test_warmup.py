@@ -4,7 +4,6 @@ that reports a module imported after it."""
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import sys
 from collections.abc import Iterator
@@ -16,15 +15,13 @@ import spf
 from spfmilter.core.model import SpfOutcome, SpfQuery, SpfResult
 from spfmilter.evaluation import dnswire, warmup
 from spfmilter.evaluation.pyspf import Checker
+from tests.support.pyspfstate import pyspf_restored
 
 
 @pytest.fixture
 def evaluated(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[SpfQuery, SpfOutcome]]]:
     """The queries exercise() evaluates with their outcomes (pyspf's
     globals and the garbage collection callbacks restored after)."""
-    monkeypatch.setattr(spf, "DNSLookup", spf.DNSLookup)
-    monkeypatch.setattr(spf, "MAX_VOID_LOOKUPS", spf.MAX_VOID_LOOKUPS)
-    callbacks = list(gc.callbacks)
     seen: list[tuple[SpfQuery, SpfOutcome]] = []
 
     class Recording(Checker):
@@ -34,8 +31,8 @@ def evaluated(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[SpfQuery, 
             return outcome
 
     monkeypatch.setattr(warmup, "Checker", Recording)
-    yield seen
-    gc.callbacks[:] = callbacks
+    with pyspf_restored():
+        yield seen
 
 
 def test_the_warm_up_walks_every_mechanism_modifier_and_macro(

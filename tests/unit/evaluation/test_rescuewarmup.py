@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from spfmilter.config import orgdomain
+from spfmilter.evaluation import rescuewarmup
 from testkit.dkimkit import MESSAGE, ed25519_key, rsa_key, seal, sign
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -139,3 +141,25 @@ def test_without_the_warm_up_the_same_verifications_import(corpus: Path) -> None
     """What the warm-up is for: this shows the check above can fail.
     dkimpy itself imports everything when it is imported."""
     assert "encodings.punycode" in run(corpus, "cold")["new"]
+
+
+def test_the_canned_messages_end_in_this_process_as_they_did_when_signed() -> None:
+    # exercise() raises RuntimeError when one does not: the start-up stops.
+    rescuewarmup.exercise(orgdomain.PublicSuffixes(problem="none"))
+
+
+@pytest.mark.parametrize(
+    ("name", "old", "new"),
+    [
+        ("DKIM_MESSAGE", b"s=rsa", b"s=none"),
+        ("DKIM_MESSAGE", b"Subject: warm-up", b"Subject: warm-down"),
+        ("ARC_MESSAGE", b"i=1", b"i=2"),
+        ("ARC_MESSAGE", b"spf=pass", b"spf=fail"),
+    ],
+)
+def test_a_canned_message_that_ends_otherwise_stops_the_start(
+    monkeypatch: pytest.MonkeyPatch, name: str, old: bytes, new: bytes
+) -> None:
+    monkeypatch.setattr(rescuewarmup, name, getattr(rescuewarmup, name).replace(old, new, 1))
+    with pytest.raises(RuntimeError, match="rescue warm-up: expected"):
+        rescuewarmup.exercise(orgdomain.PublicSuffixes(problem="none"))

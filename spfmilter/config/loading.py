@@ -130,7 +130,7 @@ def parse_config(text: str, name: str = "<config>") -> Config:
         suffixes = orgdomain.load(PUBLIC_SUFFIX_LIST)
         if suffixes.problem is not None:
             raise ConfigError(
-                f"{name}:{lines.get(('rescue', ''), 0)}: [rescue]: {suffixes.problem}; "
+                f"{name}:{lines['rescue', '']}: [rescue]: {suffixes.problem}; "
                 "the rescue needs it (Debian package publicsuffix)"
             )
     return dataclasses.replace(config, warnings=_warnings(config), suffixes=suffixes)

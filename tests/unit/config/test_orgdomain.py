@@ -3,12 +3,16 @@ of its own, and known cases on Debian's copy of the Public Suffix List."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from spfmilter.config import orgdomain
 
+ROOT = Path(__file__).resolve().parents[3]
 DEBIAN_LIST = Path("/usr/share/publicsuffix/public_suffix_list.dat")
 
 SMALL_LIST = """\
@@ -32,9 +36,11 @@ blogspot.com   trailing words are ignored
 """
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> orgdomain.PublicSuffixes:
-    path = tmp_path_factory.mktemp("psl") / "list.dat"
+@pytest.fixture
+def small(tmp_path: Path) -> orgdomain.PublicSuffixes:
+    # Loaded for each test (it is small): every case then reads the list
+    # through load(), and mutation testing sees which cases depend on it.
+    path = tmp_path / "list.dat"
     path.write_text(SMALL_LIST, encoding="utf-8")
     return orgdomain.load(path)
 
@@ -131,3 +137,29 @@ def test_a_list_without_rules_is_a_problem(tmp_path: Path) -> None:
     suffixes = orgdomain.load(path)
     assert not suffixes.loaded
     assert not suffixes.aligned("mail.example.com", "example.com")
+
+
+def test_the_list_is_read_as_utf_8_whatever_the_locale(tmp_path: Path) -> None:
+    # Python takes the locale's encoding by default: ASCII in the C locale
+    # when neither locale coercion nor UTF-8 mode applies (PEP 538, 540).
+    # The list is UTF-8 (its IDN rules), and so is reading it.
+    path = tmp_path / "list.dat"
+    path.write_text(SMALL_LIST, encoding="utf-8")
+    assert orgdomain.load(path).organizational_domain("食狮.公司.cn") == "xn--85x722f.xn--55qx5d.cn"
+    child = (
+        "import sys\n"
+        "from spfmilter.config import orgdomain\n"
+        "suffixes = orgdomain.load(sys.argv[1])\n"
+        "print(suffixes.problem or suffixes.organizational_domain('a.b.xn--55qx5d.cn'))\n"
+    )
+    environment = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", child, str(path)],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert done.stdout == "b.xn--55qx5d.cn\n"

@@ -31,6 +31,7 @@ from spfmilter.config.values import (
     render_size,
     render_value,
     render_workers,
+    size_in,
     token,
 )
 from spfmilter.core.model import Macro, SpfResult, Stage
@@ -101,6 +102,16 @@ def test_sizes_refused() -> None:
     for text in ("65G", "64.1G", "1T"):
         assert refused(parse_size, text).startswith("expected a size")
     assert refused(parse_size, "65G") == "expected a size from 0 to 64G, got '65G'"
+
+
+def test_a_bounded_size_takes_both_ends_and_names_them_when_refused() -> None:
+    parse = size_in(1024, 2 * 1024**2)
+    assert (parse("1K"), parse("2M"), parse("1.5M")) == (1024, 2 * 1024**2, 1536 * 1024)
+    assert refused(parse, "1023") == (
+        "expected a size with its unit (K, M or G) such as 16M, got '1023'"
+    )
+    assert refused(parse, "0.5K") == "expected a size from 1K to 2M, got '0.5K'"
+    assert refused(parse, "2049K") == "expected a size from 1K to 2M, got '2049K'"
 
 
 @pytest.mark.parametrize(

@@ -608,6 +608,11 @@ def test_conclude(rescue: RescueResult, action: Action, reply: Reply | None) -> 
     assert (final.action, final.intended, final.reply) == (action, action, reply)
     assert final.rescue == rescue and not final.pending_rescue
     assert final.decided_by is Identity.MAIL_FROM and final.report == pending().report
+    assert (final.stage, final.helo, final.mail_from) == (
+        Stage.RCPT,
+        HELO_PASS,
+        pending().mail_from,
+    )
     dry = with_rescue(dry_run=True)
     final = policy.conclude(dry, pending(dry), rescue)
     assert (final.action, final.intended, final.reply) == (Action.ACCEPT, action, None)
@@ -620,6 +625,18 @@ def test_the_refusal_at_end_of_data_is_the_one_at_rcpt() -> None:
     plain = dataclasses.replace(RESCUE, reply=ReplyConfig(enhanced_status_codes=False))
     final = policy.conclude(plain, pending(plain), RescueResult(RescueKind.TEMPORARY))
     assert final.reply is not None and (final.reply.code, final.reply.status) == (451, None)
+
+
+def test_a_deferral_at_end_of_data_keeps_a_long_sender_up_to_the_reply_limit() -> None:
+    # A reply line holds more than a header field (REPLY_TEXT_LIMIT, 400).
+    sender = "x" * 250 + "@example.org"
+    mail_from = outcome(Identity.MAIL_FROM, SpfResult.FAIL, sender=sender)
+    decision = decide(RESCUE, Envelope(sender), HELO_PASS, mail_from)
+    final = policy.conclude(RESCUE, decision, RescueResult(RescueKind.TEMPORARY))
+    assert final.reply is not None and final.reply.text == (
+        f"SPF MAIL FROM check for {sender}: fail, and its DKIM and ARC results could not "
+        "be checked; try again later"
+    )
 
 
 TOO_MANY = Step(Action.DEFER, Reply(452, "4.5.3", "Too many recipients"))
@@ -635,6 +652,12 @@ EXEMPT = with_rescue(exempt_recipients=("postmaster@",))
         (EXEMPT, True, "<postmaster@example.org>", (True, Step())),
         (EXEMPT, False, "<postmaster@example.net>", (False, TOO_MANY)),
         (EXEMPT, True, "<bob@example.net>", (True, TOO_MANY)),
+        (
+            dataclasses.replace(EXEMPT, reply=ReplyConfig(enhanced_status_codes=False)),
+            True,
+            "<bob@example.net>",
+            (True, Step(Action.DEFER, Reply(452, None, "Too many recipients"))),
+        ),
         # At MAIL there are no exempt recipients: one kind only.
         (
             with_rescue(EXEMPT, reject_stage=Stage.MAIL),

@@ -23,7 +23,7 @@ from spfmilter.core.model import (
     Stage,
     Step,
 )
-from spfmilter.core.session import GO_ON, Session
+from spfmilter.core.session import GO_ON, HeldMessage, Session
 from spfmilter.evaluation.resolver import DnsTempError, Record
 from testkit import dkimkit
 from tests.support.fakes import Clock, FakeChecker, FakeLookup, Results, make_session, no_dns, start
@@ -552,3 +552,28 @@ def test_without_rescue_a_fail_is_refused_at_rcpt_as_before() -> None:
     assert not session.may_rescue
     session.mail("bad@example.org", "")
     assert session.rcpt("<a@example.net>").action is Action.REJECT
+
+
+def test_a_held_message_is_rebuilt_as_sent_with_crlf_line_ends() -> None:
+    # The rescue verifies DKIM over these bytes: simple canonicalization
+    # (RFC 6376 section 3.4.1) signs folding and the space after the colon.
+    held = HeldMessage(1000)
+    assert held.message() == b"\r\n"  # no field yet: an empty header
+    held.add_header("Subject", b" folded\n\tover lines")
+    held.add_header("X-Mixed", b" a\r\n b")
+    # libmilter hands a name's non-UTF-8 bytes over as surrogate escapes.
+    held.add_header("X-\udcff", b"")
+    header = b"Subject: folded\r\n\tover lines\r\nX-Mixed: a\r\n b\r\nX-\xff:\r\n"
+    assert held.message() == header + b"\r\n"
+    assert held.add_body(b"body\r\n") and held.add_body(b"more\r\n")
+    assert held.message() == header + b"\r\nbody\r\nmore\r\n"
+
+
+def test_a_held_message_keeps_up_to_its_limit_and_nothing_past_it() -> None:
+    held = HeldMessage(len(b"A: b\r\n\r\n") + 4)
+    held.add_header("A", b" b")
+    assert held.add_body(b"1234") and not held.oversized
+    assert held.message() == b"A: b\r\n\r\n1234"
+    assert not held.add_body(b"5") and held.oversized
+    # Past the limit the memory is given back, and no later piece is kept.
+    assert held.message() == b"" and not held.add_body(b"")

@@ -4,18 +4,32 @@ limit, and outcomes kept for reuse (against a DNS server on loopback)."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import spf
 
-from spfmilter.config.schema import DnsConfig
+from spfmilter.config.orgdomain import PublicSuffixes
+from spfmilter.config.schema import Config, DnsConfig, RescueConfig
 from spfmilter.config.values import Nameserver
 from spfmilter.core.metrics import Metrics
-from spfmilter.core.model import Connection, Identity, Plan, SpfResult
+from spfmilter.core.model import (
+    Connection,
+    Identity,
+    Plan,
+    RescueKind,
+    SpfOutcome,
+    SpfQuery,
+    SpfResult,
+)
 from spfmilter.evaluation import evaluator
+from spfmilter.evaluation.rescue import RESCUE_SECONDS
+from spfmilter.evaluation.resolver import DnsLimitError
+from testkit import dkimkit
 from testkit.daemon import wait_for
 from testkit.dnsserver import DNSTestServer
 from tests.support.pyspfstate import pyspf_restored
@@ -145,3 +159,71 @@ def test_the_background_threads_end_when_idle(
         5,
         "the idle background threads to end",
     )
+
+
+# The rescue at end of message, with its keys from a fake lookup.
+ED_KEY = dkimkit.ed25519_key()
+SUFFIXES = PublicSuffixes(frozenset({"org", "example"}))
+WITH_RESCUE = Config(
+    rescue=RescueConfig(dkim=True, arc_trusted_sealers=("lists.example",)), suffixes=SUFFIXES
+)
+
+
+def rescuing(zone: dkimkit.Zone, clock: Callable[[], float] = lambda: 0.0) -> evaluator.Evaluator:
+    # A clock at 0: the rescue's deadline (RESCUE_SECONDS) is on this clock.
+    def no_spf(query: SpfQuery, lookup_time: float) -> SpfOutcome:
+        raise AssertionError("the rescue evaluates no SPF")
+
+    return evaluator.Evaluator(no_spf, zone.lookup, Metrics(), lookup_time=5, clock=clock)
+
+
+def test_the_rescue_aligns_with_the_configured_suffix_list() -> None:
+    zone = dkimkit.Zone()
+    zone.publish("sel", "example.org", ED_KEY.record)
+    message = dkimkit.sign(dkimkit.MESSAGE, ED_KEY, domain="example.org")
+    # The MAIL FROM domain is below the signer's: aligned by organization.
+    result = rescuing(zone).rescue(message, "a@mail.example.org", CONN, WITH_RESCUE, 1)
+    assert (result.kind, result.domain) == (RescueKind.DKIM, "example.org")
+    # Without a list loaded only the same name aligns: no rescue.
+    unloaded = dataclasses.replace(WITH_RESCUE, suffixes=None)
+    result = rescuing(zone).rescue(message, "a@mail.example.org", CONN, unloaded, 1)
+    assert (result.kind, result.reason) == (RescueKind.NONE, "unaligned")
+    # A quoted local part may hold "@": the domain is after the last one.
+    result = rescuing(zone).rescue(message, '"a@b"@example.org', CONN, unloaded, 1)
+    assert result.kind is RescueKind.DKIM
+
+
+def test_the_rescue_by_arc_names_the_client_and_the_trusted_sealer(tmp_path: Path) -> None:
+    key = dkimkit.rsa_key(1024, tmp_path)
+    zone = dkimkit.Zone()
+    zone.publish("arc", "lists.example", key.record)
+    sealed = dkimkit.seal(
+        dkimkit.sign(dkimkit.MESSAGE, ED_KEY, domain="example.org"),
+        key,
+        "lists.example",
+        "dkim=pass header.d=example.org",
+    )
+    # The signer's key is gone since: only the chain can vouch.
+    result = rescuing(zone).rescue(sealed, "a@example.org", CONN, WITH_RESCUE, 1)
+    assert (result.kind, result.domain) == (RescueKind.ARC, "lists.example")
+    assert any(f"smtp.remote-ip={CONN.client_ip}" in resinfo for resinfo in result.resinfos)
+
+
+def test_a_key_answer_over_the_dns_limits_is_a_refusal_not_a_crash() -> None:
+    zone = dkimkit.Zone(errors={"sel._domainkey.example.org": DnsLimitError("too large")})
+    message = dkimkit.sign(dkimkit.MESSAGE, ED_KEY, domain="example.org")
+    result = rescuing(zone).rescue(message, "a@example.org", CONN, WITH_RESCUE, 1)
+    assert (result.kind, result.reason) == (RescueKind.NONE, "key_refused")
+
+
+def test_the_rescue_deadline_is_on_the_evaluators_clock() -> None:
+    zone = dkimkit.Zone()
+    zone.publish("sel", "example.org", ED_KEY.record)
+    message = dkimkit.sign(dkimkit.MESSAGE, ED_KEY, domain="example.org")
+    result = rescuing(zone).rescue(message, "a@example.org", CONN, WITH_RESCUE, 1)
+    assert result.kind is RescueKind.DKIM
+    late = iter([0.0, *[RESCUE_SECONDS + 1] * 100])
+    result = rescuing(zone, lambda: next(late)).rescue(
+        message, "a@example.org", CONN, WITH_RESCUE, 1
+    )
+    assert (result.kind, result.reason) == (RescueKind.TEMPORARY, "deadline")

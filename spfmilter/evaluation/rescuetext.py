@@ -15,7 +15,7 @@ functions, no I/O.
 
 from __future__ import annotations
 
-from spfmilter.core.headers import FIELD_LIMIT, clean, comment_text, quote_value
+from spfmilter.core.headers import clean, comment_text, quote_value
 from spfmilter.core.model import IPAddress, RescueKind, RescueResult
 from spfmilter.evaluation.rescue import ArcCheck, AuthResult, DkimCheck, RescueOutcome
 
@@ -78,4 +78,4 @@ def summary(outcome: RescueOutcome, client_ip: IPAddress | None = None) -> Rescu
 def pvalue(value: str) -> str:
     """A property value made safe (control characters, non-ASCII, length)
     and quoted unless a dot-atom."""
-    return quote_value(clean(value, FIELD_LIMIT))
+    return quote_value(clean(value))

@@ -27,6 +27,7 @@ from spfmilter.evaluation.dnswire import RR, Reply
 from spfmilter.evaluation.resolver import (
     DnsLimitError,
     DnsTempError,
+    DnsTimeout,
     Record,
     Resolver,
 )
@@ -169,6 +170,34 @@ def test_a_failure_in_flight_is_the_waiters_too(monkeypatch: pytest.MonkeyPatch)
         resolver.lookup("gone.example", "A")
     other.join(10)
     assert [str(e) for e in errors] == ["DNS timeout looking up gone.example A"]
+    assert len(fake.asked) == 1
+
+
+def test_a_waiter_gives_up_at_its_own_budget_while_the_question_is_in_flight() -> None:
+    # The first asker may have a larger budget than the second: the second
+    # must not wait past its own (its callback's time is what it bounds).
+    resolver, fake, _, _ = make()
+    fake.table["192.0.2.1", "slow.example", 1] = a_record("slow.example")
+    release = threading.Event()
+    waiter: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            resolver.lookup("slow.example", "A", 0.05)
+        except DnsTimeout as error:
+            waiter.append(error)
+        release.set()
+
+    def in_flight() -> None:
+        fake.during = lambda: None
+        other = threading.Thread(target=second)
+        other.start()
+        assert release.wait(10), "the waiter did not give up at its budget"
+        other.join(10)
+
+    fake.during = in_flight
+    assert resolver.lookup("slow.example", "A", 30)  # the first asker's answer
+    assert [str(error) for error in waiter] == ["DNS timeout looking up slow.example A"]
     assert len(fake.asked) == 1
 
 

@@ -53,6 +53,20 @@ def test_a_copy_that_a_whole_observation_overlaps_is_taken_again(changes_before:
     assert (count, total) == (changes_before + 1, changes_before * 1.0 + 2.0)
 
 
+def test_a_copy_that_a_retired_slot_overlaps_is_taken_again() -> None:
+    # Retiring a gone worker's slot zeroes its gauges: a reader whose copy
+    # spans that must see the sequence number moved, and read again.
+    metrics = Metrics()
+    metrics.use_slot(0)
+    metrics.connections.inc()
+    store = metrics._store
+    gauge_place = 1 + metrics.connections.index
+    store._values = OverlappedView(  # type: ignore[assignment]
+        store._values, gauge_place + 1, lambda: metrics.retire_slot(0)
+    )
+    assert metrics.value("spfmilter_connections_in_flight") == 0
+
+
 def test_only_histograms_observe() -> None:
     metrics = Metrics()
     with pytest.raises(TypeError, match=r"^only histograms observe$"):

@@ -74,14 +74,22 @@ def _installed() -> Iterator[None]:
         yield
 
 
+def query(
+    identity: Identity,
+    mail_from: str = "",
+    helo: str = "mail.example.org",
+    ip: str = "198.51.100.7",
+) -> SpfQuery:
+    return SpfQuery(identity, ipaddress.ip_address(ip), helo, mail_from, "mx.test.example")
+
+
 def run(
     identity: Identity,
     mail_from: str = "",
     helo: str = "mail.example.org",
     ip: str = "198.51.100.7",
 ) -> SpfOutcome:
-    query = SpfQuery(identity, ipaddress.ip_address(ip), helo, mail_from, "mx.test.example")
-    return CHECKER.check(query, 5)
+    return CHECKER.check(query(identity, mail_from, helo, ip), 5)
 
 
 def test_pass_with_mechanism_and_domain() -> None:

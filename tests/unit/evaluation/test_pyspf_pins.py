@@ -4,7 +4,6 @@ back, and how long an outcome is kept."""
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import threading
 from collections.abc import Iterator
 
@@ -12,27 +11,18 @@ import pytest
 import spf
 
 from spfmilter.core.metrics import Metrics
-from spfmilter.core.model import Identity, SpfOutcome, SpfQuery, SpfResult
+from spfmilter.core.model import Identity, SpfOutcome, SpfResult
 from spfmilter.evaluation.pyspf import MAX_LABEL_LENGTH, MAX_TERM_LENGTH, Checker
 from spfmilter.evaluation.resolver import Record
 from tests.support.fakes import Clock
 from tests.support.pyspfstate import pyspf_restored
-from tests.unit.evaluation.test_pyspf import ZONE, CpuClock, answers, fake_lookup, txt
+from tests.unit.evaluation.test_pyspf import ZONE, CpuClock, answers, fake_lookup, query, txt
 
 
 @pytest.fixture(autouse=True)
 def _pyspf_globals() -> Iterator[None]:
     with pyspf_restored():
         yield
-
-
-def query(
-    identity: Identity,
-    mail_from: str = "",
-    helo: str = "mail.example.org",
-    ip: str = "198.51.100.7",
-) -> SpfQuery:
-    return SpfQuery(identity, ipaddress.ip_address(ip), helo, mail_from, "mx.test.example")
 
 
 def test_a_helo_that_is_no_domain_is_none_for_that_helo() -> None:

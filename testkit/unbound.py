@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import re
 import shutil
+import struct
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,15 +163,7 @@ class Unbound:
         checker = Path(executable).with_name("unbound-checkconf")
         if not checker.exists():
             return
-        result = subprocess.run(
-            [str(checker), str(self.config_path)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"unbound-checkconf: {result.stdout}{result.stderr}")
+        processes.run([checker, self.config_path], what="unbound-checkconf", timeout=30)
 
     def _ready(self) -> bool:
         assert self.process is not None
@@ -186,9 +180,22 @@ class Unbound:
 
     def prime(self, name: str, qtype: str = "TXT", timeout: float = 60) -> None:
         """Have Unbound fetch `name` now and keep it in its cache (asked over
-        TCP, so that an answer of any size arrives whole)."""
+        TCP, so that an answer of any size arrives whole).
+
+        On a busy machine the test server may take longer to build a huge
+        answer than Unbound waits for it: Unbound then hangs up on us
+        without an answer, and is asked again until `timeout`."""
         question = DNSRecord.question(name, qtype)
-        DNSRecord.parse(question.send("127.0.0.1", self.port, tcp=True, timeout=timeout))
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                DNSRecord.parse(question.send("127.0.0.1", self.port, tcp=True, timeout=left))
+                return
+            except (OSError, struct.error):
+                if time.monotonic() + 1 > deadline:
+                    raise
+                time.sleep(1)
 
     def stop(self, timeout: float = 10) -> int | None:
         """SIGTERM the process we started, wait; SIGKILL only if it hangs."""

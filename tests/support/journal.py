@@ -263,15 +263,11 @@ class Namespace:
 
     def bind(self, source: Path, target: str) -> None:
         """Bind `source` over `target`, in the namespace only."""
-        result = subprocess.run(
+        processes.run(
             self.command(["mount", "--bind", str(source), target]),
-            capture_output=True,
-            text=True,
+            what=f"mount --bind {source} {target}",
             timeout=10,
-            check=False,
         )
-        if result.returncode != 0:
-            raise RuntimeError(f"mount --bind {source} {target}: {result.stderr}")
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -533,15 +529,7 @@ class Rsyslog:
         """Listen on the syslog socket; rsyslogd starts at the first datagram."""
         rsyslogd = _program("rsyslogd")
         self.config_path.write_text(self.config_text())
-        check = subprocess.run(
-            [rsyslogd, "-N1", "-f", str(self.config_path)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        if check.returncode != 0:
-            raise RuntimeError(f"rsyslogd -N1: {check.stdout}{check.stderr}")
+        processes.run([rsyslogd, "-N1", "-f", self.config_path], what="rsyslogd -N1", timeout=30)
         activate = [
             _program("systemd-socket-activate"),
             "--datagram",

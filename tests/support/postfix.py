@@ -32,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from testkit import processes
 from testkit.net import free_port, tcp_listening
 
 POSTFIX = "/usr/sbin/postfix"
@@ -369,14 +370,10 @@ class PrivatePostfix:
             os.chown(path, uid, gid)
 
     def _run(self, *argv: str) -> None:
-        proc = subprocess.run(
-            argv, capture_output=True, text=True, check=False, timeout=START_TIMEOUT
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"{' '.join(argv)} exited {proc.returncode}\n"
-                f"{proc.stdout}{proc.stderr}{self._log_tail()}"
-            )
+        try:
+            processes.run(argv, timeout=START_TIMEOUT)
+        except processes.CommandFailed as failed:
+            raise processes.CommandFailed(f"{failed}{self._log_tail()}") from None
 
     def _wait_until_listening(self) -> None:
         # Readiness is read from the kernel's socket table instead of probing

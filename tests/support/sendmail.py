@@ -46,6 +46,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from testkit import processes
 from testkit.net import free_port, tcp_listening
 
 # sendmail-bin holds the daemon; sendmail-cf the m4 files the .cf is built
@@ -130,9 +131,10 @@ def ensure_sendmail(cache_dir: Path) -> SendmailInstall:
 
 
 def _run_checked(argv: list[str], *, cwd: Path, what: str) -> None:
-    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise SendmailError(f"{what} failed with status {proc.returncode}:\n{proc.stderr}")
+    try:
+        processes.run(argv, cwd=cwd, what=what, timeout=600)
+    except processes.CommandFailed as failed:
+        raise SendmailError(str(failed)) from None
 
 
 def _check_libraries(install: SendmailInstall) -> None:
@@ -517,19 +519,18 @@ class PrivateSendmail:
             (self._dev_dir / node).touch()  # mount points for the real nodes
         mc_path = self.workdir / "sendmail.mc"
         mc_path.write_text(self._mc_text())
-        cf = subprocess.run(
-            [
-                "m4",
-                f"-D_CF_DIR_={self.install.cf_dir}/",
-                str(self.install.cf_dir / "m4/cf.m4"),
-                str(mc_path),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if cf.returncode != 0:
-            raise SendmailError(f"m4 could not build {self.cf_path}:\n{cf.stderr}")
+        try:
+            cf = processes.run(
+                [
+                    "m4",
+                    f"-D_CF_DIR_={self.install.cf_dir}/",
+                    self.install.cf_dir / "m4/cf.m4",
+                    mc_path,
+                ],
+                what=f"m4 building {self.cf_path}",
+            )
+        except processes.CommandFailed as failed:
+            raise SendmailError(str(failed)) from None
         self.cf_path.write_text(cf.stdout)
 
     def _launch_script(self) -> str:

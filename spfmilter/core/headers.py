@@ -399,7 +399,8 @@ def _spamassassin_names(value: str) -> list[str]:
 
 def _naive_cfws(text: str, start: int) -> int:
     """Where white space and at most one comment after `start` end, the
-    comment's parentheses counted as they come; -1 if it never ends."""
+    comment's parentheses counted as they come; the end of `text` if the
+    comment never closes (nothing, no ";" either, follows it)."""
     end = _past_space(text, start)
     if not text.startswith("(", end):
         return end
@@ -408,7 +409,7 @@ def _naive_cfws(text: str, start: int) -> int:
         depth += 1 if parenthesis.group() == "(" else -1
         if not depth:
             return _past_space(text, parenthesis.end())
-    return -1
+    return len(text)
 
 
 def _past_space(text: str, start: int) -> int:

@@ -4,14 +4,16 @@ This module owns how results are written for other programs to read, and
 how what those programs read is recognised: the RFC 7208 section 9.1
 Received-SPF layout (key order as the classic Perl policy server writes it),
 RFC 8601 Authentication-Results, quoting and folding, the hygiene applied to
-any text that came from the client or from DNS, and which authserv-ids an
-incoming Authentication-Results claims in the eyes of the programs that
-trust it (so that forgeries of ours are found however they are spelled).
-No I/O.
+any text that came from the client or from DNS, the RFC 5322 lexing of a
+structured field body (comments, quoted strings, quoted-pairs) for those
+that read one, and which authserv-ids an incoming Authentication-Results
+claims in the eyes of the programs that trust it (so that forgeries of ours
+are found however they are spelled).  No I/O.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Iterator
 
@@ -202,6 +204,50 @@ def authserv_id_key(authserv_id: str) -> str:
     return authserv_id.lower().rstrip(".")
 
 
+class Lexeme(enum.Enum):
+    """What a piece of a structured field body is (RFC 5322 section 3.2)."""
+
+    TEXT = "text"  # a character outside quoted strings and comments
+    QTEXT = "qtext"  # a character inside a quoted string (section 3.2.4)
+    DQUOTE = "dquote"  # the double quote that opens or closes a quoted string
+    QUOTED_PAIR = "quoted-pair"  # a backslash and the character it quotes (section 3.2.1)
+    COMMENT = "comment"  # a comment, with the comments nested in it (section 3.2.2)
+
+
+def lexemes(value: str) -> Iterator[tuple[Lexeme, str]]:
+    """`value` cut into the pieces of RFC 5322 section 3.2, in order; their
+    texts joined give `value` back.
+
+    A comment is one piece however deeply comments nest in it, and a
+    quoted-pair in it neither opens nor closes one; "(" inside a quoted
+    string is text.  Read leniently: a comment or quoted string left open
+    runs to the end, a "\\" that ends the value is a quoted-pair alone, and
+    a ")" outside a comment is text.
+    """
+    start = depth = 0  # where the open comment began; how deeply it nests
+    quoted = False
+    index = 0
+    while index < len(value):
+        char = value[index]
+        end = index + 2 if char == "\\" else index + 1
+        if depth:
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if not depth:
+                yield Lexeme.COMMENT, value[start:end]
+        elif char == "(" and not quoted:
+            start, depth = index, 1
+        elif char == "\\":
+            yield Lexeme.QUOTED_PAIR, value[index:end]
+        elif char == '"':
+            quoted = not quoted
+            yield Lexeme.DQUOTE, char
+        else:
+            yield (Lexeme.QTEXT if quoted else Lexeme.TEXT), char
+        index = end
+    if depth:
+        yield Lexeme.COMMENT, value[start:]
+
+
 def claimed_authserv_ids(value: str) -> frozenset[str]:
     """Every authserv-id (as authserv_id_key gives it) that some reader of
     this Authentication-Results value may take it to carry.
@@ -242,28 +288,15 @@ def _rfc8601_names(value: str) -> list[str]:
     counts, not only the first, so that nothing put before the id hides it.
     """
     text: list[str] = []
-    depth = 0
-    quoted = escaped = False
-    for char in value:
-        if escaped:
-            escaped = False
-            if depth == 0:
-                text.append(char)
-        elif char == "\\":
-            escaped = True
-        elif depth:
-            depth += {"(": 1, ")": -1}.get(char, 0)
-        elif char == '"':
-            quoted = not quoted
-        elif quoted:
-            text.append(char)
-        elif char == "(":
-            depth = 1
-            text.append(" ")  # a comment separates, as whitespace does
-        elif char == ";":
+    for kind, piece in lexemes(value):
+        if kind is Lexeme.TEXT and piece == ";":
             break
-        else:
-            text.append(char)
+        if kind is Lexeme.COMMENT:
+            text.append(" ")  # a comment separates, as whitespace does
+        elif kind is Lexeme.QUOTED_PAIR:
+            text.append(piece[1:])
+        elif kind is not Lexeme.DQUOTE:
+            text.append(piece)
     # Labels are joined across spaces around dots, but a last word of digits
     # is the authres-version ("mx.example.net. 1" is mx.example.net): a host
     # name's last label is never all digits (RFC 3696 section 2).
@@ -366,7 +399,8 @@ def _spamassassin_names(value: str) -> list[str]:
 
 def _naive_cfws(text: str, start: int) -> int:
     """Where white space and at most one comment after `start` end, the
-    comment's parentheses counted as they come; -1 if it never ends."""
+    comment's parentheses counted as they come; the end of `text` if the
+    comment never closes (nothing, no ";" either, follows it)."""
     end = _past_space(text, start)
     if not text.startswith("(", end):
         return end
@@ -375,7 +409,7 @@ def _naive_cfws(text: str, start: int) -> int:
         depth += 1 if parenthesis.group() == "(" else -1
         if not depth:
             return _past_space(text, parenthesis.end())
-    return -1
+    return len(text)
 
 
 def _past_space(text: str, start: int) -> int:

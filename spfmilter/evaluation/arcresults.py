@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 
 from spfmilter.config.orgdomain import PublicSuffixes, normalise
+from spfmilter.core.headers import Lexeme, lexemes
 
 # RFC 8601 section 2.2: method [ "/" version ] "=" result, then properties
 # ptype "." property "=" pvalue (a token, a quoted-string, or an address).
@@ -95,32 +96,9 @@ def vouches(results: SealerResults, mail_from_domain: str, suffixes: PublicSuffi
 
 
 def _without_comments(value: str) -> str:
-    """`value` with its comments (RFC 5322 section 3.2.2: nested, with
-    quoted-pairs) replaced by a space; quoted strings kept as they are."""
-    out: list[str] = []
-    depth = 0
-    quoted = escaped = False
-    for char in value:
-        if escaped:
-            escaped = False
-            if not depth:
-                out.append(char)
-        elif char == "\\":
-            escaped = True
-            if not depth:
-                out.append(char)
-        elif depth:
-            depth += {"(": 1, ")": -1}.get(char, 0)
-            if not depth:
-                out.append(" ")
-        elif char == '"':
-            quoted = not quoted
-            out.append(char)
-        elif char == "(" and not quoted:
-            depth = 1
-        else:
-            out.append(char)
-    return "".join(out)
+    """`value` with each of its comments (RFC 5322 section 3.2.2: nested,
+    with quoted-pairs) replaced by a space; quoted strings kept as they are."""
+    return "".join(" " if kind is Lexeme.COMMENT else text for kind, text in lexemes(value))
 
 
 def _segments(value: str) -> list[str]:

@@ -68,7 +68,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "core.verdicts": {"core.metrics", "core.model"},
     "evaluation.__init__": set(),
-    "evaluation.arcresults": {"config.orgdomain"},
+    "evaluation.arcresults": {"config.orgdomain", "core.headers"},
     "evaluation.dkimkeys": set(),
     "evaluation.clientfacts": {"core.model", "evaluation.resolver"},
     "evaluation.cpubudget": set(),

@@ -8,10 +8,12 @@ import ipaddress
 import pytest
 
 from spfmilter.core.headers import (
+    Lexeme,
     authentication_results,
     authserv_id_key,
     claimed_authserv_ids,
     clean,
+    lexemes,
     quote_value,
     received_spf,
     reply_text,
@@ -297,3 +299,112 @@ def test_names_put_before_the_authserv_id_do_not_hide_it() -> None:
 def test_authserv_id_key() -> None:
     assert authserv_id_key("MX.Example.NET.") == "mx.example.net"
     assert authserv_id_key("mx.example.net..") == "mx.example.net"
+
+
+def test_lexemes_are_the_pieces_of_rfc_5322_section_3_2() -> None:
+    value = 'id (a (b) \\) c) "q(\\"" \\x)'
+    assert list(lexemes(value)) == [
+        (Lexeme.TEXT, "i"),
+        (Lexeme.TEXT, "d"),
+        (Lexeme.TEXT, " "),
+        # One comment, nested and with a quoted ")" inside (section 3.2.2).
+        (Lexeme.COMMENT, "(a (b) \\) c)"),
+        (Lexeme.TEXT, " "),
+        # In a quoted string "(" is text, and a quoted-pair is its
+        # character (section 3.2.4).
+        (Lexeme.DQUOTE, '"'),
+        (Lexeme.QTEXT, "q"),
+        (Lexeme.QTEXT, "("),
+        (Lexeme.QUOTED_PAIR, '\\"'),
+        (Lexeme.DQUOTE, '"'),
+        (Lexeme.TEXT, " "),
+        (Lexeme.QUOTED_PAIR, "\\x"),
+        # A ")" that closes nothing is text.
+        (Lexeme.TEXT, ")"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "pieces"),
+    [
+        # What is left open runs to the end.
+        ("a(b(c)", [(Lexeme.TEXT, "a"), (Lexeme.COMMENT, "(b(c)")]),
+        ("(b\\)", [(Lexeme.COMMENT, "(b\\)")]),
+        ('"b(', [(Lexeme.DQUOTE, '"'), (Lexeme.QTEXT, "b"), (Lexeme.QTEXT, "(")]),
+        # A backslash that ends the value quotes nothing.
+        ("a\\", [(Lexeme.TEXT, "a"), (Lexeme.QUOTED_PAIR, "\\")]),
+        # Double quotes in a comment are its text.
+        ('(")"x', [(Lexeme.COMMENT, '(")'), (Lexeme.DQUOTE, '"'), (Lexeme.QTEXT, "x")]),
+        ("", []),
+    ],
+)
+def test_lexemes_of_malformed_values(value: str, pieces: list[tuple[Lexeme, str]]) -> None:
+    assert list(lexemes(value)) == pieces
+
+
+@pytest.mark.parametrize(
+    ("value", "claimed"),
+    [
+        # A last word of digits after the id is the version (RFC 8601
+        # section 2.2): it claims nothing ...
+        ("mx.example.net 1; spf=pass", {"mx.example.net"}),
+        ("bücher.example 1; spf=pass", {"bücher.example"}),
+        ("evil.example bücher.example 1; spf=pass", {"evil.example", "bücher.example"}),
+        # ... but a word of digits alone is the id, as OpenDMARC reads it.
+        ("(c) 1234; spf=pass", {"1234"}),
+        # An escaped trailing dot stays in OpenDMARC's token, so the version
+        # after it is not joined to the id as a last label.
+        ("(c) mx\\.example\\.net\\. 1; spf=pass", {"mx.example.net"}),
+        # Every one of these is a name of no host.
+        (". ; spf=pass", set()),
+    ],
+)
+def test_the_version_after_the_authserv_id_claims_nothing(value: str, claimed: set[str]) -> None:
+    assert claimed_authserv_ids(value) == claimed
+
+
+def test_of_id_and_job_the_id_is_what_comes_before_the_first_slash() -> None:
+    # OpenDMARC's AuthservIDWithJobID: a job id may itself hold a "/".
+    assert claimed_authserv_ids("mx.example.net/a/b; spf=pass") == {
+        "mx.example.net/a/b",
+        "mx.example.net",
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "claimed"),
+    [
+        # A comment that touches the id is part of OpenDMARC's token ...
+        ("mx.example.net(fw); spf=pass", {"mx.example.net", "mx.example.net(fw)"}),
+        # ... and one that never closes runs to the end of it.
+        (
+            "mx.example.net(fw; spf=pass",
+            {"mx.example.net", "mx.example.net(fw; spf=pass"},
+        ),
+    ],
+)
+def test_opendmarc_takes_a_comment_touching_the_id_into_it(value: str, claimed: set[str]) -> None:
+    assert claimed_authserv_ids(value) == claimed
+
+
+# SpamAssassin takes a backslash for a character of its token, where RFC
+# 5322 and OpenDMARC read a quoted-pair: "mx.exa\mple.net" tells its
+# reading apart from theirs (mx.example.net).
+@pytest.mark.parametrize(
+    ("value", "claimed"),
+    [
+        # Folding white space before the id, a version after it ...
+        ("\r\n\tmx.exa\\mple.net 1; spf=pass", {"mx.example.net", "mx.exa\\mple.net"}),
+        # ... with a comment on either side of the version.
+        ("mx.exa\\mple.net (a) 1 (b) ; spf=pass", {"mx.example.net", "mx.exa\\mple.net"}),
+        # Its white space is ASCII only (Perl's \s on the header's bytes):
+        # after a no-break space it finds no token at the start.
+        ("\xa0mx.exa\\mple.net; spf=pass", {"mx.example.net", "\xa0mx.example.net"}),
+        # Counted without quoted-pairs, "(\()" opens two comments and closes
+        # one: the comment never ends, so it reads no id, even with a ";"
+        # last.
+        ("mx.exa\\mple.net (\\();", {"mx.example.net"}),
+    ],
+)
+def test_what_spamassassin_alone_reads(value: str, claimed: set[str]) -> None:
+    assert claimed_authserv_ids(value) == claimed

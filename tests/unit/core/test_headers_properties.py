@@ -19,11 +19,13 @@ from spfmilter.core.headers import (
     FOLD_AT,
     RECEIVED_SPF,
     REPLY_TEXT_LIMIT,
+    Lexeme,
     authentication_results,
     authserv_id_key,
     claimed_authserv_ids,
     clean,
     fold,
+    lexemes,
     quote_value,
     received_spf,
     reply_text,
@@ -169,6 +171,20 @@ def test_claimed_authserv_ids_of_any_text(value: str) -> None:
     # folded, no trailing dot, never empty.
     for name in claimed_authserv_ids(value):
         assert name and authserv_id_key(name) == name
+
+
+@SETTINGS
+@given(texts)
+def test_lexemes_give_the_value_back(value: str) -> None:
+    pieces = list(lexemes(value))
+    assert "".join(text for _, text in pieces) == value
+    for kind, text in pieces:
+        if kind is Lexeme.COMMENT:
+            assert text.startswith("(")
+        elif kind is Lexeme.QUOTED_PAIR:
+            assert text.startswith("\\") and len(text) <= 2
+        else:
+            assert len(text) == 1
 
 
 # A host name's last label is never all digits (RFC 3696 section 2), which

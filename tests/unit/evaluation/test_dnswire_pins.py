@@ -93,6 +93,10 @@ def test_a_label_of_nothing_but_special_octets_is_escaped() -> None:
         (rr(b"\xc0\x0c", 15, b"\x00\x0a\x00\x00"), "malformed MX record"),
         (rr(b"\xc0\x0c", 1, b"\x01\x02\x03"), "malformed A record"),
         (wire_name(63, 63, 63, 63, 1), "name longer than 255 octets"),
+        # Labels of 255 octets leave no room for the root label (RFC 1035
+        # section 3.1): refused before whatever follows them is read.
+        (wire_name(63, 63, 63, 62)[:-1], "name longer than 255 octets"),
+        (rr(b"\xc0\x0c", TXT, b"\x05a"), "message ends early"),
     ],
 )
 def test_a_malformed_reply_says_what_is_wrong(body: bytes, reason: str) -> None:
@@ -130,6 +134,114 @@ def test_a_compression_pointer_may_reach_beyond_offset_255() -> None:
         ("mail.example.org", "192.0.2.1"),
         ("mail.example.org", "192.0.2.2"),
     ]
+
+
+def test_a_name_ending_in_a_pointer_has_the_octets_of_the_name_pointed_at() -> None:
+    # RFC 1035 sections 3.1 and 4.1.4: the name is its labels followed by
+    # the name pointed at, 255 octets at most in all.  Here 193 octets
+    # written in full, then 62 (255 in all) or 63 octets of labels before a
+    # pointer to them.
+    pointed_at = wire_name(63, 63, 63)
+    start = len(header(5, 2))
+
+    def reply(labels: bytes) -> dnswire.Reply | None:
+        second = labels + struct.pack("!H", 0xC000 | start)
+        data = header(5, 2) + rr(pointed_at, A, b"\x01\x02\x03\x04") + rr(second, A, b"\x05" * 4)
+        return dnswire.parse_reply(data, 5, QNAME, A)
+
+    longest = reply(wire_name(61)[:-1])
+    assert longest is not None
+    assert longest.answer[1].owner == ".".join(["a" * 61] + ["a" * 63] * 3)
+    with pytest.raises(WireError) as info:
+        reply(wire_name(62)[:-1])
+    assert str(info.value) == "name longer than 255 octets"
+
+
+def test_a_pointer_reads_exactly_the_offset_its_14_bits_hold() -> None:
+    # RFC 1035 section 4.1.4: the offset is the 14 bits after the pointer's
+    # two 1 bits.  Names are written in full at offsets that a pointer read
+    # a bit or a byte off would designate instead: 12 (the question's), 268,
+    # 524, and 16396 and 65292, which no pointer can reach.
+    message = bytearray(header(5, 0))
+    count = 0
+
+    def add(record: bytes) -> None:
+        nonlocal count
+        message.extend(record)
+        count += 1
+
+    def pad_to(offset: int) -> None:
+        add(rr(b"\xc0\x0c", 10, b"\x00" * (offset - len(message) - 12)))  # NULL
+
+    for offset, label, last in ((268, b"one", 1), (524, b"two", 2), (16396, b"four", 4)):
+        pad_to(offset)
+        add(rr(bytes([len(label)]) + label + b"\xc0\x0c", A, bytes([192, 0, 2, last])))
+    pad_to(65292)
+    add(rr(b"\x03far\xc0\x0c", A, b"\xc0\x00\x02\x05"))
+    for pointer, last in ((b"\xc0\x0c", 12), (b"\xc1\x0c", 13), (b"\xc2\x0c", 14)):
+        add(rr(pointer, A, bytes([192, 0, 2, last])))
+    struct.pack_into("!H", message, 6, count)
+    assert len(message) <= dnswire.MAX_MESSAGE
+    reply = dnswire.parse_reply(bytes(message), 5, QNAME, A)
+    assert reply is not None
+    assert [(r.owner, r.value) for r in reply.answer] == [
+        ("one.example.org", "192.0.2.1"),
+        ("two.example.org", "192.0.2.2"),
+        ("four.example.org", "192.0.2.4"),
+        ("far.example.org", "192.0.2.5"),
+        ("example.org", "192.0.2.12"),
+        ("one.example.org", "192.0.2.13"),
+        ("two.example.org", "192.0.2.14"),
+    ]
+
+
+def test_a_reserved_label_type_is_no_pointer_to_a_name_read_before() -> None:
+    # RFC 1035 section 4.1.4: only the top bits 11 make a pointer; 10 is
+    # reserved.  80 0C is refused even when offset 12 holds a name read before.
+    data = header(5, 2) + rr(b"\xc0\x0c", A, b"\x01\x01\x01\x01")
+    data += rr(b"\x80\x0c", A, b"\x02\x02\x02\x02")
+    with pytest.raises(WireError) as info:
+        dnswire.parse_reply(data, 5, QNAME, A)
+    assert str(info.value) == "unknown label type"
+
+
+def test_a_pointer_into_the_header_reads_its_octets_as_a_name() -> None:
+    # The offset counts from the start of the message (RFC 1035 section
+    # 4.1.4), so a hostile reply may point at its header: with the ID 0x0361
+    # and the usual flags, offset 0 holds the label 03 61 81 80 and offset 4
+    # (QDCOUNT's upper octet) the root.  It is read as such octets, escaped;
+    # a pointer to the question's name still reads that name.
+    data = header(0x0361, 2) + rr(b"\xc0\x00", A, b"\x01\x01\x01\x01")
+    data += rr(b"\xc0\x0c", A, b"\x02\x02\x02\x02")
+    reply = dnswire.parse_reply(data, 0x0361, QNAME, A)
+    assert reply is not None
+    assert [r.owner for r in reply.answer] == ["a\\129\\128", "example.org"]
+
+
+def test_the_pointers_a_name_may_follow_can_end_at_a_pointer_read_before() -> None:
+    # An owner that is a pointer to the question's name, read after another
+    # one, is itself a name read before: MAX_POINTERS pointers that end at
+    # it, the first in the owner of the last record, are a name.
+    second = len(header(5, 4)) + 12
+    chain_at = second + 24  # after the second record and the chain's own fixed part
+    chain = bytearray(struct.pack("!H", 0xC000 | second))
+    for n in range(dnswire.MAX_POINTERS - 2):
+        chain += struct.pack("!H", 0xC000 | (chain_at + 2 * n))
+    data = header(5, 4) + rr(b"\xc0\x0c", 10, b"") + rr(b"\xc0\x0c", 10, b"")
+    data += rr(b"\xc0\x0c", 10, bytes(chain))  # NULL: its data is no name to SPF
+    assert len(data) - len(chain) == chain_at
+    last = struct.pack("!H", 0xC000 | (len(data) - 2))
+    reply = dnswire.parse_reply(data + rr(last, A, b"\x01\x02\x03\x04"), 5, QNAME, A)
+    assert reply is not None and [r.owner for r in reply.answer] == ["example.org"]
+
+
+def test_an_opt_record_whose_data_runs_past_the_message_says_so() -> None:
+    # RFC 6891 section 6.1.2: RDLEN counts the options that follow.
+    head = struct.pack("!6H", 5, 0x8180, 1, 0, 0, 1) + QNAME + struct.pack("!HH", A, 1)
+    opt = b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 8) + struct.pack("!HH", 12, 0)
+    with pytest.raises(WireError) as info:
+        dnswire.parse_reply(head + opt, 5, QNAME, A)
+    assert str(info.value) == "record data runs past the message"
 
 
 def test_unsigned_fields_are_read_unsigned() -> None:
@@ -227,6 +339,19 @@ def test_a_deadline_already_reached_is_a_timeout_without_waiting(
     udp, _ = udp_and_tcp
     with pytest.raises(Unreachable) as info:
         dnswire.exchange(udp.getsockname(), QNAME, A, 100.0, lambda: 100.0)
+    assert str(info.value) == "timeout"
+
+
+def test_a_deadline_reached_before_the_retry_over_tcp_is_a_timeout(
+    udp_and_tcp: tuple[socket.socket, socket.socket],
+) -> None:
+    # The truncated reply comes in time; by the clock, the deadline has
+    # passed when the question would be asked again over TCP.
+    udp, _ = udp_and_tcp
+    serve_udp(udp, truncated)
+    times = iter([0.0])
+    with pytest.raises(Unreachable) as info:
+        dnswire.exchange(udp.getsockname(), QNAME, A, 5.0, lambda: next(times, 5.0))
     assert str(info.value) == "timeout"
 
 

@@ -257,7 +257,9 @@ class _Parser:
                 if position + 1 >= len(data):
                     raise WireError("truncated compression pointer")
                 target = ((length & 0x3F) << 8) | data[position + 1]
-                # Only backward pointers: a pointer loop cannot be built.
+                # Only backward pointers (RFC 1035 section 4.1.4 points to a
+                # prior occurrence).  A label followed by a pointer back to
+                # it still loops: the 255-octet bound and MAX_POINTERS end it.
                 if target >= position:
                     raise WireError("forward compression pointer")
                 pointers += 1

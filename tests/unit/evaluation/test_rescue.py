@@ -19,6 +19,7 @@ from spfmilter.config import orgdomain
 from spfmilter.core.model import RescueKind
 from spfmilter.evaluation.rescue import (
     AuthResult,
+    DkimCheck,
     Reason,
     RescueLimits,
     Rescuer,
@@ -246,6 +247,17 @@ def test_a_signature_that_does_not_sign_from_is_ignored(
     assert dkim.DKIM(message).verify(dnsfunc=lambda name, timeout=5: keys["rsa2048"].record)
     outcome = make().check(message, "example.com", soon())
     assert (outcome.kind, outcome.reason) == (RescueKind.NONE, Reason.FROM_NOT_SIGNED)
+
+
+def test_a_signature_without_a_is_malformed_not_weak(make: Make, keys: dict[str, KeyPair]) -> None:
+    """RFC 6376 section 6.1.1: a missing required tag is a PERMFAIL, not a
+    local policy on algorithms."""
+    signed = sign(MESSAGE, keys["rsa2048"]).replace(b"a=rsa-sha256; ", b"", 1)
+    outcome = make().check(signed, "example.com", soon())
+    assert outcome.dkim == (
+        DkimCheck("", "", "", AuthResult.PERMERROR, Reason.MALFORMED_SIGNATURE, False),
+    )
+    assert outcome.reason is Reason.MALFORMED_SIGNATURE
 
 
 def test_a_key_in_testing_mode_is_not_used(

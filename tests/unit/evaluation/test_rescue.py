@@ -933,3 +933,55 @@ def test_dns_trouble_on_the_seal_keeps_what_dkim_found(
     assert [(c.domain, c.reason) for c in outcome.dkim] == [("forwarder.example", Reason.UNALIGNED)]
     assert outcome.arc is not None and outcome.arc.result is AuthResult.TEMPERROR
     assert outcome.cpu_seconds > 0
+
+
+@pytest.mark.parametrize("line_end", [b"\r\n", b"\n"])
+def test_arc_fields_are_unfolded_before_they_are_read(
+    make: Make, keys: dict[str, KeyPair], line_end: bytes
+) -> None:
+    """RFC 5322 section 3.2.2: unfolding removes each line end before white
+    space, so none reaches the sealer reported (a fold inside d= is the
+    sender's doing, and the seal no longer verifies)."""
+    sealed = seal(MESSAGE, keys["rsa2048"], SEALER, "spf=pass smtp.mailfrom=example.com")
+    folded = sealed.replace(b"d=lists.example.org; s=arc;", b"d=lists.\r\n example.org; s=arc;", 1)
+    outcome = make().check(folded.replace(b"\r\n", line_end), "example.com", soon())
+    assert outcome.arc is not None and outcome.arc.reason is Reason.SEALER_UNTRUSTED
+    assert outcome.arc.sealer == "lists. example.org"
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b" d=lists.example.org; s=arc;", b" s=arc;"),  # a seal without d=
+        (b"c=relaxed/relaxed", b"c=fancy/relaxed"),  # an AMS c= naming nothing
+    ],
+)
+def test_a_set_whose_tags_cannot_be_read_fails_the_chain_unverified(
+    make: Make, keys: dict[str, KeyPair], zone: Zone, old: bytes, new: bytes
+) -> None:
+    sealed = seal(MESSAGE, keys["rsa2048"], SEALER, "spf=pass smtp.mailfrom=example.com")
+    assert old in sealed
+    zone.asked.clear()
+    outcome = make().check(sealed.replace(old, new, 1), "example.com", soon())
+    assert outcome.arc == ArcCheck(AuthResult.FAIL, Reason.CHAIN_INVALID, sets=1)
+    assert zone.asked == []
+
+
+def test_dns_trouble_on_the_key_keeps_what_arc_found(
+    make: Make, keys: dict[str, KeyPair], zone: Zone
+) -> None:
+    zone.errors["sel._domainkey.example.com"] = TempError("timeout")
+    signed = sign(MESSAGE, keys["rsa2048"])
+    sealed = seal(signed, keys["rsa2048"], SEALER, "spf=fail smtp.mailfrom=example.com")
+    outcome = make().check(sealed, "example.com", soon())
+    assert (outcome.kind, outcome.reason) == (RescueKind.TEMPORARY, Reason.KEY_TEMPERROR)
+    assert outcome.arc == ArcCheck(None, Reason.NOT_VOUCHED, SEALER, 1)
+    # What the verification cost goes to the metrics.
+    assert outcome.cpu_seconds > 0
+
+
+def test_a_refusal_reports_what_the_verification_cost(make: Make, keys: dict[str, KeyPair]) -> None:
+    message = sign(MESSAGE, keys["rsa2048"]).replace(b"noon", b"one")
+    outcome = make().check(message, "example.com", soon())
+    assert (outcome.kind, outcome.reason) == (RescueKind.NONE, Reason.BODY_HASH)
+    assert outcome.cpu_seconds > 0

@@ -466,6 +466,8 @@ def test_thousands_of_signatures_cost_at_most_eight_verifications(
     assert time.thread_time() - started < 1.0
     assert outcome.reason is Reason.BODY_HASH
     assert sum(c.reason is Reason.NOT_EXAMINED for c in outcome.dkim) == 392
+    # Those are not read: nothing of them reaches Authentication-Results.
+    assert outcome.dkim[8] == DkimCheck("", "", "", None, Reason.NOT_EXAMINED, False)
     assert zone.asked == ["sel._domainkey.example.com"]
 
 
@@ -906,6 +908,9 @@ def test_the_key_size_floor_applies_to_seals_as_configured(
     assert not outcome.rescued
     lowered = make(sealers=sealers, limits=RescueLimits(min_key_bits=512))
     assert lowered.check(sealed, "example.com", soon()).rescued
+    # And to DKIM keys, which dkimpy checks too.
+    signed = sign(MESSAGE, keys["rsa512"], selector="tiny")
+    assert lowered.check(signed, "example.com", soon()).kind is RescueKind.DKIM
 
 
 def test_white_space_runs_under_a_seal_take_linear_time(
@@ -985,3 +990,13 @@ def test_a_refusal_reports_what_the_verification_cost(make: Make, keys: dict[str
     outcome = make().check(message, "example.com", soon())
     assert (outcome.kind, outcome.reason) == (RescueKind.NONE, Reason.BODY_HASH)
     assert outcome.cpu_seconds > 0
+
+
+def test_a_selector_that_is_not_utf8_is_reported_with_replacement_characters(
+    make: Make, keys: dict[str, KeyPair]
+) -> None:
+    signed = sign(MESSAGE, keys["rsa2048"]).replace(b"s=sel;", b"s=s\xffl;", 1)
+    outcome = make().check(signed, "example.com", soon())
+    assert outcome.kind is RescueKind.NONE
+    assert outcome.dkim[0].selector == "s\ufffdl"
+    assert outcome.dkim[0].reason is Reason.KEY_NOT_FOUND

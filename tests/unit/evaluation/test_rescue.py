@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import logging
 import shutil
 import subprocess
@@ -139,6 +140,7 @@ def test_an_aligned_signature_rescues(make: Make, keys: dict[str, KeyPair], key:
     assert outcome.kind is RescueKind.DKIM
     assert (outcome.domain, outcome.selector) == ("example.com", selector)
     assert outcome.dkim[0].result is AuthResult.PASS
+    assert outcome.cpu_seconds > 0
 
 
 def test_relaxed_alignment_by_organizational_domain(make: Make, keys: dict[str, KeyPair]) -> None:
@@ -301,7 +303,7 @@ def test_dkim_off_leaves_signatures_alone(make: Make, keys: dict[str, KeyPair]) 
 
 def test_rescue_off(make: Make, keys: dict[str, KeyPair]) -> None:
     outcome = make(dkim=False, sealers=frozenset()).check(MESSAGE, "example.com", soon())
-    assert outcome.reason is Reason.DISABLED
+    assert (outcome.kind, outcome.reason) == (RescueKind.NONE, Reason.DISABLED)
 
 
 @pytest.mark.skipif(shutil.which("opendkim") is None, reason="OpenDKIM is not installed")
@@ -359,6 +361,7 @@ def test_a_trusted_sealer_that_saw_spf_pass_rescues(make: Make, keys: dict[str, 
         2,
         "spf",
     )
+    assert outcome.cpu_seconds > 0
 
 
 def test_an_aligned_dkim_pass_recorded_by_the_sealer_rescues(
@@ -448,6 +451,7 @@ def test_a_huge_header_is_refused_unparsed(make: Make, keys: dict[str, KeyPair])
     filler = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"y" * 200) for i in range(2000))
     outcome = make().check(filler + sign(MESSAGE, keys["rsa2048"]), "example.com", soon())
     assert outcome.reason is Reason.HEADER_TOO_LARGE
+    assert outcome.cpu_seconds > 0
 
 
 def test_too_many_header_fields(make: Make, keys: dict[str, KeyPair]) -> None:
@@ -546,13 +550,17 @@ def test_runs_of_white_space_in_the_body_take_linear_time(
 
 
 def test_the_cpu_budget_stops_the_verification(make: Make, keys: dict[str, KeyPair]) -> None:
+    # Each reading of the clock takes a second: enough for one signature.
     ticks = iter(range(0, 1000))
-    outcome = make(limits=RescueLimits(cpu_budget=2.5), cpu_clock=lambda: float(next(ticks))).check(
+    outcome = make(limits=RescueLimits(cpu_budget=4.5), cpu_clock=lambda: float(next(ticks))).check(
         sign(sign(MESSAGE, keys["rsa2048"]), keys["rsa2048"]).replace(b"noon", b"x"),
         "example.com",
         soon(),
     )
     assert (outcome.kind, outcome.reason) == (RescueKind.NONE, Reason.CPU_BUDGET)
+    # What was found before the budget ran out is still reported, with its cost.
+    assert [c.reason for c in outcome.dkim] == [Reason.BODY_HASH]
+    assert outcome.cpu_seconds > 0
 
 
 def test_the_deadline_defers(make: Make, keys: dict[str, KeyPair]) -> None:
@@ -1000,3 +1008,63 @@ def test_a_selector_that_is_not_utf8_is_reported_with_replacement_characters(
     assert outcome.kind is RescueKind.NONE
     assert outcome.dkim[0].selector == "s\ufffdl"
     assert outcome.dkim[0].reason is Reason.KEY_NOT_FOUND
+
+
+def test_the_header_bound_at_its_edge(make: Make, keys: dict[str, KeyPair]) -> None:
+    message = sign(MESSAGE, keys["rsa2048"])
+    # The header section up to the CR of the empty line that ends it.
+    size = message.index(b"\r\n\r\n") + 1
+    assert (
+        make(limits=RescueLimits(max_header_bytes=size))
+        .check(message, "example.com", soon())
+        .rescued
+    )
+    outcome = make(limits=RescueLimits(max_header_bytes=size - 1)).check(
+        message, "example.com", soon()
+    )
+    assert (outcome.kind, outcome.reason) == (RescueKind.NONE, Reason.HEADER_TOO_LARGE)
+
+
+def test_a_message_of_header_fields_only_within_the_bound_is_read(
+    make: Make, keys: dict[str, KeyPair]
+) -> None:
+    header = MESSAGE[: MESSAGE.index(b"\r\n\r\n") + 2]
+    message = sign(header, keys["rsa2048"])
+    assert b"\r\n\r\n" not in message
+    limits = RescueLimits(max_header_bytes=len(message))
+    assert make(limits=limits).check(message, "example.com", soon()).rescued
+
+
+def test_the_header_fields_bound_is_inclusive(make: Make, keys: dict[str, KeyPair]) -> None:
+    message = sign(MESSAGE, keys["rsa2048"])
+    fields = len(dkim.rfc822_parse(message)[0])
+    assert (
+        make(limits=RescueLimits(max_header_fields=fields))
+        .check(message, "example.com", soon())
+        .rescued
+    )
+    outcome = make(limits=RescueLimits(max_header_fields=fields - 1)).check(
+        message, "example.com", soon()
+    )
+    assert outcome.reason is Reason.HEADER_TOO_LARGE
+
+
+def test_the_cpu_budget_grows_with_the_message(make: Make, keys: dict[str, KeyPair]) -> None:
+    message = sign(MESSAGE, keys["rsa2048"])
+    message += b"y" * (1_000_000 - len(message))
+    clock = itertools.chain([0.0], itertools.repeat(0.5))
+    limits = RescueLimits(cpu_budget=0.1, cpu_per_megabyte=1.0)
+    outcome = make(limits=limits, cpu_clock=lambda: next(clock)).check(
+        message, "example.com", soon()
+    )
+    # 0.5 s used of 0.1 + 1.0 x 1 MB: not stopped; the appended body breaks
+    # the body hash.
+    assert outcome.reason is Reason.BODY_HASH
+
+
+def test_a_sealer_list_of_only_the_root_checks_no_chain(
+    make: Make, keys: dict[str, KeyPair]
+) -> None:
+    sealed = seal(MESSAGE, keys["rsa2048"], SEALER, "spf=pass smtp.mailfrom=example.com")
+    outcome = make(sealers=frozenset({"."})).check(sealed, "example.com", soon())
+    assert outcome.arc is None

@@ -1012,7 +1012,8 @@ def test_a_selector_that_is_not_utf8_is_reported_with_replacement_characters(
 
 def test_the_header_bound_at_its_edge(make: Make, keys: dict[str, KeyPair]) -> None:
     message = sign(MESSAGE, keys["rsa2048"])
-    # The header section up to the CR of the empty line that ends it.
+    # Read while the empty line ends within the bound plus its 3 bytes
+    # (LF CR LF): the fields up to the CR of the last one's line end.
     size = message.index(b"\r\n\r\n") + 1
     assert (
         make(limits=RescueLimits(max_header_bytes=size))
@@ -1068,3 +1069,21 @@ def test_a_sealer_list_of_only_the_root_checks_no_chain(
     sealed = seal(MESSAGE, keys["rsa2048"], SEALER, "spf=pass smtp.mailfrom=example.com")
     outcome = make(sealers=frozenset({"."})).check(sealed, "example.com", soon())
     assert outcome.arc is None
+
+
+def test_an_arc_rescue_keeps_the_dkim_results(make: Make, keys: dict[str, KeyPair]) -> None:
+    """The list changed the signed Subject, then sealed: the author's DKIM
+    fail still goes into Authentication-Results beside arc=pass."""
+    changed = sign(MESSAGE, keys["rsa2048"]).replace(b"Subject: Lunch", b"Subject: [team] Lunch")
+    sealed = seal(changed, keys["rsa2048"], SEALER, "spf=pass smtp.mailfrom=example.com")
+    outcome = make().check(sealed, "example.com", soon())
+    assert outcome.kind is RescueKind.ARC
+    assert [(c.domain, c.result) for c in outcome.dkim] == [("example.com", AuthResult.FAIL)]
+
+
+def test_the_key_bounds_are_the_configured_ones(make: Make, keys: dict[str, KeyPair]) -> None:
+    message = sign(MESSAGE, keys["rsa2048"])
+    outcome = make(limits=RescueLimits(max_key_bits=1024)).check(message, "example.com", soon())
+    assert outcome.dkim[0].reason is Reason.KEY_TOO_LARGE
+    outcome = make(limits=RescueLimits(max_key_names=0)).check(message, "example.com", soon())
+    assert outcome.dkim[0].reason is Reason.KEY_NAMES

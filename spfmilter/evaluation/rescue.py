@@ -434,6 +434,10 @@ class Rescuer:
         try:
             tags = dkim.util.parse_tag_value(value)
             domain, selector = _text(tags[b"d"]), _text(tags[b"s"])
+            # RFC 6376 section 6.1.1: a signature without a required tag
+            # (a=, d=, h=, s=) is ignored (PERMFAIL); a= is read here, before
+            # dkimpy checks the rest, so its absence is no weak algorithm.
+            algorithm = tags[b"a"]
             signed = [n.strip().lower() for n in tags[b"h"].split(b":")]
             body_algorithm = _body_algorithm(tags)
         except (dkim.util.InvalidTagValueList, KeyError, _BadCanonicalization):
@@ -446,8 +450,8 @@ class Rescuer:
 
         if not aligned:
             return result(None, Reason.UNALIGNED)
-        if tags.get(b"a") not in _ACCEPTED_ALGORITHMS:
-            return result(AuthResult.POLICY, Reason.WEAK_ALGORITHM, _text(tags.get(b"a", b"")))
+        if algorithm not in _ACCEPTED_ALGORITHMS:
+            return result(AuthResult.POLICY, Reason.WEAK_ALGORITHM, _text(algorithm))
         if len(signed) > self._limits.max_signed_fields:
             return result(AuthResult.POLICY, Reason.TOO_MANY_SIGNED, str(len(signed)))
         # RFC 6376 section 6.1.1: a signature whose h= lacks From MUST be

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tracemalloc
 
 import pytest
@@ -271,3 +272,38 @@ def test_cache_accounting_matches_the_memory_it_holds() -> None:
     finally:
         tracemalloc.stop()
     assert 0.75 < resolver.cached_bytes / held < 1.25, (resolver.cached_bytes, held)
+
+
+def test_a_prefetch_warms_the_cache_the_evaluation_then_reads() -> None:
+    resolver, fake, _, _ = make()
+    fake.table["192.0.2.1", "x.example", 1] = reply(RR("x.example", 1, 300, "192.0.2.7"))
+    assert not resolver.cached("x.example", "A")
+    # Names and types as pyspf and a record write them: any case, a root dot.
+    found = resolver.prefetch("X.Example.", "a", 5)
+    assert found == ((("x.example", "A"), "192.0.2.7"),)
+    assert resolver.cached("x.example", "A") and resolver.cached("X.EXAMPLE.", "a")
+    assert not resolver.cached("x.example", "TXT") and not resolver.cached("y.example", "A")
+    assert resolver.lookup("x.example", "A") == found and len(fake.asked) == 1
+
+
+def test_a_prefetch_within_no_time_left_asks_nothing() -> None:
+    resolver, fake, _, _ = make()
+    fake.table["192.0.2.1", "x.example", 1] = reply(RR("x.example", 1, 300, "192.0.2.7"))
+    assert resolver.prefetch("x.example", "A", 0.0) is None and fake.asked == []
+
+
+def test_a_refused_or_failed_prefetch_is_none_and_logged_at_debug_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    resolver, fake, _, _ = make()
+    fake.table["192.0.2.1", "many.example", 1] = oversized("many.example", 300)
+    caplog.set_level(logging.DEBUG, logger="spfmilter.dns")
+    assert resolver.prefetch("many.example", "A", 5) is None
+    # The refusal is kept: the evaluation meets it without asking again.
+    with pytest.raises(DnsLimitError):
+        resolver.lookup("many.example", "A")
+    assert len(fake.asked) == 1
+    assert resolver.prefetch("gone.example", "A", 5) is None
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.DEBUG, "prefetch: DNS timeout looking up gone.example A")
+    ]

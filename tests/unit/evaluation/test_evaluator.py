@@ -9,6 +9,7 @@ import ipaddress
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import spf
@@ -27,8 +28,9 @@ from spfmilter.core.model import (
     SpfResult,
 )
 from spfmilter.evaluation import evaluator
+from spfmilter.evaluation.pool import IdlingPool
 from spfmilter.evaluation.rescue import RESCUE_SECONDS
-from spfmilter.evaluation.resolver import DnsLimitError
+from spfmilter.evaluation.resolver import DnsLimitError, Resolver
 from testkit import dkimkit
 from testkit.daemon import wait_for
 from testkit.dnsserver import DNSTestServer
@@ -36,6 +38,10 @@ from tests.support.pyspfstate import pyspf_restored
 
 ZONE = {
     "pass.example": [{"TXT": "v=spf1 ip4:198.51.100.0/24 -all"}],
+    # Its first include is the evaluation's own first lookup; the second is
+    # asked ahead.
+    "include.example": [{"TXT": "v=spf1 include:fail.example include:pass.example -all"}],
+    "fail.example": [{"TXT": "v=spf1 -all"}],
     "mail.pass.example": [{"A": "198.51.100.7"}],
     "voids.example": [
         {"TXT": "v=spf1 a:none1.voids.example a:none2.voids.example a:none3.voids.example -all"}
@@ -75,11 +81,14 @@ def watch_lookups(monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[str]]:
     return watch
 
 
-def built(dns: DNSTestServer, void_lookup_limit: int = 2) -> tuple[evaluator.Evaluator, Metrics]:
+def built(
+    dns: DNSTestServer, void_lookup_limit: int = 2, **dns_config: Any
+) -> tuple[evaluator.Evaluator, Metrics]:
     config = DnsConfig(
         nameservers=(Nameserver(dns.host, dns.port),),
         timeout=2.0,
         void_lookup_limit=void_lookup_limit,
+        **dns_config,
     )
     metrics = Metrics()
     return evaluator.build(config, metrics), metrics
@@ -227,3 +236,54 @@ def test_the_rescue_deadline_is_on_the_evaluators_clock() -> None:
         message, "a@example.org", CONN, WITH_RESCUE, 1
     )
     assert (result.kind, result.reason) == (RescueKind.TEMPORARY, "deadline")
+
+
+@pytest.fixture
+def asked_ahead(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The pool each question asked ahead is handed to (by name), as the
+    evaluation reads a record: recorded when handed over, so that a prefetch
+    thread slower than the evaluation itself cannot hide one."""
+    pools: list[str] = []
+    original = IdlingPool.submit
+
+    def recording(self: IdlingPool, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        if getattr(fn, "__name__", "") == "_ask":
+            pools.append(self._name)
+        return original(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(IdlingPool, "submit", recording)
+    return pools
+
+
+def test_the_built_evaluator_asks_ahead_on_its_prefetch_threads(
+    dns: DNSTestServer, asked_ahead: list[str]
+) -> None:
+    built_evaluator, _ = built(dns)
+    outcomes = built_evaluator.evaluate(Plan(mail_from=True), CONN, "a@include.example", None, 1)
+    assert outcomes.mail_from is not None and outcomes.mail_from.result is SpfResult.PASS
+    assert asked_ahead == ["prefetch"]  # include:pass.example's record
+
+
+@pytest.mark.parametrize("config", [{"prefetch": False}, {"cache_size": 0}])
+def test_without_prefetch_or_without_a_cache_nothing_is_asked_ahead(
+    dns: DNSTestServer, asked_ahead: list[str], config: dict[str, Any]
+) -> None:
+    built_evaluator, _ = built(dns, **config)
+    outcomes = built_evaluator.evaluate(Plan(mail_from=True), CONN, "a@include.example", None, 1)
+    assert outcomes.mail_from is not None and outcomes.mail_from.result is SpfResult.PASS
+    assert asked_ahead == []
+
+
+def test_the_dns_cache_and_the_result_cache_share_cache_size(
+    dns: DNSTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shares: list[int] = []
+    original = Resolver.__init__
+
+    def recording(self: Resolver, *args: Any, cache_bytes: int, **kwargs: Any) -> None:
+        shares.append(cache_bytes)
+        original(self, *args, cache_bytes=cache_bytes, **kwargs)
+
+    monkeypatch.setattr(Resolver, "__init__", recording)
+    built(dns, cache_size=4001)
+    assert shares == [3001]  # a quarter of it, in whole bytes, for kept results

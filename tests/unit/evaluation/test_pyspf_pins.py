@@ -4,15 +4,18 @@ back, and how long an outcome is kept."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import cast
 
 import pytest
 import spf
 
 from spfmilter.core.metrics import Metrics
 from spfmilter.core.model import Identity, SpfOutcome, SpfResult
-from spfmilter.evaluation.pyspf import MAX_LABEL_LENGTH, MAX_TERM_LENGTH, Checker
+from spfmilter.evaluation.prefetch import Prefetcher
+from spfmilter.evaluation.pyspf import MAX_LABEL_LENGTH, MAX_TERM_LENGTH, Checker, spf_text
 from spfmilter.evaluation.resolver import Record
 from tests.support.fakes import Clock
 from tests.support.pyspfstate import pyspf_restored
@@ -194,3 +197,67 @@ def test_a_refused_term_is_quoted_in_ascii_at_most_60_bytes(term: str, message: 
     assert f"SPF record of utf8.example.org {message}" in str(info.value)
     assert quoted in str(info.value)
     assert repr(raw[:61].decode("ascii", "replace")) not in str(info.value)
+
+
+def test_the_spf_text_read_past_a_cname_joins_its_strings_as_they_are() -> None:
+    # RFC 7208 section 3.3: the strings of one TXT record are joined with
+    # nothing between them; the answer may start with the CNAME chain.
+    records: list[Record] = [
+        (("alias.example", "CNAME"), "spf.example"),
+        (("spf.example", "TXT"), (b"v=spf1 ip4:192.0.2.0/24", b" -all")),
+    ]
+    assert spf_text("alias.example", records) == b"v=spf1 ip4:192.0.2.0/24 -all"
+
+
+class RecordingPrefetch:
+    """A prefetch that notes what the evaluation tells it."""
+
+    def __init__(self) -> None:
+        self.reads: list[tuple[str, bool]] = []
+        self.exchanges_read: list[str] = []
+        self.cpu_seconds = 0.0
+        self.closed = False
+
+    def read(self, name: str, records: Sequence[Record], *, evaluating: bool = False) -> None:
+        self.reads.append((name, evaluating))
+
+    def exchanges(self, name: str, records: Sequence[Record]) -> None:
+        self.exchanges_read.append(name)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class RecordingPrefetcher:
+    def __init__(self) -> None:
+        self.started: list[tuple[object, float]] = []
+        self.prefetch = RecordingPrefetch()
+
+    def start(self, client_ip: object, deadline: float) -> RecordingPrefetch:
+        self.started.append((client_ip, deadline))
+        return self.prefetch
+
+
+MX_ZONE: dict[tuple[str, str], list[Record]] = {
+    ("mx.example", "TXT"): [(("mx.example", "TXT"), (b"v=spf1 mx -all",))],
+    ("mx.example", "MX"): [(("mx.example", "MX"), (10, "mail.mx.example"))],
+    ("mail.mx.example", "A"): [(("mail.mx.example", "A"), "198.51.100.7")],
+}
+
+
+def test_the_evaluation_tells_its_prefetch_what_it_reads_and_when_it_ends() -> None:
+    prefetcher = RecordingPrefetcher()
+    checker = Checker(
+        answers(lambda name, qtype, budget: MX_ZONE.get((name, qtype), [])),
+        prefetcher=cast(Prefetcher, prefetcher),
+        clock=lambda: 100.0,
+    )
+    checker.install(2)  # pyspf's globals are restored by the fixture above
+    outcome = checker.check(query(Identity.MAIL_FROM, "a@mx.example"), 7)
+    assert outcome.result is SpfResult.PASS
+    # Started for this client, ending with the evaluation's lookup time.
+    assert prefetcher.started == [(ipaddress.ip_address("198.51.100.7"), 107.0)]
+    # The record read by the evaluation, which asks its first lookup itself.
+    assert prefetcher.prefetch.reads == [("mx.example", True)]
+    assert prefetcher.prefetch.exchanges_read == ["mx.example"]
+    assert prefetcher.prefetch.closed

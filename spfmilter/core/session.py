@@ -74,7 +74,7 @@ class Evaluator(Protocol):
         ...
 
     def rescue(
-        self, message: bytes, mail_from: str, conn: Connection, config: Config, conn_id: int
+        self, message: bytes, mail_from: str, conn: Connection, config: Config
     ) -> RescueResult:
         """Whether `message` (header and body), whose MAIL FROM `mail_from`
         got SPF fail from the client of `conn`, is rescued by its DKIM
@@ -312,14 +312,12 @@ class Session:
         conn = self.conn
         assert conn is not None  # connect() comes first
         if tx.held is None:
-            # Exempt recipients only: never refused, nothing to rescue.
-            tx.decision = dataclasses.replace(tx.decision, pending_rescue=False)
-            return GO_ON
+            return GO_ON  # exempt recipients only: never refused, nothing to rescue
         if tx.held.oversized:
             result = RescueResult(RescueKind.OVERSIZED, reason=OVERSIZED_REASON)
         else:
             result = self.services.evaluator.rescue(
-                tx.held.message(), tx.envelope.mail_from, conn, self.config, self.id
+                tx.held.message(), tx.envelope.mail_from, conn, self.config
             )
         tx.held = None
         tx.decision = policy.conclude(self.config, tx.decision, result)

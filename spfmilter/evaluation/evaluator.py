@@ -120,7 +120,7 @@ class Evaluator:
         return Outcomes(facts, helo, outcome)
 
     def rescue(
-        self, message: bytes, mail_from: str, conn: Connection, config: Config, conn_id: int
+        self, message: bytes, mail_from: str, conn: Connection, config: Config
     ) -> RescueResult:
         """Whether `message` is rescued from its MAIL FROM fail (see
         spfmilter.evaluation.rescue), in the calling thread (its CPU budget

@@ -577,3 +577,39 @@ def test_a_held_message_keeps_up_to_its_limit_and_nothing_past_it() -> None:
     assert not held.add_body(b"5") and held.oversized
     # Past the limit the memory is given back, and no later piece is kept.
     assert held.message() == b"" and not held.add_body(b"")
+
+
+def test_a_simple_signature_is_verified_over_the_header_bytes_as_sent(
+    rescue_key: dkimkit.KeyPair,
+) -> None:
+    # Simple header canonicalization (RFC 6376 section 3.4.1) signs the
+    # space after the colon and the folding: only the raw value keeps them.
+    message = dkimkit.sign(
+        dkimkit.MESSAGE, rescue_key, "example.org", canonicalize=(b"simple", b"simple")
+    )
+    session, _, _ = rescuing(rescue_key)
+    session.mail("bad@example.org", "")
+    session.rcpt("<a@example.net>")
+    feed(session, message)
+    assert session.end_of_data("Q1") == GO_ON
+
+
+def test_without_raw_bytes_a_header_is_held_from_its_value(rescue_key: dkimkit.KeyPair) -> None:
+    # A relaxed signature survives the lost leading space; a value that
+    # libmilter decoded with surrogate escapes goes back to its bytes.
+    session, _, _ = rescuing(rescue_key)
+    session.mail("bad@example.org", "")
+    session.rcpt("<a@example.net>")
+    session.header("X-Unsigned", "caf\udce9")
+    head, _, body = signed(rescue_key).partition(b"\r\n\r\n")
+    for field in re.split(rb"\r\n(?![ \t])", head):
+        name, _, value = field.partition(b":")
+        session.header(name.decode(), value.replace(b"\r\n", b"\n").decode().strip())
+    session.body(body)
+    assert session.end_of_data("Q1") == GO_ON
+
+
+def test_end_of_data_without_a_transaction_goes_on() -> None:
+    session, _, _ = make()
+    start(session)
+    assert session.end_of_data("Q1") == GO_ON

@@ -191,14 +191,14 @@ def test_the_rescue_aligns_with_the_configured_suffix_list() -> None:
     zone.publish("sel", "example.org", ED_KEY.record)
     message = dkimkit.sign(dkimkit.MESSAGE, ED_KEY, domain="example.org")
     # The MAIL FROM domain is below the signer's: aligned by organization.
-    result = rescuing(zone).rescue(message, "a@mail.example.org", CONN, WITH_RESCUE, 1)
+    result = rescuing(zone).rescue(message, "a@mail.example.org", CONN, WITH_RESCUE)
     assert (result.kind, result.domain) == (RescueKind.DKIM, "example.org")
     # Without a list loaded only the same name aligns: no rescue.
     unloaded = dataclasses.replace(WITH_RESCUE, suffixes=None)
-    result = rescuing(zone).rescue(message, "a@mail.example.org", CONN, unloaded, 1)
+    result = rescuing(zone).rescue(message, "a@mail.example.org", CONN, unloaded)
     assert (result.kind, result.reason) == (RescueKind.NONE, "unaligned")
     # A quoted local part may hold "@": the domain is after the last one.
-    result = rescuing(zone).rescue(message, '"a@b"@example.org', CONN, unloaded, 1)
+    result = rescuing(zone).rescue(message, '"a@b"@example.org', CONN, unloaded)
     assert result.kind is RescueKind.DKIM
 
 
@@ -213,7 +213,7 @@ def test_the_rescue_by_arc_names_the_client_and_the_trusted_sealer(tmp_path: Pat
         "dkim=pass header.d=example.org",
     )
     # The signer's key is gone since: only the chain can vouch.
-    result = rescuing(zone).rescue(sealed, "a@example.org", CONN, WITH_RESCUE, 1)
+    result = rescuing(zone).rescue(sealed, "a@example.org", CONN, WITH_RESCUE)
     assert (result.kind, result.domain) == (RescueKind.ARC, "lists.example")
     assert any(f"smtp.remote-ip={CONN.client_ip}" in resinfo for resinfo in result.resinfos)
 
@@ -221,7 +221,7 @@ def test_the_rescue_by_arc_names_the_client_and_the_trusted_sealer(tmp_path: Pat
 def test_a_key_answer_over_the_dns_limits_is_a_refusal_not_a_crash() -> None:
     zone = dkimkit.Zone(errors={"sel._domainkey.example.org": DnsLimitError("too large")})
     message = dkimkit.sign(dkimkit.MESSAGE, ED_KEY, domain="example.org")
-    result = rescuing(zone).rescue(message, "a@example.org", CONN, WITH_RESCUE, 1)
+    result = rescuing(zone).rescue(message, "a@example.org", CONN, WITH_RESCUE)
     assert (result.kind, result.reason) == (RescueKind.NONE, "key_refused")
 
 
@@ -229,12 +229,10 @@ def test_the_rescue_deadline_is_on_the_evaluators_clock() -> None:
     zone = dkimkit.Zone()
     zone.publish("sel", "example.org", ED_KEY.record)
     message = dkimkit.sign(dkimkit.MESSAGE, ED_KEY, domain="example.org")
-    result = rescuing(zone).rescue(message, "a@example.org", CONN, WITH_RESCUE, 1)
+    result = rescuing(zone).rescue(message, "a@example.org", CONN, WITH_RESCUE)
     assert result.kind is RescueKind.DKIM
     late = iter([0.0, *[RESCUE_SECONDS + 1] * 100])
-    result = rescuing(zone, lambda: next(late)).rescue(
-        message, "a@example.org", CONN, WITH_RESCUE, 1
-    )
+    result = rescuing(zone, lambda: next(late)).rescue(message, "a@example.org", CONN, WITH_RESCUE)
     assert (result.kind, result.reason) == (RescueKind.TEMPORARY, "deadline")
 
 

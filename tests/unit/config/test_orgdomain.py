@@ -86,9 +86,13 @@ CASES = [
     ("食狮.公司.cn", "xn--85x722f.xn--55qx5d.cn"),
     ("www.xn--85x722f.xn--55qx5d.cn", "xn--85x722f.xn--55qx5d.cn"),
     ("公司.cn", None),
+    # Upper case is lowered after the root dot is taken off.
+    ("MAIL.EXAMPLE.BOX.", "example.box"),
     # Not domain names.
     ("", None),
     ("a..example.com", None),
+    # A U-label IDNA cannot encode (longer than 63 octets as an A-label).
+    ("b\u00fc" * 40 + ".example", None),
 ]
 
 

@@ -105,8 +105,11 @@ def test_summary() -> None:
     assert summary(arc, ip) == RescueResult(
         RescueKind.ARC, "lists.example.org", "", (arc_resinfo(CHAIN, ip),)
     )
-    refused = RescueOutcome(RescueKind.NONE, Reason.UNALIGNED)
-    assert summary(refused) == RescueResult(RescueKind.NONE, "", "unaligned")
+    # Not rescued: the signatures verified still go into the field.
+    refused = RescueOutcome(RescueKind.NONE, Reason.UNALIGNED, dkim=(PASSED,))
+    assert summary(refused) == RescueResult(
+        RescueKind.NONE, "", "unaligned", (dkim_resinfo(PASSED),)
+    )
     deferred = RescueOutcome(RescueKind.TEMPORARY, Reason.KEY_TEMPERROR)
     assert summary(deferred) == RescueResult(RescueKind.TEMPORARY, "", "key_temperror")
     assert not summary(deferred).rescued and summary(dkim).rescued

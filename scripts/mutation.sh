@@ -13,9 +13,12 @@
 # and leave out the reviewed equivalent mutants of
 # scripts/mutation-equivalents.toml; every other survivor is listed.  The
 # exit status is 1 when a module scores below 90% (report --min to change).
-# A full run makes about 4,200 mutants and takes roughly an hour on 2 cores
-# (most modules go at about a mutant a second; the metrics' tests fork and
-# stress the store, and go slower).  `.venv/bin/mutmut run NAME...` reruns
+# A full run makes about 7,000 mutants and takes two hours or more on 2 cores
+# (most modules go at about a mutant a second; the rescue's tests sign and
+# verify, the metrics' fork and stress the store, and go slower).  mutmut
+# keeps which tests reach which function between runs and collects it again
+# only for new test names: after changing what an existing test does, delete
+# mutants/mutmut-stats.json (a fresh run does).  `.venv/bin/mutmut run NAME...` reruns
 # some mutants (names may hold * wildcards).  The property-based tests
 # run with fewer examples here (SPFMILTER_PROPERTY_EXAMPLES, default 30):
 # each mutant reruns every test that reaches the mutated function.

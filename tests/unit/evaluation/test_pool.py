@@ -157,6 +157,30 @@ def test_a_queued_job_can_be_cancelled_and_a_failure_reaches_the_caller(
     assert queued.cancelled()
 
 
+def test_idle_threads_take_new_jobs_without_more_threads() -> None:
+    pool = IdlingPool(3, 2.0, "test-pool")
+    release = threading.Event()
+    busy = [pool.submit(release.wait, 5) for _ in range(2)]
+    release.set()
+    assert all(future.result(5) for future in busy)
+    wait_for(lambda: pool._waiting == 2, 5, "both threads to idle")
+    assert [pool.submit(lambda n=n: n).result(5) for n in range(2)] == [0, 1]
+    quick = [pool.submit(lambda n=n: n) for n in range(2)]
+    assert [future.result(5) for future in quick] == [0, 1]
+    assert pool_threads() == 2  # two were idle: none more for two jobs
+    wait_for(lambda: pool_threads() == 0, 10, "the pool's threads to end")
+
+
+def test_after_its_threads_ended_an_idle_thread_still_takes_the_next_job(pool: IdlingPool) -> None:
+    assert pool.submit(lambda: 1).result(5) == 1
+    wait_for(lambda: pool_threads() == 0, 5, "the thread to end")
+    pool._idle = 2.0  # from here on, no thread ends while the test looks
+    assert pool.submit(lambda: 2).result(5) == 2
+    wait_for(lambda: pool._waiting == 1, 5, "the thread to idle")
+    assert pool.submit(lambda: 3).result(5) == 3
+    assert pool_threads() == 1
+
+
 class SlowChecker:
     """Each evaluation waits `seconds`; records which ran at the same time."""
 

@@ -10,6 +10,7 @@ import pytest
 from spfmilter.core.model import Identity, SpfQuery, SpfResult
 from spfmilter.evaluation.prefetch import (
     MX_LIMIT,
+    NOTHING,
     TERM_LIMIT,
     Prefetcher,
     Want,
@@ -43,10 +44,26 @@ V6 = ipaddress.ip_address("2001:db8::1")
         ("v=spf1 include:a.example moo -all", []),
         ("v=spf1 include:a.example redirect=r.example redirect=s.example", []),
         ("v=spf2 include:a.example", []),
+        # Terms after an ip4 are still read.
+        ("v=spf1 ip4:192.0.2.0/24 a:h.example -all", [("h.example", "A")]),
+        # include and exists need a domain-spec: without, a syntax error.
+        ("v=spf1 a:h.example include -all", []),
+        ("v=spf1 a:h.example exists -all", []),
+        # An empty domain-spec names nothing (it is not the current domain).
+        ("v=spf1 a: redirect=", []),
+        # Names of three labels, and a top label ending in x.
+        (
+            "v=spf1 a:h.sub.example mx:Mail.Example.BOX",
+            [("h.sub.example", "A"), ("mail.example.box", "MX")],
+        ),
     ],
 )
 def test_what_a_record_asks_for(record: str, wants: list[tuple[str, str]]) -> None:
     assert list(read_record(record.encode(), "d.example", "A", TERM_LIMIT).wants) == wants
+
+
+def test_a_record_without_lookups_reads_as_nothing() -> None:
+    assert read_record(b"v=spf1 ip4:192.0.2.0/24 -all", "d.example", "A", TERM_LIMIT) == NOTHING
 
 
 def test_the_address_type_follows_the_clients_family() -> None:
@@ -252,3 +269,86 @@ def test_an_mx_answer_the_evaluation_read_brings_its_exchanges_side_by_side() ->
     prefetch.read("d.example", txt("d.example", "v=spf1 mx -all"), evaluating=True)
     prefetch.exchanges("d.example", mx)
     assert zone.asked == [(f"x{n}.d.example", "A") for n in range(3)]
+
+
+def test_a_redirect_that_is_the_records_first_lookup_is_left_to_the_evaluation() -> None:
+    zone = Zone({})
+    prefetch = prefetcher(zone).start(V4, 10.0)
+    prefetch.read("d.example", txt("d.example", "v=spf1 redirect=r.example"), evaluating=True)
+    assert zone.asked == [] and prefetch.asked == 2
+    # After a ptr (asked by the evaluation first) the redirect is asked ahead.
+    prefetch = prefetcher(zone).start(V4, 10.0)
+    prefetch.read("d.example", txt("d.example", "v=spf1 ptr redirect=r.example"), evaluating=True)
+    assert zone.asked == [("r.example", "TXT")]
+
+
+def test_a_name_with_a_trailing_dot_is_the_same_domain() -> None:
+    zone = Zone({})
+    prefetch = prefetcher(zone).start(V4, 10.0)
+    prefetch.read("Top.Example.", txt("top.example", "v=spf1 a mx"))
+    assert zone.asked == [("top.example", "A"), ("top.example", "MX")]
+    mx: list[Record] = [(("top.example", "MX"), (10, "x.top.example"))]
+    prefetch.exchanges("top.example.", mx)
+    assert zone.asked[2:] == [("x.top.example", "A")]
+
+
+def test_the_record_is_judged_as_the_record_of_its_own_domain() -> None:
+    zone = Zone({})
+    judged: list[str] = []
+
+    def own_record(name: str, records: Sequence[Record]) -> bytes | None:
+        judged.append(name)
+        return spf_text(name, records)
+
+    prefetch = Prefetcher(
+        zone.fetch, zone.cached, own_record, Inline(), void_lookup_limit=2, clock=lambda: 0.0
+    ).start(V4, 10.0)
+    prefetch.read("d.example", txt("d.example", "v=spf1 a -all"))
+    assert judged == ["d.example"] and zone.asked == [("d.example", "A")]
+
+
+def test_a_record_read_twice_counts_its_terms_once() -> None:
+    # The prefetch and then the evaluation read d.example: its five terms
+    # leave five for e.example.
+    zone = Zone({})
+    d = txt("d.example", " ".join(["v=spf1"] + [f"a:h{k}.example" for k in range(5)]))
+    prefetch = prefetcher(zone, void_limit=20).start(V4, 10.0)
+    prefetch.read("d.example", d)
+    prefetch.read("d.example", d, evaluating=True)
+    prefetch.read("e.example", txt("e.example", "v=spf1 a:x.example a:y.example"))
+    assert zone.asked[-2:] == [("x.example", "A"), ("y.example", "A")]
+    assert len(zone.asked) == 7
+
+
+def test_a_record_already_read_is_not_asked_for_again() -> None:
+    zone = Zone({})
+    prefetch = prefetcher(zone).start(V4, 10.0)
+    prefetch.read("e.example", txt("e.example", "v=spf1 -all"), evaluating=True)
+    prefetch.read("d.example", txt("d.example", "v=spf1 include:e.example a:h.example"))
+    assert zone.asked == [("h.example", "A")]
+
+
+def test_exchanges_are_asked_by_preference_then_name() -> None:
+    zone = Zone({})
+    prefetch = prefetcher(zone, void_limit=5).start(V4, 10.0)
+    prefetch.read("d.example", txt("d.example", "v=spf1 mx -all"), evaluating=True)
+    mx: list[Record] = [
+        (("d.example", "MX"), (20, "a.d.example")),
+        (("d.example", "MX"), (10, "c.d.example")),
+        (("d.example", "MX"), (10, "b.d.example")),
+    ]
+    prefetch.exchanges("d.example", mx)
+    assert [name for name, _ in zone.asked] == ["b.d.example", "c.d.example", "a.d.example"]
+
+
+def test_only_mx_records_of_an_answer_are_exchanges() -> None:
+    zone = Zone({})
+    prefetch = prefetcher(zone, void_limit=5).start(V4, 10.0)
+    prefetch.read("d.example", txt("d.example", "v=spf1 mx -all"), evaluating=True)
+    answer: list[Record] = [
+        (("d.example", "TXT"), (b"v=spf1 -all",)),
+        (("d.example", "TXT"), (b"part", b"other.d.example")),
+        (("d.example", "MX"), (10, "x.d.example")),
+    ]
+    prefetch.exchanges("d.example", answer)
+    assert zone.asked == [("x.d.example", "A")]

@@ -167,3 +167,8 @@ def test_the_list_is_read_as_utf_8_whatever_the_locale(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.stdout == "b.xn--55qx5d.cn\n"
+
+
+def test_a_label_idna_cannot_encode_is_no_domain_name() -> None:
+    assert orgdomain.normalise("b\u00fc" * 40 + ".example") == ""
+    assert orgdomain.normalise("B\u00dcCHER.Example.") == "xn--bcher-kva.example"

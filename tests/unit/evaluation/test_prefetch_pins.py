@@ -5,7 +5,6 @@ and the text of its one error line."""
 from __future__ import annotations
 
 import ipaddress
-import logging
 from collections.abc import Sequence
 
 import pytest
@@ -86,20 +85,6 @@ def test_a_lookup_gets_the_time_left_until_the_deadline() -> None:
     ).start(V4, 10.0)
     prefetch.read("d.example", a_terms(1))
     assert budgets == [0.5]
-
-
-def test_the_error_line_names_the_question(caplog: pytest.LogCaptureFixture) -> None:
-    def broken(name: str, qtype: str, budget: float) -> Sequence[Record]:
-        raise RuntimeError("bug")
-
-    prefetch = Prefetcher(
-        broken, lambda name, qtype: False, spf_text, Inline(), void_lookup_limit=2
-    ).start(V4, float("inf"))
-    with caplog.at_level(logging.ERROR, logger="spfmilter.dns"):
-        prefetch.read("d.example", a_terms(1))
-    assert [r.getMessage() for r in caplog.records] == [
-        "internal error in the DNS prefetch of h0.example A"
-    ]
 
 
 @pytest.mark.parametrize(

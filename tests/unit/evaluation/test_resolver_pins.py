@@ -113,12 +113,11 @@ def test_the_cache_bound_given_to_the_resolver_overrides_the_configured_size() -
     assert len(fake.asked) == 2 and resolver.cached_bytes == 0
 
 
-def test_two_lookups_of_one_name_racing_ask_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A lookup of a question in flight waits for its answer (the prefetch
-    # and the evaluation ask for the same names): one query, one entry.
-    resolver, fake, _, _ = make()
-    fake.table["192.0.2.1", "x.example", 1] = a_record("x.example")
-    inner: list[object] = []
+def while_in_flight(
+    resolver: Resolver, fake: FakeDns, other: threading.Thread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Start `other` while the next question is on its way, and go on only
+    once `other` waits for that flight instead of asking again."""
     waiting = threading.Event()
     wait = resolver._wait
 
@@ -126,15 +125,23 @@ def test_two_lookups_of_one_name_racing_ask_once(monkeypatch: pytest.MonkeyPatch
         waiting.set()
         return wait(*args)
 
-    monkeypatch.setattr(resolver, "_wait", waits)
-    other = threading.Thread(target=lambda: inner.append(resolver.lookup("x.example", "A")))
-
     def race() -> None:
         fake.during = lambda: None
         other.start()
         assert waiting.wait(10)
 
+    monkeypatch.setattr(resolver, "_wait", waits)
     fake.during = race
+
+
+def test_two_lookups_of_one_name_racing_ask_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A lookup of a question in flight waits for its answer (the prefetch
+    # and the evaluation ask for the same names): one query, one entry.
+    resolver, fake, _, _ = make()
+    fake.table["192.0.2.1", "x.example", 1] = a_record("x.example")
+    inner: list[object] = []
+    other = threading.Thread(target=lambda: inner.append(resolver.lookup("x.example", "A")))
+    while_in_flight(resolver, fake, other, monkeypatch)
     records = resolver.lookup("x.example", "A")
     other.join(10)
     assert inner == [records] and len(fake.asked) == 1
@@ -144,12 +151,6 @@ def test_two_lookups_of_one_name_racing_ask_once(monkeypatch: pytest.MonkeyPatch
 def test_a_failure_in_flight_is_the_waiters_too(monkeypatch: pytest.MonkeyPatch) -> None:
     resolver, fake, _, _ = make()
     errors: list[BaseException] = []
-    waiting = threading.Event()
-    wait = resolver._wait
-
-    def waits(*args: Any) -> Any:
-        waiting.set()
-        return wait(*args)
 
     def other_lookup() -> None:
         try:
@@ -157,15 +158,8 @@ def test_a_failure_in_flight_is_the_waiters_too(monkeypatch: pytest.MonkeyPatch)
         except DnsTempError as error:
             errors.append(error)
 
-    monkeypatch.setattr(resolver, "_wait", waits)
     other = threading.Thread(target=other_lookup)
-
-    def race() -> None:
-        fake.during = lambda: None
-        other.start()
-        assert waiting.wait(10)
-
-    fake.during = race
+    while_in_flight(resolver, fake, other, monkeypatch)
     with pytest.raises(DnsTempError):
         resolver.lookup("gone.example", "A")
     other.join(10)

@@ -188,7 +188,9 @@ class Unbound:
         question = DNSRecord.question(name, qtype)
         deadline = time.monotonic() + timeout
         while True:
-            left = deadline - time.monotonic()
+            # Never a timeout of 0 or less (a socket refuses it): the last
+            # try, a second after the one before, gets what is left.
+            left = max(deadline - time.monotonic(), 0.1)
             try:
                 DNSRecord.parse(question.send("127.0.0.1", self.port, tcp=True, timeout=left))
                 return
